@@ -1,0 +1,173 @@
+"""Request-level steps of `recommend`, in numpy, shared by the served Triton models and the in-process
+reference: validation and features, embedding kNN retrieval, candidate merge, calibrated top-k.
+
+Only the neural parts differ between the two (ONNX Runtime when served, torch in the reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from models.tokenizer import ItemTokenizer
+
+SOURCE_NAMES = ("grace", "embedding_knn")
+GRACE_SOURCE, KNN_SOURCE = 0, 1
+VALID_BEHAVIORS = (1, 2, 3, 4)
+# Weight of each behaviour in the kNN query vector (index = behaviour code; removals count against).
+BEHAVIOR_WEIGHTS = np.array([0.0, 1.0, 2.0, -0.5, 3.0], np.float32)
+KNN_RECENCY_DECAY = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingLimits:
+    num_items: int
+    num_categories: int
+    max_history: int = 50
+    max_k: int = 50
+    max_exclude: int = 1000
+    beam_width: int = 20
+    knn_candidates: int = 64
+    max_candidates: int = 64
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServingLimits":
+        return cls(**json.loads(text))
+
+
+class RequestError(ValueError):
+    """A client error; served as gRPC INVALID_ARGUMENT. The message names the field and the limit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryFeatures:
+    enc_tokens: np.ndarray  # int64 [L * TOKENS_PER_EVENT]
+    hist_items: np.ndarray  # int64 [max_history], right-aligned, 0 = pad
+    hist_behaviors: np.ndarray  # int64 [max_history]
+    exclude_ids: np.ndarray  # int64 [>=1]; always holds the padding item 0
+    allowed_categories: np.ndarray  # int64 [>=1]; every category when the request names none
+
+
+def _check_dtype(field: str, value: np.ndarray, kind: str) -> None:
+    if value.dtype.kind not in kind:
+        raise RequestError(field, f"expected an integer tensor, got dtype {value.dtype}")
+
+
+def validate_and_featurize(tokenizer: ItemTokenizer, limits: ServingLimits, item_ids, behaviors, timestamps, k,
+                           exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
+    """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features."""
+    items = np.asarray(item_ids).reshape(-1)
+    behs = np.asarray(behaviors).reshape(-1)
+    ts = np.asarray(timestamps).reshape(-1)
+    for field, value in (("item_ids", items), ("behaviors", behs), ("timestamps", ts)):
+        _check_dtype(field, value, "iu")
+    n = len(items)
+    if n == 0:
+        raise RequestError("item_ids", "history is empty; at least 1 event is required")
+    if n > limits.max_history:
+        raise RequestError("item_ids", f"history has {n} events; the maximum is {limits.max_history}")
+    if len(behs) != n or len(ts) != n:
+        raise RequestError("behaviors/timestamps",
+                           f"lengths must equal item_ids ({n}); got behaviors={len(behs)}, timestamps={len(ts)}")
+    bad = items[(items < 1) | (items > limits.num_items)]
+    if len(bad):
+        raise RequestError("item_ids", f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
+    bad = behs[~np.isin(behs, VALID_BEHAVIORS)]
+    if len(bad):
+        raise RequestError("behaviors", f"unknown behavior {int(bad[0])}; valid values are {list(VALID_BEHAVIORS)}"
+                           " (1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase)")
+    if n > 1 and np.any(np.diff(ts) < 0):
+        raise RequestError("timestamps", "must be non-decreasing (oldest event first)")
+    k_arr = np.asarray(k).reshape(-1)
+    if len(k_arr) != 1:
+        raise RequestError("k", f"expected exactly one value, got {len(k_arr)}")
+    if not 1 <= int(k_arr[0]) <= limits.max_k:
+        raise RequestError("k", f"{int(k_arr[0])} is out of range; valid range is 1..{limits.max_k}")
+
+    exclude = np.zeros(1, np.int64)
+    if exclude_item_ids is not None:
+        ex = np.asarray(exclude_item_ids).reshape(-1)
+        _check_dtype("exclude_item_ids", ex, "iu")
+        if len(ex) > limits.max_exclude:
+            raise RequestError("exclude_item_ids", f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
+        bad = ex[(ex < 1) | (ex > limits.num_items)]
+        if len(bad):
+            raise RequestError("exclude_item_ids",
+                               f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
+        exclude = np.unique(np.concatenate([exclude, ex.astype(np.int64)]))
+    allowed = np.arange(limits.num_categories, dtype=np.int64)
+    if category_ids is not None:
+        cats = np.asarray(category_ids).reshape(-1)
+        _check_dtype("category_ids", cats, "iu")
+        if len(cats) == 0:
+            raise RequestError("category_ids", "is empty; omit it to allow every category")
+        bad = cats[(cats < 0) | (cats >= limits.num_categories)]
+        if len(bad):
+            raise RequestError("category_ids",
+                               f"unknown category {int(bad[0])}; valid ids are 0..{limits.num_categories - 1}")
+        allowed = np.unique(cats.astype(np.int64))
+
+    items = items.astype(np.int64)
+    behs = behs.astype(np.int64)
+    hist_items = np.zeros(limits.max_history, np.int64)
+    hist_behaviors = np.zeros(limits.max_history, np.int64)
+    hist_items[-n:], hist_behaviors[-n:] = items, behs
+    return HistoryFeatures(enc_tokens=tokenizer.event_tokens(items, behs), hist_items=hist_items,
+                           hist_behaviors=hist_behaviors, exclude_ids=exclude, allowed_categories=allowed)
+
+
+def eligible_mask(top_category: np.ndarray, exclude_ids: np.ndarray, allowed_categories: np.ndarray) -> np.ndarray:
+    """Boolean [N+1] of items a request may receive (padding item 0 never)."""
+    mask = np.isin(top_category, allowed_categories)
+    mask[exclude_ids] = False
+    mask[0] = False
+    return mask
+
+
+def knn_retrieve(item_vectors: np.ndarray, hist_items: np.ndarray, hist_behaviors: np.ndarray,
+                 eligible: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search of a behaviour- and recency-weighted history vector over eligible items."""
+    valid = hist_items > 0
+    age = np.cumsum(valid[::-1])[::-1] - 1  # 0 for the newest event
+    w = BEHAVIOR_WEIGHTS[hist_behaviors] * (KNN_RECENCY_DECAY ** age) * valid
+    query = w @ item_vectors[hist_items]
+    scores = np.where(eligible, item_vectors @ query, -np.inf)
+    n = min(n, int(eligible.sum()))
+    top = np.argpartition(-scores, n - 1)[:n] if n > 0 else np.zeros(0, np.int64)
+    top = top[np.lexsort((top, -scores[top]))]
+    return top.astype(np.int64), scores[top].astype(np.float32)
+
+
+def merge_candidates(grace_items: np.ndarray, knn_items: np.ndarray, eligible: np.ndarray,
+                     max_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Union in source priority order (GRACE first), deduplicated and filtered; padded with item 0."""
+    items = np.concatenate([grace_items, knn_items]).astype(np.int64)
+    sources = np.concatenate([np.full(len(grace_items), GRACE_SOURCE), np.full(len(knn_items), KNN_SOURCE)])
+    keep = eligible[items]
+    items, sources = items[keep], sources[keep]
+    _, first = np.unique(items, return_index=True)
+    first = np.sort(first)[:max_candidates]
+    cand = np.zeros(max_candidates, np.int64)
+    src = np.full(max_candidates, -1, np.int32)
+    cand[:len(first)], src[:len(first)] = items[first], sources[first]
+    return cand, src
+
+
+def calibrated_top_k(logits: np.ndarray, cand_items: np.ndarray, cand_sources: np.ndarray, calibrate, k: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k real candidates by calibrated pCTR (raw logit breaks isotonic plateaus, then item id)."""
+    real = cand_items > 0
+    logits, items, sources = logits[real], cand_items[real], cand_sources[real]
+    pctr = calibrate(logits)
+    order = np.lexsort((items, -logits, -pctr))[:k]
+    names = np.array([SOURCE_NAMES[s].encode() for s in sources[order]], dtype=object)
+    return items[order], pctr[order].astype(np.float32), names

@@ -1,0 +1,1 @@
+"""Serving side: launching tritonserver on the model repository."""

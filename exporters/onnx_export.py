@@ -22,8 +22,8 @@ class _DecodeStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, prefix, memory, memory_valid):
-        return self.model.decode_step(prefix, memory, memory_valid)
+    def forward(self, prefix, cross_kv, memory_valid):
+        return self.model.decode_step(prefix, cross_kv, memory_valid)
 
 
 class _Encoder(nn.Module):
@@ -32,7 +32,7 @@ class _Encoder(nn.Module):
         self.model = model
 
     def forward(self, tokens, valid):
-        return self.model.encode(tokens, valid)
+        return self.model.cross_kv(self.model.encode(tokens, valid))
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -59,7 +59,8 @@ def _max_diff(module: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> fl
 
 
 def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, float]:
-    """Writes grace_encoder.onnx and grace_decoder_step.onnx; returns max |ORT - torch| per file."""
+    """Writes grace_encoder.onnx (tokens -> cross-attention K/V of every decoder layer) and
+    grace_decoder_step.onnx (beam prefixes + shared K/V -> next-token log-probs); returns max |ORT - torch|."""
     rng = np.random.default_rng(seed)
     vocab, d = model.cfg.vocab_size, model.cfg.d_model
     t = 4 * TOKENS_PER_EVENT
@@ -68,26 +69,28 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     tokens[1, :TOKENS_PER_EVENT], valid[1, :TOKENS_PER_EVENT] = 0, 0.0  # left padding, as in training
     encoder, step = _Encoder(model), _DecodeStep(model)
     enc_path, step_path = out_dir / "grace_encoder.onnx", out_dir / "grace_decoder_step.onnx"
+    kv_axes = {2: "batch", 4: "tokens"}
     _export(encoder, (torch.from_numpy(tokens), torch.from_numpy(valid)), enc_path, ["tokens", "valid"],
-            ["memory"], {"tokens": {0: "batch", 1: "tokens"}, "valid": {0: "batch", 1: "tokens"},
-                         "memory": {0: "batch", 1: "tokens"}})
+            ["cross_kv"], {"tokens": {0: "batch", 1: "tokens"}, "valid": {0: "batch", 1: "tokens"},
+                           "cross_kv": kv_axes})
+    layers, heads = model.cfg.decoder_layers, model.cfg.num_heads
     prefix = np.concatenate([np.full((3, 1), BOS), rng.integers(2, vocab, size=(3, 2))], 1).astype(np.int64)
-    memory = rng.normal(size=(3, t, d)).astype(np.float32)
-    mem_valid = np.ones((3, t), np.float32)
-    _export(step, (torch.from_numpy(prefix), torch.from_numpy(memory), torch.from_numpy(mem_valid)), step_path,
-            ["prefix", "memory", "memory_valid"], ["log_probs"],
-            {"prefix": {0: "beams", 1: "depth"}, "memory": {0: "beams", 1: "tokens"},
-             "memory_valid": {0: "beams", 1: "tokens"}, "log_probs": {0: "beams"}})
+    cross_kv = rng.normal(size=(layers, 2, 1, heads, t, d // heads)).astype(np.float32)
+    mem_valid = np.ones((1, t), np.float32)
+    _export(step, (torch.from_numpy(prefix), torch.from_numpy(cross_kv), torch.from_numpy(mem_valid)), step_path,
+            ["prefix", "cross_kv", "memory_valid"], ["log_probs"],
+            {"prefix": {0: "beams", 1: "depth"}, "cross_kv": {4: "tokens"}, "memory_valid": {1: "tokens"},
+             "log_probs": {0: "beams"}})
     # Parity on shapes other than the traced ones, so dynamic axes are exercised too.
     t2 = 7 * TOKENS_PER_EVENT
     tokens2 = rng.integers(2, vocab, size=(3, t2)).astype(np.int64)
     valid2 = np.ones((3, t2), np.float32)
     prefix2 = np.concatenate([np.full((5, 1), BOS), rng.integers(2, vocab, size=(5, 4))], 1).astype(np.int64)
-    memory2 = rng.normal(size=(5, t2, d)).astype(np.float32)
+    cross_kv2 = rng.normal(size=(layers, 2, 1, heads, t2, d // heads)).astype(np.float32)
     return {
         enc_path.name: _max_diff(encoder, enc_path, {"tokens": tokens2, "valid": valid2}),
-        step_path.name: _max_diff(step, step_path, {"prefix": prefix2, "memory": memory2,
-                                                    "memory_valid": np.ones((5, t2), np.float32)}),
+        step_path.name: _max_diff(step, step_path, {"prefix": prefix2, "cross_kv": cross_kv2,
+                                                    "memory_valid": np.ones((1, t2), np.float32)}),
     }
 
 

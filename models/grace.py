@@ -37,13 +37,20 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x [B,Tq,d], kv [B,Tk,d], bias additive [B,1,Tq|1,Tk]."""
-        b, tq, d = x.shape
-        tk = kv.shape[1]
-        q = self.q(x).view(b, tq, self.heads, self.head_dim).transpose(1, 2)
+    def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv [B,Tk,d] -> keys, values [B,H,Tk,hd]."""
+        b, tk, _ = kv.shape
         k = self.k(kv).view(b, tk, self.heads, self.head_dim).transpose(1, 2)
         v = self.v(kv).view(b, tk, self.heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                bias: torch.Tensor) -> torch.Tensor:
+        """x [B,Tq,d]; kv [B,Tk,d] or projected (keys, values) whose batch may be 1 (broadcast over
+        beams); bias additive [B|1,1,Tq|1,Tk]."""
+        b, tq, d = x.shape
+        q = self.q(x).view(b, tq, self.heads, self.head_dim).transpose(1, 2)
+        k, v = kv if isinstance(kv, tuple) else self.project_kv(kv)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.o(out.transpose(1, 2).reshape(b, tq, d))
@@ -94,23 +101,29 @@ class GraceModel(nn.Module):
             x = block(x, bias)
         return self.enc_norm(x)
 
-    def decode(self, prefix: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
-        """prefix [B,S] (starts with BOS) -> logits [B,S,V] for the next token at each position."""
+    def cross_kv(self, memory: torch.Tensor) -> torch.Tensor:
+        """Cross-attention keys/values of every decoder layer, computed once per request and reused by
+        every beam and step: [layers, 2, B, H, T, hd]."""
+        return torch.stack([torch.stack(block.cross.project_kv(memory)) for block in self.decoder])
+
+    def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
+        """prefix [B,S] (starts with BOS) -> logits [B,S,V] for the next token at each position.
+        cross_kv and memory_valid may have batch 1 and are then shared by all B prefixes (beams)."""
         s = prefix.shape[1]
         x = self.token_emb(prefix) + self.dec_pos(torch.arange(s, device=prefix.device))
         causal = torch.triu(torch.full((s, s), NEG_INF, device=prefix.device), diagonal=1)[None, None]
         memory_bias = ((1.0 - memory_valid) * NEG_INF)[:, None, None, :]
-        for block in self.decoder:
-            x = block(x, causal, memory, memory_bias)
+        for layer, block in enumerate(self.decoder):
+            x = block(x, causal, (cross_kv[layer, 0], cross_kv[layer, 1]), memory_bias)
         return self.head(self.dec_norm(x))
 
-    def decode_step(self, prefix: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the token after `prefix` [B,S] -> [B,V] (the exported beam-search step)."""
-        return self.decode(prefix, memory, memory_valid)[:, -1].log_softmax(-1)
+        return self.decode(prefix, cross_kv, memory_valid)[:, -1].log_softmax(-1)
 
     def forward(self, tokens, valid, target_paths):
         """Teacher forcing: logits [B, PATH_LENGTH, V] for the target item path."""
         memory = self.encode(tokens, valid)
         bos = torch.full_like(target_paths[:, :1], BOS)
         prefix = torch.cat([bos, target_paths[:, :-1]], dim=1)
-        return self.decode(prefix, memory, valid)
+        return self.decode(prefix, self.cross_kv(memory), valid)

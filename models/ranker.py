@@ -30,9 +30,9 @@ class Ranker(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.register_buffer("item_leaf", torch.as_tensor(leaf, dtype=torch.long))
-        self.register_buffer("item_brand", torch.as_tensor(brand, dtype=torch.long))
-        self.register_buffer("item_price", torch.as_tensor(price_bucket, dtype=torch.long))
+        self.register_buffer("item_leaf", torch.tensor(leaf, dtype=torch.long))  # copies: never alias
+        self.register_buffer("item_brand", torch.tensor(brand, dtype=torch.long))
+        self.register_buffer("item_price", torch.tensor(price_bucket, dtype=torch.long))
         self.item_emb = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
         self.leaf_emb = nn.Embedding(cfg.num_leaf_categories, d)
         self.brand_emb = nn.Embedding(cfg.num_brands, d)

@@ -103,11 +103,10 @@ def grace_retrieve(model: GraceModel, tokenizer: ItemTokenizer, trie, path_to_it
     """Reference retrieval with the torch model for one request's encoder tokens."""
     tokens = torch.from_numpy(enc_tokens[None])
     valid = torch.ones_like(tokens, dtype=torch.float32)
-    memory = model.encode(tokens, valid)
+    cross_kv = model.cross_kv(model.encode(tokens, valid))
 
     def step(prefix: np.ndarray) -> np.ndarray:
-        w = len(prefix)
-        return model.decode_step(torch.from_numpy(prefix), memory.expand(w, -1, -1), valid.expand(w, -1)).numpy()
+        return model.decode_step(torch.from_numpy(prefix), cross_kv, valid).numpy()
 
     return constrained_beam_search(step, trie, path_to_item, beam_width)
 

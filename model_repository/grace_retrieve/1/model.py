@@ -20,12 +20,11 @@ class TritonPythonModel(StepModel):
     def run(self, enc_tokens):
         tokens = enc_tokens[None].astype(np.int64)
         valid = np.ones(tokens.shape, np.float32)
-        memory = self.encoder.run(None, {"tokens": tokens, "valid": valid})[0]
+        # Cross-attention K/V once per request; every beam and step shares them (batch 1 broadcasts).
+        cross_kv = self.encoder.run(None, {"tokens": tokens, "valid": valid})[0]
 
         def step(prefix):
-            w = len(prefix)
-            return self.decoder_step.run(None, {"prefix": prefix, "memory": np.repeat(memory, w, axis=0),
-                                                "memory_valid": np.repeat(valid, w, axis=0)})[0]
+            return self.decoder_step.run(None, {"prefix": prefix, "cross_kv": cross_kv, "memory_valid": valid})[0]
 
         items, scores = constrained_beam_search(step, self.trie, self.path_to_item, self.limits.beam_width)
         return {"grace_items": items, "grace_scores": scores}

@@ -1,0 +1,41 @@
+"""Session fixtures: the built model repository, and one real tritonserver on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory) -> Path:
+    """The repository built by the setup command; built here (smaller training budget) when missing."""
+    repo = Path(os.environ.get("RECSERVE_MODEL_REPOSITORY", ROOT / "model_repository"))
+    if not (repo / "build_manifest.json").exists():
+        repo = tmp_path_factory.mktemp("model_repository")
+        subprocess.run([sys.executable, "-m", "exporters.build_repository", "--out", str(repo),
+                        "--grace-examples", "4000"], cwd=ROOT, check=True)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository):
+    from server.launcher import TritonServer, free_ports
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    server.start(ready_timeout_s=180)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(model_repository):
+    from server.reference import ReferencePipeline
+
+    return ReferencePipeline(model_repository)

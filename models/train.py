@@ -22,7 +22,7 @@ from models.tokenizer import PAD, TOKENS_PER_EVENT, ItemTokenizer
 class TrainConfig:
     seed: int = 0
     max_history: int = 32
-    grace_examples: int = 32_000  # a random subset per run keeps the default build within minutes on 2 CPUs
+    grace_examples: int = 24_000  # a random subset per run keeps the default build within minutes on 2 CPUs
     grace_epochs: int = 1
     grace_batch: int = 128
     grace_lr: float = 2e-3

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the pinned environment into .venv and builds the default model repository (simulated data,
+# trained and exported models, rendered configs). Idempotent: skips the build when it is already there;
+# REBUILD=1 forces it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet -r requirements.txt
+python -m pip install --quiet --no-deps --no-build-isolation -e .
+if [ "${REBUILD:-0}" = 1 ] || [ ! -f model_repository/build_manifest.json ]; then
+  python -m exporters.build_repository --out model_repository
+fi

@@ -12,7 +12,7 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -r requirements.txt
-python -m pip install --quiet --no-deps --no-build-isolation -e .
+python -m pip install --quiet --no-deps -e .
 if [ "${REBUILD:-0}" = 1 ] || [ ! -f model_repository/build_manifest.json ]; then
   python -m exporters.build_repository --out model_repository
 fi

@@ -1,22 +1,22 @@
-# GPU production image for the recommendation server.
-# Not built in CI/dev here (no Docker engine available); kept minimal on purpose.
-# Triton 2.51 = the same server version as the embedded CPU server used in development.
-FROM nvcr.io/nvidia/tritonserver:24.10-py3
-
-WORKDIR /opt/recserve
-
-# Dependencies first so code edits don't invalidate the pip layer. The torch CPU
-# pin is fine here: torch is only used to export/build the model repository;
-# GPU inference runs inside Triton's own backends. Caveat: python3 in this image
-# is 3.10 while requirements.txt is pinned for 3.11 (scipy 1.17 needs >= 3.11), so
-# the planned requirements-gpu.txt must carry 3.10-compatible pins.
+# GPU production image. Cannot be built here (no Docker engine on these machines); kept minimal.
+# Stage 1 builds the model repository (simulate, train, export) with the pinned Python 3.11 toolchain;
+# stage 2 serves it with Triton 2.51, the same server version as the embedded CPU server.
+FROM python:3.11-slim AS build
+WORKDIR /src
 COPY requirements.txt .
-RUN python3 -m pip install --no-cache-dir -r requirements.txt
-
-# Add a .dockerignore (.venv/, artifacts/, loadtests/results/) to keep the context small.
+RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-RUN python3 -m exporters.build_repository --out model_repository
+RUN pip install --no-cache-dir --no-deps -e . && python -m exporters.build_repository --out model_repository
 
+FROM nvcr.io/nvidia/tritonserver:24.10-py3
+WORKDIR /opt/recserve
+# The container's python backend runs Python 3.10: its own pins, serving-only (no torch).
+COPY requirements-serving.txt .
+RUN python3 -m pip install --no-cache-dir -r requirements-serving.txt
+COPY --from=build /src/models ./models
+COPY --from=build /src/exporters ./exporters
+COPY --from=build /src/model_repository ./model_repository
+ENV PYTHONPATH=/opt/recserve
 # 8000 HTTP, 8001 gRPC (KServe v2), 8002 Prometheus metrics.
 EXPOSE 8000 8001 8002
 CMD ["tritonserver", "--model-repository=/opt/recserve/model_repository"]

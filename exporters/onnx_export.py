@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from exporters.python_backend import session
 from models.grace import GraceModel
 from models.ranker import Ranker
 from models.tokenizer import BOS, TOKENS_PER_EVENT
@@ -41,14 +41,6 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
-
-
-def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session; one intra-op thread because Triton runs several models side by side on few cores."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _max_diff(module: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> float:

@@ -11,8 +11,18 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from models.pipeline import RequestError, ServingLimits
+
+
+def session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session; one intra-op thread because Triton runs several models side by side on
+    few cores. (Kept here, free of torch, so that serving never imports torch.)"""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 class StepModel:

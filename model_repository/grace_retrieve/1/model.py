@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from exporters.onnx_export import session
-from exporters.python_backend import StepModel
+from exporters.python_backend import StepModel, session
 from models.beam_search import constrained_beam_search
 from models.tokenizer import ItemTokenizer
 

@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from exporters.onnx_export import session
-from exporters.python_backend import StepModel
+from exporters.python_backend import StepModel, session
 
 
 class TritonPythonModel(StepModel):

@@ -175,7 +175,8 @@ def simulate(cfg: SimConfig = SimConfig()) -> World:
     for u in range(cfg.num_users):
         t = t0 + int(rng.integers(0, 86_400 * 30))
         n_journeys = int(rng.integers(*cfg.journeys_per_user, endpoint=True))
-        leaf_scores = 3.0 * leaf_latent @ taste[u]
+        # Intents only among leaves that have items, so every user has events.
+        leaf_scores = np.where([len(ids) > 0 for ids in items_by_leaf], 3.0 * leaf_latent @ taste[u], -np.inf)
         for _ in range(n_journeys):
             leaf = int(_softmax_sample(leaf_scores, rng, 1)[0])
             pool = items_by_leaf[leaf]
@@ -229,10 +230,10 @@ def simulate(cfg: SimConfig = SimConfig()) -> World:
     imp_ctr = true_ctr(cat, taste[imp_user], imp_item, imp_leaf)
     imp_click = (rng.random(len(imp_ctr)) < imp_ctr).astype(np.int64)
 
-    campaign_item = rng.choice(np.arange(1, n_items + 1), size=cfg.num_campaigns, replace=False,
+    campaign_item = rng.choice(np.arange(1, n_items + 1), size=min(cfg.num_campaigns, n_items), replace=False,
                                p=cat.popularity[1:] / cat.popularity[1:].sum()).astype(np.int64)
     ad_user, ad_time, ad_leaf = exposures(cfg.ad_impressions_per_user)
-    ad_campaign = rng.integers(0, cfg.num_campaigns, size=len(ad_user))
+    ad_campaign = rng.integers(0, len(campaign_item), size=len(ad_user))
     ad_ctr = true_ctr(cat, taste[ad_user], campaign_item[ad_campaign], ad_leaf)
     ad_click = (rng.random(len(ad_ctr)) < ad_ctr).astype(np.int64)
 

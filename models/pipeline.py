@@ -68,11 +68,11 @@ def validate_and_featurize(tokenizer: ItemTokenizer, limits: ServingLimits, item
     items = np.asarray(item_ids).reshape(-1)
     behs = np.asarray(behaviors).reshape(-1)
     ts = np.asarray(timestamps).reshape(-1)
-    for field, value in (("item_ids", items), ("behaviors", behs), ("timestamps", ts)):
-        _check_dtype(field, value, "iu")
     n = len(items)
     if n == 0:
         raise RequestError("item_ids", "history is empty; at least 1 event is required")
+    for field, value in (("item_ids", items), ("behaviors", behs), ("timestamps", ts)):
+        _check_dtype(field, value, "iu")
     if n > limits.max_history:
         raise RequestError("item_ids", f"history has {n} events; the maximum is {limits.max_history}")
     if len(behs) != n or len(ts) != n:
@@ -88,6 +88,7 @@ def validate_and_featurize(tokenizer: ItemTokenizer, limits: ServingLimits, item
     if n > 1 and np.any(np.diff(ts) < 0):
         raise RequestError("timestamps", "must be non-decreasing (oldest event first)")
     k_arr = np.asarray(k).reshape(-1)
+    _check_dtype("k", k_arr, "iu")
     if len(k_arr) != 1:
         raise RequestError("k", f"expected exactly one value, got {len(k_arr)}")
     if not 1 <= int(k_arr[0]) <= limits.max_k:
@@ -142,8 +143,8 @@ def knn_retrieve(item_vectors: np.ndarray, hist_items: np.ndarray, hist_behavior
     query = w @ item_vectors[hist_items]
     scores = np.where(eligible, item_vectors @ query, -np.inf)
     n = min(n, int(eligible.sum()))
-    top = np.argpartition(-scores, n - 1)[:n] if n > 0 else np.zeros(0, np.int64)
-    top = top[np.lexsort((top, -scores[top]))]
+    # Full sort by (score desc, id asc): exact ties at the cut-off resolve the same way everywhere.
+    top = np.lexsort((np.arange(len(scores)), -scores))[:n]
     return top.astype(np.int64), scores[top].astype(np.float32)
 
 

@@ -59,8 +59,10 @@ class ItemTokenizer:
                    num_behaviors=num_behaviors)
 
     def save(self, path: Path) -> None:
-        np.savez(path, item_paths=self.item_paths, level_offsets=self.level_offsets,
-                 behavior_offset=self.behavior_offset, num_behaviors=self.num_behaviors)
+        """Writes exactly `path` (np.savez would append .npz to a name without it)."""
+        with open(path, "wb") as f:
+            np.savez(f, item_paths=self.item_paths, level_offsets=self.level_offsets,
+                     behavior_offset=self.behavior_offset, num_behaviors=self.num_behaviors)
 
     @classmethod
     def load(cls, path: Path) -> "ItemTokenizer":

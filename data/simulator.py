@@ -20,10 +20,26 @@ BEHAVIOR_NAMES = {VIEW: "view", ADD_TO_CART: "add_to_cart", REMOVE_FROM_CART: "r
                   PURCHASE: "purchase"}
 NUM_BEHAVIORS = 5  # including padding
 
-_TOP_CATEGORIES = ["apparel", "shoes", "home", "kitchen", "electronics", "beauty", "sports", "toys",
-                   "garden", "books", "grocery", "pets"]
-_ADJECTIVES = ["classic", "slim", "premium", "eco", "compact", "soft", "pro", "vintage", "smart", "light"]
-_NOUNS = ["edition", "set", "pack", "model", "series", "kit", "line", "collection"]
+# A fashion store: every leaf names a garment that maps to a Fashion-MNIST class (data/creatives.py), so
+# each item can be shown with a real image of its class. List lengths fix the random draws: keep them.
+_TOP_CATEGORIES = ["tops", "knitwear", "bottoms", "dresses", "outerwear", "sneakers", "sandals and boots", "bags",
+                   "shirts", "tees", "boots", "sandals"]
+_LEAF_CATEGORIES = [
+    ["t-shirt", "tank top", "shirt", "blouse"],
+    ["pullover", "sweater", "hoodie", "sweatshirt"],
+    ["trouser", "jeans", "chino trouser", "jogger"],
+    ["dress", "maxi dress", "midi dress", "wrap dress"],
+    ["coat", "jacket", "parka", "trench coat"],
+    ["sneaker", "running shoe", "canvas sneaker", "trainer"],
+    ["sandal", "slide sandal", "ankle boot", "chelsea boot"],
+    ["bag", "handbag", "backpack", "tote bag"],
+    ["oxford shirt", "flannel shirt", "polo shirt", "linen shirt"],
+    ["graphic t-shirt", "crop top", "long-sleeve top", "v-neck t-shirt"],
+    ["ankle boot", "combat boot", "lace-up boot", "heeled ankle boot"],
+    ["sandal", "strappy sandal", "flip-flop", "platform sandal"],
+]
+_ADJECTIVES = ["classic", "slim", "premium", "organic", "relaxed", "soft", "sport", "vintage", "casual", "light"]
+_NOUNS = ["edition", "style", "pack", "fit", "series", "cut", "line", "collection"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +138,7 @@ def _make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
     names = [_TOP_CATEGORIES[t % len(_TOP_CATEGORIES)] for t in range(cfg.num_top_categories)]
     titles = [""] + [
         f"brand{b:03d} {_ADJECTIVES[rng.integers(len(_ADJECTIVES))]} {names[t]} "
-        f"sub{lf % cfg.subcategories_per_top} {_NOUNS[rng.integers(len(_NOUNS))]} ${p:.2f}"
+        f"{leaf_name(cfg, lf)} {_NOUNS[rng.integers(len(_NOUNS))]} ${p:.2f}"
         for t, lf, b, p in zip(top, leaf, brand, price)
     ]
 
@@ -133,6 +149,13 @@ def _make_catalog(cfg: SimConfig, rng: np.random.Generator) -> Catalog:
                    brand=pad(brand, np.int64), price=pad(price, np.float32),
                    price_bucket=pad(price_bucket, np.int64), latent=pad(latent, np.float32),
                    popularity=pad(popularity, np.float32), titles=titles)
+
+
+def leaf_name(cfg: SimConfig, leaf: int) -> str:
+    """Display name of a global leaf category id (names repeat when a config asks for more than exist)."""
+    top, sub = divmod(int(leaf), cfg.subcategories_per_top)
+    names = _LEAF_CATEGORIES[top % len(_LEAF_CATEGORIES)]
+    return names[sub % len(names)]
 
 
 def _pick_brand_in_category(top: np.ndarray, brand_home: np.ndarray, rng: np.random.Generator) -> np.ndarray:

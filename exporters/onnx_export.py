@@ -11,7 +11,6 @@ from torch import nn
 from exporters.python_backend import session
 from models.grace import GraceModel
 from models.ranker import Ranker
-from models.tokenizer import BOS, TOKENS_PER_EVENT
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -22,8 +21,8 @@ class _DecodeStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, prefix, cross_kv, memory_valid):
-        return self.model.decode_step(prefix, cross_kv, memory_valid)
+    def forward(self, last_tokens, past_kv, cross_kv, memory_valid):
+        return self.model.decode_step(last_tokens, past_kv, cross_kv, memory_valid)
 
 
 class _Encoder(nn.Module):
@@ -31,8 +30,8 @@ class _Encoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, valid):
-        return self.model.cross_kv(self.model.encode(tokens, valid))
+    def forward(self, tokens, valid, journey_ids, journey_pos):
+        return self.model.cross_kv(self.model.encode(tokens, valid, journey_ids, journey_pos))
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -45,45 +44,64 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 def _max_diff(module: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> float:
     with torch.no_grad():
-        expected = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    got = session(path).run(None, feeds)[0]
-    return float(np.abs(got - expected).max())
+        expected = module(*(torch.from_numpy(v) for v in feeds.values()))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = session(path).run(None, feeds)
+    return max(float(np.abs(g - e.numpy()).max()) if g.size else 0.0 for g, e in zip(got, expected))
+
+
+def sample_encoder_inputs(rng: np.random.Generator, vocab: int, tokens_per_event: int,
+                          events_per_row: list[int]) -> dict[str, np.ndarray]:
+    """Left-padded random histories with a few journeys each, shaped like the real encoder inputs."""
+    t = max(events_per_row) * tokens_per_event
+    b = len(events_per_row)
+    tokens = np.zeros((b, t), np.int64)
+    valid = np.zeros((b, t), np.float32)
+    journey_ids = np.full((b, t), -1, np.int64)
+    journey_pos = np.zeros((b, t), np.int64)
+    for r, n in enumerate(events_per_row):
+        m = n * tokens_per_event
+        tokens[r, t - m:] = rng.integers(2, vocab, size=m)
+        valid[r, t - m:] = 1.0
+        event_journey = np.cumsum(rng.random(n) < 0.3)
+        event_journey -= event_journey[0]
+        journey_ids[r, t - m:] = np.repeat(event_journey, tokens_per_event)
+        starts = np.searchsorted(journey_ids[r, t - m:], journey_ids[r, t - m:])
+        journey_pos[r, t - m:] = np.arange(m) - starts
+    return {"tokens": tokens, "valid": valid, "journey_ids": journey_ids, "journey_pos": journey_pos}
 
 
 def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, float]:
-    """Writes grace_encoder.onnx (tokens -> cross-attention K/V of every decoder layer) and
-    grace_decoder_step.onnx (beam prefixes + shared K/V -> next-token log-probs); returns max |ORT - torch|."""
+    """Writes grace_encoder.onnx (history -> cross-attention K/V of every decoder layer) and
+    grace_decoder_step.onnx (one token per beam + self-attention KV cache + shared cross K/V -> next-token
+    log-probs and the grown cache); returns max |ORT - torch| on shapes other than the traced ones."""
     rng = np.random.default_rng(seed)
-    vocab, d = model.cfg.vocab_size, model.cfg.d_model
-    t = 4 * TOKENS_PER_EVENT
-    tokens = rng.integers(2, vocab, size=(2, t)).astype(np.int64)
-    valid = np.ones((2, t), np.float32)
-    tokens[1, :TOKENS_PER_EVENT], valid[1, :TOKENS_PER_EVENT] = 0, 0.0  # left padding, as in training
+    cfg = model.cfg
+    vocab, d, tpe = cfg.vocab_size, cfg.d_model, cfg.tokens_per_event
     encoder, step = _Encoder(model), _DecodeStep(model)
     enc_path, step_path = out_dir / "grace_encoder.onnx", out_dir / "grace_decoder_step.onnx"
-    kv_axes = {2: "batch", 4: "tokens"}
-    _export(encoder, (torch.from_numpy(tokens), torch.from_numpy(valid)), enc_path, ["tokens", "valid"],
-            ["cross_kv"], {"tokens": {0: "batch", 1: "tokens"}, "valid": {0: "batch", 1: "tokens"},
-                           "cross_kv": kv_axes})
-    layers, heads = model.cfg.decoder_layers, model.cfg.num_heads
-    prefix = np.concatenate([np.full((3, 1), BOS), rng.integers(2, vocab, size=(3, 2))], 1).astype(np.int64)
-    cross_kv = rng.normal(size=(layers, 2, 1, heads, t, d // heads)).astype(np.float32)
-    mem_valid = np.ones((1, t), np.float32)
-    _export(step, (torch.from_numpy(prefix), torch.from_numpy(cross_kv), torch.from_numpy(mem_valid)), step_path,
-            ["prefix", "cross_kv", "memory_valid"], ["log_probs"],
-            {"prefix": {0: "beams", 1: "depth"}, "cross_kv": {4: "tokens"}, "memory_valid": {1: "tokens"},
-             "log_probs": {0: "beams"}})
-    # Parity on shapes other than the traced ones, so dynamic axes are exercised too.
-    t2 = 7 * TOKENS_PER_EVENT
-    tokens2 = rng.integers(2, vocab, size=(3, t2)).astype(np.int64)
-    valid2 = np.ones((3, t2), np.float32)
-    prefix2 = np.concatenate([np.full((5, 1), BOS), rng.integers(2, vocab, size=(5, 4))], 1).astype(np.int64)
-    cross_kv2 = rng.normal(size=(layers, 2, 1, heads, t2, d // heads)).astype(np.float32)
-    return {
-        enc_path.name: _max_diff(encoder, enc_path, {"tokens": tokens2, "valid": valid2}),
-        step_path.name: _max_diff(step, step_path, {"prefix": prefix2, "cross_kv": cross_kv2,
-                                                    "memory_valid": np.ones((1, t2), np.float32)}),
-    }
+    enc_names = ["tokens", "valid", "journey_ids", "journey_pos"]
+    feeds = sample_encoder_inputs(rng, vocab, tpe, [6, 4])
+    _export(encoder, tuple(torch.from_numpy(feeds[n]) for n in enc_names), enc_path, enc_names, ["cross_kv"],
+            {**{n: {0: "batch", 1: "tokens"} for n in enc_names}, "cross_kv": {2: "batch", 4: "tokens"}})
+    layers, heads, hd = cfg.decoder_layers, cfg.num_heads, d // cfg.num_heads
+
+    def step_feeds(beams: int, past_len: int, t: int) -> dict[str, np.ndarray]:
+        return {"last_tokens": rng.integers(2, vocab, size=beams).astype(np.int64),
+                "past_kv": rng.normal(size=(layers, 2, beams, heads, past_len, hd)).astype(np.float32),
+                "cross_kv": rng.normal(size=(layers, 2, 1, heads, t, hd)).astype(np.float32),
+                "memory_valid": np.ones((1, t), np.float32)}
+
+    traced = step_feeds(3, 2, 4 * tpe)
+    _export(step, tuple(torch.from_numpy(v) for v in traced.values()), step_path, list(traced),
+            ["log_probs", "present_kv"],
+            {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {4: "tokens"},
+             "memory_valid": {1: "tokens"}, "log_probs": {0: "beams"}, "present_kv": {2: "beams", 4: "present"}})
+    # Parity on shapes other than the traced ones (the empty first-step cache included), so dynamic axes and
+    # the journey inputs are exercised too.
+    enc_diff = _max_diff(encoder, enc_path, sample_encoder_inputs(rng, vocab, tpe, [9, 3, 7]))
+    step_diff = max(_max_diff(step, step_path, step_feeds(5, past, 7 * tpe)) for past in (0, 1, 4))
+    return {enc_path.name: enc_diff, step_path.name: step_diff}
 
 
 def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates: int, seed: int = 0

@@ -34,6 +34,9 @@ class StepModel:
 
     INPUTS: tuple[str, ...] = ()
     OPTIONAL_INPUTS: tuple[str, ...] = ()
+    # False: one user per request, outputs get the batch dimension of 1 added. True: `_read` keeps the
+    # request's rows and `run` returns outputs whose first dimension is already the request's rows.
+    ROWS_ARE_BATCH = False
 
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb_utils  # only importable inside the stub
@@ -100,5 +103,6 @@ class StepModel:
                 responses[i] = self._error(f"internal error: {result}", self.pb.TritonError.INTERNAL)
             else:
                 responses[i] = self.pb.InferenceResponse(output_tensors=[
-                    self.pb.Tensor(name, np.asarray(value)[None]) for name, value in result.items()])
+                    self.pb.Tensor(name, np.asarray(value) if self.ROWS_ARE_BATCH else np.asarray(value)[None])
+                    for name, value in result.items()])
         return responses

@@ -51,3 +51,27 @@ def ctr_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
     return {"auc": float(roc_auc_score(labels, p)), "log_loss": float(log_loss(labels, p)),
             "ece_15": expected_calibration_error(p, labels)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlattCalibrator:
+    """p = sigmoid(a * logit + b): two parameters, so it stays sane where held-out logs are thin."""
+
+    a: float
+    b: float
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray) -> "PlattCalibrator":
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.asarray(logits, np.float64).reshape(-1, 1)
+        y = np.asarray(labels, np.int64).reshape(-1)
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"labels: Platt scaling needs both classes, got only {np.unique(y).tolist()}")
+        # Almost no regularisation: the two parameters are the whole model.
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(x, y)
+        return cls(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        z = self.a * np.asarray(logits, np.float64) + self.b
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

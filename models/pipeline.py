@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from models.tokenizer import ItemTokenizer
+from models.grace_inputs import HistoryEncoder
 
 SOURCE_NAMES = ("grace", "embedding_knn")
 GRACE_SOURCE, KNN_SOURCE = 0, 1
@@ -31,6 +31,9 @@ class ServingLimits:
     beam_width: int = 20
     knn_candidates: int = 64
     max_candidates: int = 64
+    num_campaigns: int = 0  # score_ads: campaign ids are 0..num_campaigns-1
+    max_campaigns: int = 256  # score_ads: campaigns per request
+    max_clip_rows: int = 64  # clip_embed: images/texts per request
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -50,7 +53,9 @@ class RequestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class HistoryFeatures:
-    enc_tokens: np.ndarray  # int64 [L * TOKENS_PER_EVENT]
+    enc_tokens: np.ndarray  # int64 [L * tokens_per_event]
+    enc_journey_ids: np.ndarray  # int64 [L * tokens_per_event], journey index of each token
+    enc_journey_pos: np.ndarray  # int64 [L * tokens_per_event], position of the token inside its journey
     hist_items: np.ndarray  # int64 [max_history], right-aligned, 0 = pad
     hist_behaviors: np.ndarray  # int64 [max_history]
     exclude_ids: np.ndarray  # int64 [>=1]; always holds the padding item 0
@@ -62,7 +67,7 @@ def _check_dtype(field: str, value: np.ndarray, kind: str) -> None:
         raise RequestError(field, f"expected an integer tensor, got dtype {value.dtype}")
 
 
-def validate_and_featurize(tokenizer: ItemTokenizer, limits: ServingLimits, item_ids, behaviors, timestamps, k,
+def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimits, item_ids, behaviors, timestamps, k,
                            exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
     """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features."""
     items = np.asarray(item_ids).reshape(-1)
@@ -122,7 +127,9 @@ def validate_and_featurize(tokenizer: ItemTokenizer, limits: ServingLimits, item
     hist_items = np.zeros(limits.max_history, np.int64)
     hist_behaviors = np.zeros(limits.max_history, np.int64)
     hist_items[-n:], hist_behaviors[-n:] = items, behs
-    return HistoryFeatures(enc_tokens=tokenizer.event_tokens(items, behs), hist_items=hist_items,
+    tokens, journey_ids, journey_pos = history_encoder.encode(items, behs, ts)
+    return HistoryFeatures(enc_tokens=tokens, enc_journey_ids=journey_ids, enc_journey_pos=journey_pos,
+                           hist_items=hist_items,
                            hist_behaviors=hist_behaviors, exclude_ids=exclude, allowed_categories=allowed)
 
 

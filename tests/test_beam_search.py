@@ -44,9 +44,17 @@ def random_log_probs(vocab: int, seed: int):
 
 
 def make_step(f, calls: list | None = None):
-    def step(prefix: np.ndarray) -> np.ndarray:
+    previous: list[np.ndarray] = []
+
+    def step(prefix: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
         assert prefix.ndim == 2 and prefix.dtype == np.int64
         assert np.all(prefix[:, 0] == BOS)
+        # The parents protocol a KV-cached decoder relies on: beam i extends row parents[i] of the last call.
+        if parents is None:
+            assert prefix.shape[1] == 1 and not previous
+        else:
+            np.testing.assert_array_equal(prefix[:, :-1], previous[-1][parents])
+        previous.append(prefix.copy())
         if calls is not None:
             calls.append(prefix.copy())
         return np.stack([f(tuple(row)) for row in prefix.tolist()])

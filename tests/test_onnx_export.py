@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from data.simulator import SimConfig, simulate
-from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker
+from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker, sample_encoder_inputs
 from exporters.python_backend import session
 from models.grace import GraceConfig, GraceModel
 from models.ranker import Ranker, RankerConfig
-from models.tokenizer import BOS, PAD, TOKENS_PER_EVENT
+from models.tokenizer import BOS
 
 GRACE_CFG = GraceConfig(vocab_size=50, max_tokens=60, d_model=16, num_heads=2)
 MAX_HISTORY, NUM_CANDIDATES = 6, 9
@@ -56,63 +56,89 @@ def test_export_ranker_parity_figures(ranker_export):
     assert 0.0 <= parity["ranker.onnx"] <= PARITY_TOLERANCE
 
 
-def _left_padded_tokens(rng, events_per_row: list[int]):
-    t = max(events_per_row) * TOKENS_PER_EVENT
-    tokens = np.full((len(events_per_row), t), PAD, np.int64)
-    for r, n in enumerate(events_per_row):
-        tokens[r, t - n * TOKENS_PER_EVENT:] = rng.integers(2, GRACE_CFG.vocab_size, size=n * TOKENS_PER_EVENT)
-    return tokens, (tokens != PAD).astype(np.float32)
+def _encoder_inputs(events_per_row: list[int], seed: int) -> dict[str, np.ndarray]:
+    return sample_encoder_inputs(np.random.default_rng(seed), GRACE_CFG.vocab_size, GRACE_CFG.tokens_per_event,
+                                 events_per_row)
+
+
+def _torch(feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in feeds.items()}
 
 
 @pytest.mark.parametrize("events_per_row", [[1], [3, 1, 2, 3], [10, 10], [2] * 6])
 def test_grace_encoder_matches_torch_on_new_shapes(grace_export, events_per_row):
     model, out, _ = grace_export
-    rng = np.random.default_rng(sum(events_per_row))
-    tokens, valid = _left_padded_tokens(rng, events_per_row)
-    got = session(out / "grace_encoder.onnx").run(None, {"tokens": tokens, "valid": valid})[0]
+    feeds = _encoder_inputs(events_per_row, sum(events_per_row))
+    got = session(out / "grace_encoder.onnx").run(None, feeds)[0]
     with torch.no_grad():
-        expected = model.cross_kv(model.encode(torch.from_numpy(tokens), torch.from_numpy(valid))).numpy()
+        expected = model.cross_kv(model.encode(**_torch(feeds))).numpy()
     assert got.shape == expected.shape == (GRACE_CFG.decoder_layers, 2, len(events_per_row), GRACE_CFG.num_heads,
-                                           tokens.shape[1], GRACE_CFG.d_model // GRACE_CFG.num_heads)
+                                           feeds["tokens"].shape[1], GRACE_CFG.d_model // GRACE_CFG.num_heads)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE, rtol=0)
 
 
-@pytest.mark.parametrize("beams, depth, events", [(1, 1, 2), (7, 1, 5), (2, 5, 1), (11, 3, 8), (4, 4, 3)])
-def test_grace_decoder_step_matches_torch_on_new_shapes(grace_export, beams, depth, events):
-    """As served: one request's encoder output (batch 1) shared by every beam."""
+def _encode_one(out, events: int, seed: int):
+    feeds = _encoder_inputs([events], seed)
+    cross_kv = session(out / "grace_encoder.onnx").run(None, feeds)[0]
+    return feeds, cross_kv
+
+
+@pytest.mark.parametrize("beams, past_len, events", [(1, 0, 2), (7, 0, 5), (2, 4, 1), (11, 2, 8), (4, 3, 3)])
+def test_grace_decoder_step_matches_torch_on_new_shapes(grace_export, beams, past_len, events):
+    """As served: one request's encoder output (batch 1) shared by every beam, plus each beam's KV cache."""
     model, out, _ = grace_export
-    rng = np.random.default_rng(beams * 100 + depth)
-    tokens, valid = _left_padded_tokens(rng, [events])
-    cross_kv = session(out / "grace_encoder.onnx").run(None, {"tokens": tokens, "valid": valid})[0]
-    prefix = np.concatenate([np.full((beams, 1), BOS), rng.integers(2, GRACE_CFG.vocab_size, size=(beams, depth - 1))],
-                            axis=1).astype(np.int64)
-    feeds = {"prefix": prefix, "cross_kv": cross_kv, "memory_valid": valid}
-    got = session(out / "grace_decoder_step.onnx").run(None, feeds)[0]
+    rng = np.random.default_rng(beams * 100 + past_len)
+    feeds, cross_kv = _encode_one(out, events, beams)
+    heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
+    step_feeds = {"last_tokens": rng.integers(2, GRACE_CFG.vocab_size, size=beams).astype(np.int64),
+                  "past_kv": rng.normal(size=(GRACE_CFG.decoder_layers, 2, beams, heads, past_len, hd)).astype(np.float32),
+                  "cross_kv": cross_kv, "memory_valid": feeds["valid"]}
+    got_lp, got_present = session(out / "grace_decoder_step.onnx").run(None, step_feeds)
     with torch.no_grad():
-        expected = model.decode_step(torch.from_numpy(prefix), torch.from_numpy(cross_kv),
-                                     torch.from_numpy(valid)).numpy()
-    assert got.shape == expected.shape == (beams, GRACE_CFG.vocab_size)
-    np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE, rtol=0)
-    # They are log-probabilities.
-    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, atol=1e-4)
+        lp, present = model.decode_step(*_torch(step_feeds).values())
+    assert got_lp.shape == lp.shape == (beams, GRACE_CFG.vocab_size)
+    assert got_present.shape == present.shape == (GRACE_CFG.decoder_layers, 2, beams, heads, past_len + 1, hd)
+    np.testing.assert_allclose(got_lp, lp.numpy(), atol=PARITY_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(got_present, present.numpy(), atol=PARITY_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.exp(got_lp).sum(-1), 1.0, atol=1e-4)  # log-probabilities
+
+
+def test_kv_cached_decoding_equals_full_prefix_decoding(grace_export):
+    """Feeding a path token by token through the cache gives the same next-token distributions as decoding
+    the whole prefix at once (teacher forcing), in ORT as in torch."""
+    model, out, _ = grace_export
+    rng = np.random.default_rng(3)
+    feeds, cross_kv = _encode_one(out, 4, 3)
+    prefix = np.concatenate([np.full((3, 1), BOS), rng.integers(2, GRACE_CFG.vocab_size, size=(3, 4))], 1)
+    with torch.no_grad():
+        full = model.decode(torch.from_numpy(prefix), torch.from_numpy(cross_kv),
+                            torch.from_numpy(feeds["valid"])).log_softmax(-1).numpy()
+    step = session(out / "grace_decoder_step.onnx")
+    past = model.empty_cache(3).numpy()
+    for s in range(prefix.shape[1]):
+        lp, past = step.run(None, {"last_tokens": prefix[:, s].astype(np.int64), "past_kv": past,
+                                   "cross_kv": cross_kv, "memory_valid": feeds["valid"]})
+        np.testing.assert_allclose(lp, full[:, s], atol=PARITY_TOLERANCE, rtol=0)
 
 
 def test_grace_decoder_step_respects_memory_mask(grace_export):
     """Masked memory positions must not influence the output, in ORT as in torch."""
-    _, out, _ = grace_export
+    model, out, _ = grace_export
     rng = np.random.default_rng(5)
-    t = 4 * TOKENS_PER_EVENT
+    tpe = GRACE_CFG.tokens_per_event
+    t = 4 * tpe
     heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
     cross_kv = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 1, heads, t, hd)).astype(np.float32)
     valid = np.ones((1, t), np.float32)
-    valid[0, :TOKENS_PER_EVENT] = 0.0
+    valid[0, :tpe] = 0.0
     other = cross_kv.copy()
-    other[..., :TOKENS_PER_EVENT, :] = rng.normal(size=other[..., :TOKENS_PER_EVENT, :].shape) * 10
-    prefix = np.array([[BOS, 7, 9], [BOS, 3, 3]], np.int64)
+    other[..., :tpe, :] = rng.normal(size=other[..., :tpe, :].shape) * 10
+    past = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 2, heads, 2, hd)).astype(np.float32)
+    last = np.array([7, 3], np.int64)
     step = session(out / "grace_decoder_step.onnx")
-    a = step.run(None, {"prefix": prefix, "cross_kv": cross_kv, "memory_valid": valid})[0]
-    b = step.run(None, {"prefix": prefix, "cross_kv": other, "memory_valid": valid})[0]
+    a = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": cross_kv, "memory_valid": valid})[0]
+    b = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": other, "memory_valid": valid})[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -156,11 +182,11 @@ def test_ranker_rows_are_independent_in_onnx(ranker_export):
 
 
 def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
-    """The served retrieval path (ORT encoder + ORT step inside the shared beam search) returns the same items
-    as the in-process torch reference."""
-    from models.beam_search import constrained_beam_search
+    """The served retrieval path (ORT encoder + cached ORT step inside the shared beam search) returns the same
+    items as the in-process torch reference."""
+    from models.beam_search import CachedStep, constrained_beam_search
+    from models.grace_recommender import grace_retrieve
     from models.tokenizer import ItemTokenizer
-    from models.train import grace_retrieve
 
     model, out, _ = grace_export
     rng = np.random.default_rng(11)
@@ -168,19 +194,23 @@ def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
     leaf = np.r_[0, rng.integers(0, 6, size=n)]
     tok = ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
                                      np.r_[0, rng.integers(0, 3, size=n)])
-    assert tok.vocab_size <= GRACE_CFG.vocab_size
+    assert tok.vocab_size <= GRACE_CFG.vocab_size and tok.path_length == GRACE_CFG.path_length
     trie, p2i = tok.build_trie(), tok.path_to_item()
     enc = tok.event_tokens(rng.integers(1, n + 1, size=4), rng.integers(1, 5, size=4))
-    valid = np.ones((1, len(enc)), np.float32)
-    cross_kv = session(out / "grace_encoder.onnx").run(None, {"tokens": enc[None], "valid": valid})[0]
+    journey_ids = np.repeat(np.array([0, 0, 1, 2]), tok.tokens_per_event)
+    journey_pos = np.arange(len(enc)) - np.searchsorted(journey_ids, journey_ids)
+    feeds = {"tokens": enc[None], "valid": np.ones((1, len(enc)), np.float32), "journey_ids": journey_ids[None],
+             "journey_pos": journey_pos[None]}
+    cross_kv = session(out / "grace_encoder.onnx").run(None, feeds)[0]
     step_sess = session(out / "grace_decoder_step.onnx")
 
-    def step(prefix):
-        return step_sess.run(None, {"prefix": prefix, "cross_kv": cross_kv, "memory_valid": valid})[0]
+    def run(last_tokens, past):
+        return tuple(step_sess.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
+                                          "memory_valid": feeds["valid"]}))
 
     for width in (1, 6):
-        items, scores = constrained_beam_search(step, trie, p2i, width)
-        ref_items, ref_scores = grace_retrieve(model, tok, trie, p2i, enc, width)
+        items, scores = constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, p2i, width)
+        ref_items, ref_scores = grace_retrieve(model, trie, p2i, enc, journey_ids, journey_pos, width)
         np.testing.assert_array_equal(items, ref_items)
         np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
         assert len(items) == width

@@ -9,7 +9,9 @@ from data.simulator import SimConfig, simulate
 from models.pipeline import (GRACE_SOURCE, KNN_SOURCE, BEHAVIOR_WEIGHTS, KNN_RECENCY_DECAY, RequestError,
                              ServingLimits, calibrated_top_k, eligible_mask, knn_retrieve, merge_candidates,
                              validate_and_featurize)
-from models.tokenizer import TOKENS_PER_EVENT, ItemTokenizer
+from models.grace_inputs import HistoryEncoder
+from models.journeys import segment_journeys
+from models.tokenizer import ItemTokenizer
 
 N_ITEMS = 200
 LIMITS = ServingLimits(num_items=N_ITEMS, num_categories=8, max_history=10, max_k=5, max_exclude=20)
@@ -21,9 +23,10 @@ def catalog():
 
 
 @pytest.fixture(scope="module")
-def tok(catalog) -> ItemTokenizer:
-    return ItemTokenizer.from_catalog(catalog.top_category, catalog.leaf_category, catalog.brand,
-                                      catalog.price_bucket)
+def tok(catalog) -> HistoryEncoder:
+    tokenizer = ItemTokenizer.from_catalog(catalog.top_category, catalog.leaf_category, catalog.brand,
+                                           catalog.price_bucket)
+    return HistoryEncoder(tokenizer, catalog.leaf_category.astype(np.int64), max_gap=120.0)
 
 
 def request(**over):
@@ -43,8 +46,14 @@ def test_featurize_happy_path(tok):
     assert f.hist_items.dtype == f.hist_behaviors.dtype == f.enc_tokens.dtype == np.int64
     np.testing.assert_array_equal(f.hist_items, [0] * 7 + [5, 9, 5])  # right-aligned, newest last
     np.testing.assert_array_equal(f.hist_behaviors, [0] * 7 + [1, 2, 4])
-    assert f.enc_tokens.shape == (3 * TOKENS_PER_EVENT,)
-    np.testing.assert_array_equal(f.enc_tokens, tok.event_tokens(np.array([5, 9, 5]), np.array([1, 2, 4])))
+    tpe = tok.tokenizer.tokens_per_event
+    assert f.enc_tokens.shape == f.enc_journey_ids.shape == f.enc_journey_pos.shape == (3 * tpe,)
+    np.testing.assert_array_equal(f.enc_tokens, tok.tokenizer.event_tokens(np.array([5, 9, 5]), np.array([1, 2, 4])))
+    # Journeys per event, repeated over the event's tokens; the 150 s pause (> max_gap 120) starts a new one.
+    journeys = segment_journeys(tok.item_intent[[5, 9, 5]], np.array([100.0, 100.0, 250.0]), max_gap=120.0)
+    assert journeys[2] == journeys[1] + 1
+    np.testing.assert_array_equal(f.enc_journey_ids, np.repeat(journeys, tpe))
+    assert f.enc_journey_pos[0] == 0 and f.enc_journey_pos[2 * tpe] == 0 and np.all(f.enc_journey_pos >= 0)
     np.testing.assert_array_equal(f.exclude_ids, [0])
     np.testing.assert_array_equal(f.allowed_categories, np.arange(LIMITS.num_categories))
 

@@ -10,7 +10,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from exporters.repository_configs import MAX_BATCH_SIZE, PYTHON_MODELS, render_configs, validate, write_configs
+from exporters.repository_configs import (ENSEMBLE_MODELS, MAX_BATCH_SIZE, PYTHON_MODELS, render_configs, validate,
+                                        write_configs)
+from models.ctr_features import MAX_HISTORY as CTR_MAX_HISTORY
 from models.pipeline import ServingLimits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,12 +31,23 @@ def _tensors(tensors) -> dict[str, model_config_pb2.ModelInput]:
 
 
 def test_all_configs_parse_and_are_named_after_their_model(parsed):
-    _, configs = parsed
+    limits, configs = parsed
     assert set(configs) == set(PYTHON_MODELS) | {"recommend"}
     for name, cfg in configs.items():
         assert cfg.name == name
-        assert cfg.max_batch_size == MAX_BATCH_SIZE
+        # clip_embed's batch dimension counts creatives, the others' count users (one per request).
+        assert cfg.max_batch_size == (limits.max_clip_rows if name == "clip_embed" else MAX_BATCH_SIZE)
     assert configs["recommend"].platform == "ensemble"
+
+
+def test_ads_models_publish_their_limits(parsed):
+    limits, configs = parsed
+    params = {k: v.string_value for k, v in configs["score_ads"].parameters.items() if k != "limits"}
+    assert params == {"num_items": str(limits.num_items), "max_history": str(CTR_MAX_HISTORY),
+                      "num_campaigns": str(limits.num_campaigns), "max_campaigns": str(limits.max_campaigns)}
+    clip = configs["clip_embed"]
+    assert {t.name for t in clip.input} == {"image", "text"} and all(t.optional for t in clip.input)
+    assert list(_tensors(clip.input)["image"].dims) == [28, 28]
 
 
 def test_validate_rejects_unknown_fields_and_bad_enums():
@@ -64,7 +77,7 @@ def test_fixed_dims_follow_the_limits(parsed):
     limits, configs = parsed
     L, W, C = limits.max_history, limits.beam_width, limits.max_candidates
     expect = {
-        ("features", "hist_items"): [L], ("knn_retrieve", "hist_items"): [L], ("ranker", "hist_items"): [L],
+        ("features", "hist_items"): [L], ("clip_retrieve", "hist_items"): [L], ("ranker", "hist_items"): [L],
         ("grace_retrieve", "grace_items"): [W], ("merge", "grace_items"): [W],
         ("merge", "cand_items"): [C], ("ranker", "cand_items"): [C], ("ranker", "logits"): [C],
         ("calibrate", "logits"): [C], ("calibrate", "cand_sources"): [C],
@@ -82,9 +95,9 @@ def test_ensemble_steps_reference_existing_models_once(parsed):
     _, configs = parsed
     steps = configs["recommend"].ensemble_scheduling.step
     names = [s.model_name for s in steps]
-    assert sorted(names) == sorted(PYTHON_MODELS)
+    assert sorted(names) == sorted(ENSEMBLE_MODELS)
     for s in steps:
-        assert s.model_name in PYTHON_MODELS and s.model_name in configs
+        assert s.model_name in ENSEMBLE_MODELS and s.model_name in configs
         assert s.model_version == -1
 
 
@@ -136,7 +149,7 @@ def test_ensemble_dataflow_is_complete_acyclic_and_type_consistent(parsed):
         dtype, dims, _ = produced[out.name]
         assert (out.data_type, list(out.dims)) == (dtype, dims), out.name
     # Both retrieval sources run off the features step, so the scheduler can run them in parallel.
-    assert producers["grace_items"] == "grace_retrieve" and producers["knn_items"] == "knn_retrieve"
+    assert producers["grace_items"] == "grace_retrieve" and producers["knn_items"] == "clip_retrieve"
 
 
 def test_ensemble_inputs_match_features_model(parsed):

@@ -1,0 +1,89 @@
+"""Typed gRPC clients for the ads side of the server: `score_ads` (calibrated pCTR of campaigns for one
+user, cold-start campaigns included) and `clip_embed` (CLIP embeddings of new creatives).
+
+Like RecommendClient, these only guarantee the wire format (tensor names, dtypes, shapes); the server checks
+limits and answers bad input with INVALID_ARGUMENT (RecommendError with that code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients.recommend_client import DEFAULT_URL, RecommendError, _decode, _infer_input, _row
+
+__all__ = ["AdScore", "AdsClient", "IMAGE_SIZE", "build_score_ads_inputs", "build_clip_embed_inputs"]
+
+SCORE_ADS_MODEL, CLIP_EMBED_MODEL = "score_ads", "clip_embed"
+IMAGE_SIZE = (28, 28)  # grayscale uint8 product images, the default CLIP's input
+
+
+@dataclass(frozen=True)
+class AdScore:
+    campaign_id: int
+    pctr: float
+    model_source: str  # "warm" (trained on the campaign's logs) or "hyper"/"llm" (generated, cold start)
+
+
+def build_score_ads_inputs(item_ids: Iterable[int], behaviors: Iterable[int], timestamps: Iterable[int],
+                           campaign_ids: Iterable[int]) -> list[grpcclient.InferInput]:
+    return [_infer_input("item_ids", _row("item_ids", item_ids, np.int64), "INT64"),
+            _infer_input("behaviors", _row("behaviors", behaviors, np.int32), "INT32"),
+            _infer_input("timestamps", _row("timestamps", timestamps, np.int64), "INT64"),
+            _infer_input("campaign_ids", _row("campaign_ids", campaign_ids, np.int64), "INT64")]
+
+
+def build_clip_embed_inputs(images: np.ndarray | None = None, texts: Sequence[str] | None = None
+                            ) -> list[grpcclient.InferInput]:
+    """images uint8 [n, 28, 28] and/or n texts; one row per creative."""
+    inputs = []
+    if images is not None:
+        inputs.append(_infer_input("image", np.ascontiguousarray(images, np.uint8), "UINT8"))
+    if texts is not None:
+        data = np.array([[t.encode("utf-8")] for t in texts], dtype=object).reshape(len(texts), 1)
+        inputs.append(_infer_input("text", data, "BYTES"))
+    return inputs
+
+
+class AdsClient:
+    """Blocking client for score_ads and clip_embed. Use as a context manager to close the channel."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url=url)
+
+    def __enter__(self) -> AdsClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _infer(self, model: str, inputs: list, outputs: Sequence[str]):
+        try:
+            return self._client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                                      client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise RecommendError.from_triton(exc) from exc
+
+    def score_ads(self, item_ids: Iterable[int], behaviors: Iterable[int], timestamps: Iterable[int],
+                  campaign_ids: Iterable[int]) -> list[AdScore]:
+        """Calibrated pCTR per campaign, in the order asked."""
+        campaign_ids = [int(c) for c in campaign_ids]
+        result = self._infer(SCORE_ADS_MODEL, build_score_ads_inputs(item_ids, behaviors, timestamps, campaign_ids),
+                             ("pctr", "model_source"))
+        pctr, source = result.as_numpy("pctr")[0], result.as_numpy("model_source")[0]
+        return [AdScore(c, float(p), _decode(s)) for c, p, s in zip(campaign_ids, pctr, source)]
+
+    def embed(self, images: np.ndarray | None = None, texts: Sequence[str] | None = None) -> np.ndarray:
+        """L2-normalised embeddings [n, E]: of the images, of the texts, or of both (one creative per row)."""
+        return self._infer(CLIP_EMBED_MODEL, build_clip_embed_inputs(images, texts), ("embedding",)
+                           ).as_numpy("embedding")

@@ -1,0 +1,186 @@
+"""Sequential-recommendation datasets in one shape, and the leave-last-out split.
+
+Items are 1..num_items (0 = padding). Each user has chronological arrays of items, behaviour ids and
+timestamps. Item attributes are ordered coarse -> fine so a CoT tokenizer can walk them as a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class SequenceDataset:
+    name: str
+    num_items: int
+    item_attributes: dict[str, np.ndarray]  # coarse -> fine, each int64 [N+1], 0-based values, row 0 unused
+    item_texts: list[str]  # [N+1], row 0 ""
+    user_items: list[np.ndarray]  # per user, int64 chronological item ids in 1..N
+    user_behaviors: list[np.ndarray]  # per user, int64 behaviour ids in 1..num_behaviors-1
+    user_timestamps: list[np.ndarray]  # per user, float64, non-decreasing
+    behavior_names: tuple[str, ...] = ("pad", "interact")  # index = behaviour id; 0 is padding
+    user_journeys: list[np.ndarray] | None = None  # per user, ground-truth journey ids when known (simulator)
+
+    def __post_init__(self) -> None:
+        n = self.num_items
+        if n < 1:
+            raise ValueError(f"num_items must be >= 1, got {n}")
+        for key, col in self.item_attributes.items():
+            if col.shape != (n + 1,) or col.dtype != np.int64:
+                raise ValueError(f"item_attributes[{key!r}] must be int64 [{n + 1}], got {col.dtype} {col.shape}")
+            if col[1:].min(initial=0) < 0:
+                raise ValueError(f"item_attributes[{key!r}] must be 0-based (>= 0)")
+        if len(self.item_texts) != n + 1:
+            raise ValueError(f"item_texts must have num_items + 1 = {n + 1} rows, got {len(self.item_texts)}")
+        lists = [self.user_items, self.user_behaviors, self.user_timestamps]
+        if self.user_journeys is not None:
+            lists.append(self.user_journeys)
+        if len({len(x) for x in lists}) != 1:
+            raise ValueError("user_items, user_behaviors, user_timestamps (and user_journeys) need one entry per user")
+        for u, (items, behs, ts) in enumerate(zip(self.user_items, self.user_behaviors, self.user_timestamps)):
+            if not (len(items) == len(behs) == len(ts)):
+                raise ValueError(f"user {u}: items, behaviors and timestamps differ in length")
+            if len(items) and (items.min() < 1 or items.max() > n):
+                raise ValueError(f"user {u}: item ids must be in 1..{n}")
+            if len(behs) and (behs.min() < 1 or behs.max() >= len(self.behavior_names)):
+                raise ValueError(f"user {u}: behaviour ids must be in 1..{len(self.behavior_names) - 1}")
+            if len(ts) > 1 and np.any(np.diff(ts) < 0):
+                raise ValueError(f"user {u}: timestamps must be non-decreasing (chronological order)")
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_items)
+
+    @property
+    def num_behaviors(self) -> int:
+        """Including padding (id 0), like data.simulator.NUM_BEHAVIORS."""
+        return len(self.behavior_names)
+
+    @property
+    def num_events(self) -> int:
+        return int(sum(len(x) for x in self.user_items))
+
+    def attribute_cardinalities(self) -> dict[str, int]:
+        return {k: int(v[1:].max()) + 1 for k, v in self.item_attributes.items()}
+
+    def stats(self) -> dict:
+        lengths = np.array([len(x) for x in self.user_items])
+        return {"name": self.name, "users": self.num_users, "items": self.num_items, "events": self.num_events,
+                "mean_length": round(float(lengths.mean()), 1), "median_length": float(np.median(lengths)),
+                "behaviors": list(self.behavior_names[1:]), "attributes": self.attribute_cardinalities()}
+
+
+def from_world(world) -> SequenceDataset:
+    """Adapter for data.simulator.World: top_category, leaf_category, brand, price_bucket; event behaviours."""
+    from data.simulator import BEHAVIOR_NAMES, NUM_BEHAVIORS
+
+    cat = world.catalog
+    bounds = np.searchsorted(world.event_user, np.arange(world.config.num_users + 1))
+    spans = [(int(bounds[u]), int(bounds[u + 1])) for u in range(world.config.num_users)]
+    return SequenceDataset(
+        name="sim",
+        num_items=cat.num_items,
+        item_attributes={"top_category": cat.top_category.astype(np.int64),
+                         "leaf_category": cat.leaf_category.astype(np.int64),
+                         "brand": cat.brand.astype(np.int64),
+                         "price_bucket": cat.price_bucket.astype(np.int64)},
+        item_texts=list(cat.titles),
+        user_items=[world.event_item[lo:hi].astype(np.int64) for lo, hi in spans],
+        user_behaviors=[world.event_behavior[lo:hi].astype(np.int64) for lo, hi in spans],
+        user_timestamps=[world.event_timestamp[lo:hi].astype(np.float64) for lo, hi in spans],
+        behavior_names=("pad",) + tuple(BEHAVIOR_NAMES[b] for b in range(1, NUM_BEHAVIORS)),
+        user_journeys=[world.event_journey[lo:hi].astype(np.int64) for lo, hi in spans],
+    )
+
+
+@dataclasses.dataclass
+class Examples:
+    """(history -> target) pairs. Histories are views into the dataset's per-user arrays (no copies)."""
+
+    users: np.ndarray  # int64 [M]
+    positions: np.ndarray  # int64 [M]: index of the target in its user's sequence
+    histories: list[np.ndarray]  # item ids before the target, chronological, at most max_history
+    behaviors: list[np.ndarray]
+    timestamps: list[np.ndarray]
+    journeys: list[np.ndarray] | None
+    targets: np.ndarray  # int64 [M]
+    target_behaviors: np.ndarray  # int64 [M]
+    target_timestamps: np.ndarray  # float64 [M]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, idx) -> "Examples":
+        idx = np.asarray(idx, np.int64)
+        pick = lambda xs: [xs[i] for i in idx.tolist()]  # noqa: E731
+        return Examples(users=self.users[idx], positions=self.positions[idx], histories=pick(self.histories),
+                        behaviors=pick(self.behaviors), timestamps=pick(self.timestamps),
+                        journeys=None if self.journeys is None else pick(self.journeys),
+                        targets=self.targets[idx], target_behaviors=self.target_behaviors[idx],
+                        target_timestamps=self.target_timestamps[idx])
+
+
+@dataclasses.dataclass
+class Split:
+    train: Examples
+    valid: Examples | None
+    test: Examples
+    max_history: int
+
+
+def _examples(dataset: SequenceDataset, pairs: list[tuple[int, int]], max_history: int) -> Examples:
+    users = np.array([u for u, _ in pairs], np.int64)
+    pos = np.array([p for _, p in pairs], np.int64)
+    starts = [max(0, p - max_history) for _, p in pairs]
+    j = dataset.user_journeys
+    return Examples(
+        users=users, positions=pos,
+        histories=[dataset.user_items[u][s:p] for (u, p), s in zip(pairs, starts)],
+        behaviors=[dataset.user_behaviors[u][s:p] for (u, p), s in zip(pairs, starts)],
+        timestamps=[dataset.user_timestamps[u][s:p] for (u, p), s in zip(pairs, starts)],
+        journeys=None if j is None else [j[u][s:p] for (u, p), s in zip(pairs, starts)],
+        targets=np.array([dataset.user_items[u][p] for u, p in pairs], np.int64),
+        target_behaviors=np.array([dataset.user_behaviors[u][p] for u, p in pairs], np.int64),
+        target_timestamps=np.array([dataset.user_timestamps[u][p] for u, p in pairs], np.float64),
+    )
+
+
+def leave_last_out(dataset: SequenceDataset, max_history: int, validation: bool = False) -> Split:
+    """Test: each user's last event, predicted from the events before it. Train: every earlier event (from the
+    second on) predicted from its prefix. With `validation`, each user's second-last event is held out too
+    (history before it -> it) and is not a training target. Histories keep the last `max_history` events.
+
+    Users with too few events to give a test example (and, with validation, at least one held-out valid
+    example) are skipped for that part; their remaining events still train.
+    """
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}")
+    held = 2 if validation else 1
+    train, valid, test = [], [], []
+    for u, items in enumerate(dataset.user_items):
+        n = len(items)
+        if n >= 2:
+            test.append((u, n - 1))
+        if validation and n >= 3:
+            valid.append((u, n - 2))
+        # Targets 1..n-held-1: the first event has no history to predict from.
+        train.extend((u, p) for p in range(1, n - held))
+    if not test:
+        raise ValueError(f"dataset {dataset.name!r} has no user with >= 2 events; nothing to test")
+    return Split(train=_examples(dataset, train, max_history),
+                 valid=_examples(dataset, valid, max_history) if validation else None,
+                 test=_examples(dataset, test, max_history), max_history=max_history)
+
+
+def pad_left(histories: list[np.ndarray], length: int, pad: int = 0) -> np.ndarray:
+    """[M] variable-length int arrays -> int64 [M, length], right-aligned (newest last), keeping the newest."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    out = np.full((len(histories), length), pad, np.int64)
+    for r, h in enumerate(histories):
+        h = np.asarray(h, np.int64)[-length:]
+        if len(h):
+            out[r, length - len(h):] = h
+    return out

@@ -2,6 +2,8 @@
 # Stage 1 builds the model repository (simulate, train, export) with the pinned Python 3.11 toolchain;
 # stage 2 serves it with Triton 2.51, the same server version as the embedded CPU server.
 FROM python:3.11-slim AS build
+# Real product images for the CLIP training of the default build.
+RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt

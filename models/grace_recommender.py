@@ -154,12 +154,21 @@ class GraceRecommender:
             vocab_size=tok.vocab_size, max_tokens=cfg.max_history * tok.tokens_per_event,
             path_length=tok.path_length, tokens_per_event=tok.tokens_per_event, d_model=cfg.d_model,
             num_heads=cfg.num_heads, encoder_layers=cfg.layers, decoder_layers=cfg.layers, attention=v.attention,
-            causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self.jsa))
+            causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config()))
         trained = train_model(self.model, self.encoder, train_examples, budget, seed, self.progress)
         self.losses = trained.pop("losses")
         self.info.update(trained)
         self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()
         return self.info
+
+    def _jsa_config(self) -> dict | None:
+        """The full JSA config, recorded in the checkpoint so that later changes of the defaults cannot alter
+        what a trained model computes."""
+        if self.variant.attention != "jsa":
+            return None
+        from models.jsa import JSAConfig  # noqa: PLC0415
+
+        return dataclasses.asdict(JSAConfig(**(self.jsa or {})))
 
     def recommend_one(self, items, behaviors, timestamps, k: int) -> np.ndarray:
         items, behaviors, timestamps = (np.asarray(a)[-self.cfg.max_history:] for a in (items, behaviors, timestamps))

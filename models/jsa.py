@@ -48,9 +48,12 @@ _NO_BLOCK = 1 << 30  # sorts after every real block index
 @dataclasses.dataclass(frozen=True)
 class JSAConfig:
     # Defaults tuned on CPU (docs/results/jsa_compute.md): blocks of 64 as NSA's selection, few keys per query.
+    # Compressed tokens are the selection blocks themselves (block = compress_block = compress_stride): a
+    # block's importance is the attention to its own pooled token, and the compressed branch (whose scores
+    # are not fused, the selection needs the probabilities) costs half of what overlapping strides of 32 do.
     block: int = 64                   # query / selection / window block (tokens)
     compress_block: int = 64          # pooled length of a compressed token
-    compress_stride: int = 32         # distance between compressed tokens (compress_block % stride == 0)
+    compress_stride: int = 64         # distance between compressed tokens (compress_block % stride == 0)
     top_n: int = 2                    # selected blocks per query block, besides the forced ones
     window: int = 64                  # current-journey window in tokens (token exact)
     summaries_per_journey: int = 1
@@ -255,7 +258,7 @@ class JourneySparseAttention(nn.Module):
             return _dense_chunk(q, k, v, mask, importance)
         b, h, t, hd = q.shape
         s = k.shape[2]
-        rows = max(1, _bst.CHUNK_ELEMENTS // max(b * h * s, 1))
+        rows = max(1, _bst.chunk_elements() // max(b * h * s, 1))
         ends = None if key_ends is None else key_ends.tolist()
         outs, imps = [], []
         for r0 in range(0, t, rows):

@@ -334,8 +334,10 @@ def test_compute_report_smoke(tmp_path):
     jid = journey_ids_for(100, 2, tokens_per_event=9, events_per_journey=(3, 8), seed=0)
     assert jid.shape == (2, 100) and bool((jid[:, 1:] >= jid[:, :-1]).all()) and int(jid.min()) == 0
     rows = jsa_compute_main(["--lengths", "100", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                             "--train-batch", "2", "--train-length", "40", "--train-min-len", "20",
                              "--out", str(tmp_path)])
     assert len(rows) == 1 and 0 < rows[0]["ratio_attended"] and rows[0]["jsa_ms_median"] > 0
-    assert (tmp_path / "jsa_compute.csv").is_file() and "| 100 | 1 |" in (tmp_path / "jsa_compute.md").read_text()
+    md = (tmp_path / "jsa_compute.md").read_text()
+    assert (tmp_path / "jsa_compute.csv").is_file() and "| 100 | 1 |" in md and "| JSA gather |" in md
     with pytest.raises(ValueError, match="threads"):
         jsa_compute_main(["--threads", "0", "--out", str(tmp_path)])

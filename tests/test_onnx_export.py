@@ -3,6 +3,7 @@ ONNX Runtime against torch on shapes the exporter did not use."""
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -18,10 +19,15 @@ GRACE_CFG = GraceConfig(vocab_size=50, max_tokens=60, d_model=16, num_heads=2)
 MAX_HISTORY, NUM_CANDIDATES = 6, 9
 
 
-@pytest.fixture(scope="module")
-def grace_export(tmp_path_factory):
+# The served default uses journey-aware sparse attention; small blocks so that 60 tokens are really sparse.
+JSA_CFG = dataclasses.replace(GRACE_CFG, attention="jsa", jsa={"block": 16, "compress_block": 16,
+                                                                "compress_stride": 16, "window": 16, "top_n": 1})
+
+
+@pytest.fixture(scope="module", params=["dense", "jsa"])
+def grace_export(tmp_path_factory, request):
     torch.manual_seed(0)
-    model = GraceModel(GRACE_CFG).eval()
+    model = GraceModel(GRACE_CFG if request.param == "dense" else JSA_CFG).eval()
     out = tmp_path_factory.mktemp("grace")
     parity = export_grace(model, out, seed=0)
     return model, out, parity

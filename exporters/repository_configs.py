@@ -47,7 +47,7 @@ parameters {{ key: "limits" value: {{ string_value: '{limits.to_json()}' }} }}
 
 def render_configs(limits: ServingLimits) -> dict[str, str]:
     """Model name -> config.pbtxt text."""
-    L, C, W, R = limits.max_history, limits.max_candidates, limits.beam_width, limits.knn_candidates
+    L, C, W = limits.max_history, limits.max_candidates, limits.beam_width
     i64, i32 = "TYPE_INT64", "TYPE_INT32"
     configs = {
         "features": _python_model("features", [

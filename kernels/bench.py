@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.layout import BlockLayout, dense_causal_pairs
+from kernels.machine import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,15 +131,7 @@ def machine_info(device: str) -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = "not installed"
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info["cpu"] = f"{cpu} ({os.cpu_count()} logical cores visible)"
+    info["cpu"] = cpu_description()
     # Other jobs on a shared machine slow every method; the load average says how busy it was.
     info["load_avg_1_5_15"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if device == "cuda":

@@ -22,7 +22,8 @@ def history_query(item_embeddings: np.ndarray, hist_items: np.ndarray, hist_beha
 def clip_retrieve(index: faiss.Index, item_embeddings: np.ndarray, hist_items: np.ndarray,
                   hist_behaviors: np.ndarray, eligible: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-n eligible items by inner product with the history query; the eligibility filter runs inside the
-    index search (an ID selector), so filtered-out items never take a slot."""
+    index search (an ID selector), so filtered-out items never take a slot, and an exact search over the
+    eligible items covers filters that the approximate search cannot fill."""
     ids = np.flatnonzero(eligible).astype(np.int64)
     n = min(n, len(ids))
     if n == 0:
@@ -35,6 +36,13 @@ def clip_retrieve(index: faiss.Index, item_embeddings: np.ndarray, hist_items: n
         params = faiss.SearchParametersHNSW(sel=selector, efSearch=base.hnsw.efSearch)
     else:
         params = faiss.SearchParameters(sel=selector)
-    scores, items = index.search(history_query(item_embeddings, hist_items, hist_behaviors), n, params=params)
-    keep = items[0] >= 0  # an approximate index may find fewer than n within its probed lists
-    return items[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+    query = history_query(item_embeddings, hist_items, hist_behaviors)
+    scores, items = index.search(query, n, params=params)
+    keep = items[0] >= 0
+    if keep.sum() == n:
+        return items[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+    # The probed lists held fewer than n eligible items (a selective filter, e.g. categories far from the
+    # history): search the eligible items exactly. Selective filters make that set small.
+    exact = item_embeddings[ids] @ query[0]
+    top = np.lexsort((ids, -exact))[:n]  # score desc, then id asc
+    return ids[top], exact[top].astype(np.float32)

@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from data.sequences import SequenceDataset, Split, leave_last_out
-from models.baselines import MostPopular, MostRecent, Recommender, SASRec, TrainingBudget, check_recommendations
+from kernels.machine import cpu_model
+from models.baselines import (
+    MostPopular,
+    MostRecent,
+    Recommender,
+    SASRec,
+    TrainingBudget,
+    check_recommendations,
+)
 from models.metrics import topk_metrics
 
 Factory = Callable[[SequenceDataset, int], Recommender]
@@ -144,15 +152,7 @@ def aggregate(records: list[dict]) -> list[dict]:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kernels.machine import cpu_model
 from models.jsa import BRANCHES, JourneySparseAttention, JSAConfig, count_attended_pairs
 
 
@@ -180,14 +181,7 @@ def train_step_timing(args, cfg: JSAConfig) -> dict:
 
 
 def _markdown(rows: list[dict], args, cfg: JSAConfig, load: tuple[float, float], train: dict | None) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     lines = [
         "# JSA compute: attention pairs and CPU time vs dense causal SDPA",
         "",

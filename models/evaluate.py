@@ -271,6 +271,26 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
     return meta, rows
 
 
+def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[dict]]:
+    """Several reports of the same protocol and budget (e.g. runs made in parallel) -> one table at `out`."""
+    first = json.loads(reports[0].read_text())
+    meta, records = first["meta"], first["runs"]
+    for path in reports[1:]:
+        later = _load_previous(path, meta["budget"], meta["max_history"])
+        sizes = {d["name"]: (d["eval_users"], d["events"]) for d in meta["datasets"]}
+        for d in later["meta"]["datasets"]:
+            if d["name"] in sizes and sizes[d["name"]] != (d["eval_users"], d["events"]):
+                raise ValueError(f"--combine: {path} evaluated dataset {d['name']} differently")
+        meta, records = _merge({"meta": meta, "runs": records}, later["meta"], later["runs"])
+    json_path = out.with_suffix(".json")
+    meta = {**meta, "json": str(json_path), "commands": meta["commands"] + [command]}
+    rows = aggregate(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(meta, rows))
+    json_path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    return meta, rows
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -292,7 +312,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sim-items", type=int)
     p.add_argument("--sim-seed", type=int, default=0)
     p.add_argument("--ml-cache-dir", type=Path)
+    p.add_argument("--combine", nargs="+", type=Path, metavar="REPORT_JSON",
+                   help="only merge these reports (same protocol and budget) into one table at --out")
     args = p.parse_args(argv)
+    if args.combine:
+        if not args.out:
+            p.error("--combine needs --out")
+        combine(args.combine, args.out, "python -m models.evaluate " + shlex.join(argv))
+        return
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)

@@ -107,3 +107,20 @@ def test_cli_quick_on_small_simulator(tmp_path):
     other = dataclasses.replace(ev.QUICK_BUDGET, epochs=3)
     with pytest.raises(ValueError, match="share the protocol"):
         ev.evaluate(["sim"], ["recent"], [0], 20, other, 50, out, "cmd", merge=True, sim_users=120, sim_items=80)
+
+
+def test_combine_reports_made_in_parallel(tmp_path):
+    """Two runs of the same protocol (different models) become one table; a different budget is refused."""
+    kw = dict(sim_users=120, sim_items=80)
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    ev.evaluate(["sim"], ["mostpop"], [0], 20, ev.QUICK_BUDGET, 50, a, "cmd a", **kw)
+    ev.evaluate(["sim"], ["recent"], [0, 1], 20, ev.QUICK_BUDGET, 50, b, "cmd b", **kw)
+    meta, rows = ev.combine([a.with_suffix(".json"), b.with_suffix(".json")], tmp_path / "all.md", "cmd all")
+    assert {r["model"] for r in rows} == {"mostpop", "recent"}
+    assert meta["seeds"] == [0, 1] and meta["commands"][-1] == "cmd all"
+    text = (tmp_path / "all.md").read_text()
+    assert "| mostpop |" in text and "| recent |" in text and "cmd a" in text and "cmd b" in text
+    other = tmp_path / "other.md"
+    ev.evaluate(["sim"], ["mostpop"], [0], 20, dataclasses.replace(ev.QUICK_BUDGET, epochs=3), 50, other, "c", **kw)
+    with pytest.raises(ValueError, match="budget"):
+        ev.combine([a.with_suffix(".json"), other.with_suffix(".json")], tmp_path / "bad.md", "c")

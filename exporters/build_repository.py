@@ -87,7 +87,8 @@ def build(out: Path, sim: SimConfig, train: TrainConfig) -> dict:
     retriever = GraceRecommender("grace_jsa", GraceTrainConfig(max_history=train.max_history,
                                                                beam_width=train.beam_width))
     grace_metrics = retriever.fit(dataset, split.train, seed=train.seed,
-                                  budget=TrainingBudget(epochs=1, max_examples_per_epoch=train.grace_examples))
+                                  budget=TrainingBudget(epochs=train.grace_epochs,
+                                                        max_examples_per_epoch=train.grace_examples))
     grace_metrics.update(evaluate_recommender(retriever, split.test.subset(np.arange(min(train.eval_users,
                                                                                          len(split.test))))))
     grace = retriever.model
@@ -130,11 +131,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-items", type=int, default=SimConfig.num_items)
     parser.add_argument("--num-users", type=int, default=SimConfig.num_users)
-    parser.add_argument("--grace-examples", type=int, default=TrainConfig.grace_examples)
+    parser.add_argument("--grace-examples", type=int, default=TrainConfig.grace_examples,
+                        help="GRACE training examples per epoch")
+    parser.add_argument("--grace-epochs", type=int, default=TrainConfig.grace_epochs)
     parser.add_argument("--max-history", type=int, default=TrainConfig.max_history)
     args = parser.parse_args()
     manifest = build(args.out, SimConfig(seed=args.seed, num_items=args.num_items, num_users=args.num_users),
-                     TrainConfig(seed=args.seed, grace_examples=args.grace_examples, max_history=args.max_history))
+                     TrainConfig(seed=args.seed, grace_examples=args.grace_examples, grace_epochs=args.grace_epochs,
+                                 max_history=args.max_history))
     print(json.dumps({k: manifest[k] for k in ("world", "grace", "ranker", "onnx_parity_max_abs_diff",
                                                "build_seconds")}, indent=2))
     print(f"model repository ready: {args.out}")

@@ -27,6 +27,7 @@ from models.beam_search import CachedStep, constrained_beam_search
 from models.grace import GraceConfig, GraceModel
 from models.grace_inputs import HistoryEncoder, left_pad
 from models.journeys import DEFAULT_MAX_GAP
+from models.metrics import topk_metrics
 from models.semantic_ids import fit_residual_kmeans
 from models.text_embedding import embed_texts, texts_key
 from models.tokenizer import ItemTokenizer
@@ -183,15 +184,9 @@ class GraceRecommender:
 
 
 def evaluate_recommender(recommender, test, ks=(5, 10)) -> dict:
-    """Leave-last-out HR@k / NDCG@k of one target per history."""
+    """Leave-last-out HR@k / NDCG@k of one target per history (the evaluation harness's metrics)."""
     ranked = recommender.recommend(test, max(ks))
-    hit_rank = [np.flatnonzero(row == t) for row, t in zip(ranked, test.targets)]
-    out = {"eval_users": len(test)}
-    for k in ks:
-        out[f"hr@{k}"] = round(float(np.mean([len(r) > 0 and r[0] < k for r in hit_rank])), 4)
-        out[f"ndcg@{k}"] = round(float(np.mean([1 / np.log2(r[0] + 2) if len(r) and r[0] < k else 0.0
-                                                 for r in hit_rank])), 4)
-    return out
+    return {"eval_users": len(test), **{k: round(v, 4) for k, v in topk_metrics(ranked, test.targets, ks).items()}}
 
 
 DESCRIPTIONS = {

@@ -141,20 +141,6 @@ def eligible_mask(top_category: np.ndarray, exclude_ids: np.ndarray, allowed_cat
     return mask
 
 
-def knn_retrieve(item_vectors: np.ndarray, hist_items: np.ndarray, hist_behaviors: np.ndarray,
-                 eligible: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search of a behaviour- and recency-weighted history vector over eligible items."""
-    valid = hist_items > 0
-    age = np.cumsum(valid[::-1])[::-1] - 1  # 0 for the newest event
-    w = BEHAVIOR_WEIGHTS[hist_behaviors] * (KNN_RECENCY_DECAY ** age) * valid
-    query = w @ item_vectors[hist_items]
-    scores = np.where(eligible, item_vectors @ query, -np.inf)
-    n = min(n, int(eligible.sum()))
-    # Full sort by (score desc, id asc): exact ties at the cut-off resolve the same way everywhere.
-    top = np.lexsort((np.arange(len(scores)), -scores))[:n]
-    return top.astype(np.int64), scores[top].astype(np.float32)
-
-
 def merge_candidates(grace_items: np.ndarray, knn_items: np.ndarray, eligible: np.ndarray,
                      max_candidates: int) -> tuple[np.ndarray, np.ndarray]:
     """Union in source priority order (GRACE first), deduplicated and filtered; padded with item 0."""

@@ -7,6 +7,7 @@ import pytest
 
 from models.ann_index import IndexConfig, build_index, clustered_vectors
 from models.clip_retrieval import clip_retrieve, history_query
+from models.pipeline import BEHAVIOR_WEIGHTS, KNN_RECENCY_DECAY
 
 N, D = 800, 16
 
@@ -33,6 +34,12 @@ def test_history_query_is_normalised_and_ignores_padding(catalog):
     assert q.shape == (1, D)
     np.testing.assert_allclose(np.linalg.norm(q), 1.0, atol=1e-5)
     np.testing.assert_allclose(q, history_query(emb, np.array([5, 9]), np.array([1, 4])), atol=1e-6)
+    # Independent computation: the newest event weighs decay^0, older ones decay^age, times the behaviour weight.
+    w = np.array([BEHAVIOR_WEIGHTS[1] * KNN_RECENCY_DECAY ** 2, BEHAVIOR_WEIGHTS[4] * KNN_RECENCY_DECAY,
+                  BEHAVIOR_WEIGHTS[2]])
+    expected = w @ emb[[3, 10, 42]]
+    np.testing.assert_allclose(history_query(emb, np.array([0, 3, 10, 42]), np.array([0, 1, 4, 2]))[0],
+                               expected / np.linalg.norm(expected), atol=1e-5)
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5, 0.05, 0.01])
@@ -63,3 +70,14 @@ def test_nothing_eligible_gives_empty(catalog):
     index, emb = catalog
     items, scores = clip_retrieve(index, emb, np.array([3]), np.array([1]), np.zeros(N + 1, bool), 10)
     assert len(items) == len(scores) == 0
+
+
+def test_exact_fallback_breaks_ties_by_item_id():
+    """Every eligible item scores the same and the probed lists cannot fill n: ids come out ascending."""
+    emb = np.zeros((11, 2), np.float32)
+    emb[1:] = [1.0, 0.0]
+    index = build_index(emb[1:], IndexConfig(kind="flat"), np.arange(1, 11))
+    eligible = np.zeros(11, bool)
+    eligible[[9, 3, 7, 5]] = True
+    items, scores = clip_retrieve(index, emb, np.array([2]), np.array([1]), eligible, 4)
+    assert sorted(items.tolist()) == [3, 5, 7, 9] and np.all(scores == scores[0])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from data.simulator import SimConfig, simulate
-from models.pipeline import (GRACE_SOURCE, KNN_SOURCE, BEHAVIOR_WEIGHTS, KNN_RECENCY_DECAY, RequestError,
-                             ServingLimits, calibrated_top_k, eligible_mask, knn_retrieve, merge_candidates,
+from models.pipeline import (GRACE_SOURCE, KNN_SOURCE, RequestError,
+                             ServingLimits, calibrated_top_k, eligible_mask, merge_candidates,
                              validate_and_featurize)
 from models.grace_inputs import HistoryEncoder
 from models.journeys import segment_journeys
@@ -141,63 +141,6 @@ def test_eligible_mask(catalog):
     assert m.sum() > 0 and m.sum() < N_ITEMS
     # The padding item is never eligible, even when its (zero) category is allowed.
     assert top[0] == 0 and not eligible_mask(top, np.zeros(1, np.int64), np.array([0]))[0]
-
-
-@pytest.fixture(scope="module")
-def vectors():
-    rng = np.random.default_rng(0)
-    v = rng.normal(size=(N_ITEMS + 1, 8)).astype(np.float32)
-    v[0] = 0.0
-    return v
-
-
-def _hist(items, behs, length=LIMITS.max_history):
-    hi, hb = np.zeros(length, np.int64), np.zeros(length, np.int64)
-    hi[-len(items):], hb[-len(behs):] = items, behs
-    return hi, hb
-
-
-def test_knn_returns_only_eligible_sorted_by_exact_score(vectors, catalog):
-    hist_items, hist_behs = _hist([3, 10, 42], [1, 4, 2])
-    eligible = eligible_mask(catalog.top_category, np.array([0, 11, 12]), np.array([1, 3, 6]))
-    items, scores = knn_retrieve(vectors, hist_items, hist_behs, eligible, 15)
-    assert len(items) == len(scores) == 15
-    assert items.dtype == np.int64 and scores.dtype == np.float32
-    assert eligible[items].all() and len(np.unique(items)) == 15
-    assert np.all(np.diff(scores) <= 0)
-    # Independent computation: newest event weight decay^0, older ones decay^age.
-    w = np.array([BEHAVIOR_WEIGHTS[1] * KNN_RECENCY_DECAY ** 2, BEHAVIOR_WEIGHTS[4] * KNN_RECENCY_DECAY,
-                  BEHAVIOR_WEIGHTS[2]])
-    query = w @ vectors[[3, 10, 42]]
-    all_scores = vectors @ query
-    cand = np.flatnonzero(eligible)
-    best = cand[np.argsort(-all_scores[cand], kind="stable")[:15]]
-    np.testing.assert_array_equal(items, best)
-    np.testing.assert_allclose(scores, all_scores[best], rtol=1e-5, atol=1e-5)
-
-
-def test_knn_returns_fewer_when_few_eligible(vectors):
-    hist_items, hist_behs = _hist([3], [1])
-    eligible = np.zeros(N_ITEMS + 1, bool)
-    eligible[[7, 100, 150]] = True
-    items, scores = knn_retrieve(vectors, hist_items, hist_behs, eligible, 10)
-    assert sorted(items.tolist()) == [7, 100, 150]
-    assert np.all(np.diff(scores) <= 0) and np.all(np.isfinite(scores))
-    items, scores = knn_retrieve(vectors, hist_items, hist_behs, np.zeros(N_ITEMS + 1, bool), 10)
-    assert len(items) == len(scores) == 0 and items.dtype == np.int64
-
-
-def test_knn_ties_broken_by_item_id():
-    vec = np.zeros((11, 2), np.float32)
-    vec[1:] = [1.0, 0.0]  # every item scores the same
-    eligible = np.ones(11, bool)
-    eligible[0] = False
-    items, scores = knn_retrieve(vec, np.array([0, 2]), np.array([0, 1]), eligible, 10)
-    np.testing.assert_array_equal(items, np.arange(1, 11))
-    assert np.all(scores == scores[0])
-    # When the cut falls inside a tie the kept subset is argpartition's choice, but it is still ordered by id.
-    items, _ = knn_retrieve(vec, np.array([0, 2]), np.array([0, 1]), eligible, 4)
-    assert len(items) == 4 and np.all(np.diff(items) > 0) and eligible[items].all()
 
 
 # ---------------------------------------------------------------- merge and top-k

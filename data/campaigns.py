@@ -4,7 +4,7 @@ Each campaign promotes one item (the world's `campaign_item`), has a creative (t
 by `item`, plus a text made of the product phrase of the item's title and campaign copy in one of four styles), and a
 target audience (a set of top categories and a price-bucket range).
 
-Hidden ground-truth click model (never shown to the CTR models; they only see `models.ctr_features`):
+Hidden ground-truth click model (never shown to the CTR models; they only see `serving.ads.features`):
 
     logit = quality_c + 0.15 * log(popularity_item)
             + coef_c[0] * taste_u . latent_item          (how well the item fits the user's taste)

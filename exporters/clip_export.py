@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.clip_text import image_pixels, load_tokenizer
+from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE, TEXT_FILE
+from serving.clip.text import image_pixels, load_tokenizer
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
-IMAGE_FILE, TEXT_FILE, MANIFEST_FILE = "clip_image.onnx", "clip_text.onnx", "clip_onnx.json"
 
 
 def _towers(model):
@@ -88,7 +88,7 @@ def _random_ids(rng: np.random.Generator, b: int, n: int, vocab: int) -> np.ndar
 
 
 def parity(model, out_dir: str | Path, seed: int = 1) -> dict[str, float]:
-    from exporters.python_backend import session
+    from serving.ort import session
     image, text, torch = _towers(model.cpu().eval())
     cfg, out = model.config, Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -109,45 +109,12 @@ def parity(model, out_dir: str | Path, seed: int = 1) -> dict[str, float]:
     return diffs
 
 
-class OnnxClipEmbedder:
-    """Serving-side embedder over an exported folder: ONNX Runtime + numpy tokenizer, no torch."""
-
-    def __init__(self, onnx_dir: str | Path, threads: int = 1):
-        from exporters.python_backend import session
-        d = Path(onnx_dir)
-        if not (d / MANIFEST_FILE).exists():
-            raise FileNotFoundError(f"{d / MANIFEST_FILE} missing; run `python -m exporters.clip_export`")
-        self.manifest = json.loads((d / MANIFEST_FILE).read_text())
-        if "tokenizer" not in self.manifest:
-            raise ValueError(f"{d / MANIFEST_FILE} names no tokenizer file")
-        self.tokenizer = load_tokenizer(d / self.manifest["tokenizer"], self.manifest["context_length"])
-        self.image_session = session(d / self.manifest["image"], threads)
-        self.text_session = session(d / self.manifest["text"], threads)
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["embed_dim"])
-
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        px = image_pixels(images, self.manifest["image_resolution"])
-        if len(px) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        return self.image_session.run(None, {"pixels": px})[0]
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        ids = self.tokenizer(list(texts), self.manifest["context_length"])
-        n = max(int((ids != 0).sum(1).max()), 2)  # padding after EOT cannot change a causal model's EOT output
-        return self.text_session.run(None, {"input_ids": np.ascontiguousarray(ids[:, :n])})[0]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description="Export a trained CLIP model dir to ONNX and check ORT parity.")
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    from models.clip import VOCAB_FILE, ClipEmbedder
+    from models.clip.model import VOCAB_FILE, ClipEmbedder
     emb = ClipEmbedder.load(a.model_dir)
     diffs = export_clip(emb.model, a.out, a.model_dir / VOCAB_FILE)
     print(json.dumps(diffs, indent=2))

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters.python_backend import session
-from models.grace import GraceModel
-from models.ranker import Ranker
+from serving.ort import session
+from models.grace.model import GraceModel
+from models.ranking.model import Ranker
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-exec python -m server.launcher --model-repository model_repository "$@"
+exec python -m serving.launcher --model-repository model_repository "$@"

@@ -1,0 +1,337 @@
+"""Evaluation harness: leave-last-out HR@5/10 and NDCG@5/10 with full ranking over the catalog, every model
+under the same TrainingBudget, several seeds, mean +- std, written as markdown plus raw JSON.
+
+    python -m evaluation.evaluate --datasets sim ml100k --models mostpop sasrec --seeds 0 1 2 \
+        --max-history 50 --out docs/results/grace.md [--quick] [--merge]
+
+--merge adds models to an existing report (same budget, history length and evaluated users are enforced), so
+new models join the baselines' table without re-running them. Models come from a registry
+(name -> factory(dataset, seed) -> Recommender); models.grace.recommender, when present, registers the GRACE
+family on import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from data.sequences import SequenceDataset, Split, leave_last_out
+from kernels.machine import cpu_model
+from evaluation.baselines import MostPopular, MostRecent, Recommender, SASRec, check_recommendations
+from models.budget import TrainingBudget
+from evaluation.metrics import topk_metrics
+
+Factory = Callable[[SequenceDataset, int], Recommender]
+REGISTRY: dict[str, Factory] = {}
+DESCRIPTIONS: dict[str, str] = {}
+KS = (5, 10)
+METRICS = tuple(f"{m}@{k}" for m in ("hr", "ndcg") for k in KS)
+QUICK_BUDGET = TrainingBudget(epochs=1, max_examples_per_epoch=512, batch_size=64, lr=3e-3)
+DEFAULT_BUDGET = TrainingBudget()
+EVAL_SAMPLE_SEED = 12345  # one fixed user subsample per dataset, shared by every model and seed (paired)
+
+
+def register(name: str, factory: Factory, *, description: str = "", replace: bool = False) -> None:
+    """Adds a model; `description` is printed in the report's legend."""
+    if name in REGISTRY and not replace:
+        raise ValueError(f"model {name!r} is already registered (pass replace=True to override)")
+    REGISTRY[name] = factory
+    DESCRIPTIONS[name] = description
+
+
+register("mostpop", lambda dataset, seed: MostPopular(),
+         description="most-popular items over the training events (ignores the history)")
+register("recent", lambda dataset, seed: MostRecent(),
+         description="the user's own distinct history items newest first, then most-popular (repeat baseline)")
+register("sasrec", lambda dataset, seed: SASRec(),
+         description="ID-based SASRec (d=64, 2 layers, 2 heads, dropout 0.2), full-softmax cross-entropy on "
+                     "each example's target only: the same (history -> target) pairs as the generative models")
+register("sasrec_all", lambda dataset, seed: SASRec(loss="all"),
+         description="the same SASRec with its original objective, a loss after every event of each history "
+                     "window (more supervision per example than the other models get)")
+
+# The GRACE family ("tiger", "grace_nocot", ...) comes from models.grace.recommender. If it fails to import,
+# the baselines still run and asking for a GRACE model re-raises the cause. (Registered here rather than by
+# that module itself: under `python -m evaluation.evaluate` this module is __main__, not evaluation.evaluate.)
+GRACE_IMPORT_ERROR: ImportError | None = None
+try:
+    from evaluation.harness import harness_factories
+
+    for _name, (_factory, _description) in harness_factories().items():
+        register(_name, _factory, description=_description)
+except ImportError as e:
+    if getattr(e, "name", None) != "models.grace.recommender":
+        GRACE_IMPORT_ERROR = e
+        print(f"warning: models.grace.recommender failed to import ({e!r}); GRACE models unavailable",
+              file=sys.stderr)
+
+
+def _unknown_models(models: list[str]) -> None:
+    unknown = [m for m in models if m not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; registered: {sorted(REGISTRY)}") from GRACE_IMPORT_ERROR
+
+
+def load_dataset(name: str, *, sim_users: int | None = None, sim_items: int | None = None, sim_seed: int = 0,
+                 ml_cache_dir: Path | None = None) -> SequenceDataset:
+    if name == "sim":
+        from data.sequences import from_world
+        from data.simulator import SimConfig, simulate
+
+        overrides = {k: v for k, v in (("num_users", sim_users), ("num_items", sim_items)) if v is not None}
+        return from_world(simulate(SimConfig(seed=sim_seed, **overrides)))
+    if name == "ml100k":
+        from data.movielens import DEFAULT_CACHE, load_movielens_100k
+
+        return load_movielens_100k(ml_cache_dir or DEFAULT_CACHE)
+    raise ValueError(f"unknown dataset {name!r}; choose from sim, ml100k")
+
+
+def eval_subsample(num_test: int, eval_users: int) -> np.ndarray:
+    """Indices of the test examples to score: all when eval_users is 0 or covers them, else a fixed sample."""
+    if eval_users < 0:
+        raise ValueError(f"eval_users must be >= 0 (0 = all), got {eval_users}")
+    if eval_users == 0 or eval_users >= num_test:
+        return np.arange(num_test)
+    return np.sort(np.random.default_rng(EVAL_SAMPLE_SEED).choice(num_test, eval_users, replace=False))
+
+
+def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, budget: TrainingBudget,
+            eval_idx: np.ndarray) -> dict:
+    _unknown_models([model_name])
+    torch.manual_seed(seed)
+    model = REGISTRY[model_name](dataset, seed)
+    started = time.perf_counter()
+    model.fit(dataset, split.train, seed=seed, budget=budget)
+    train_s = time.perf_counter() - started
+    test = split.test.subset(eval_idx)
+    started = time.perf_counter()
+    recs = model.recommend(test, max(KS))
+    eval_s = time.perf_counter() - started
+    recs = check_recommendations(recs, len(test), max(KS), dataset.num_items)
+    record = {"dataset": dataset.name, "model": model_name, "seed": seed, "train_seconds": round(train_s, 2),
+              "eval_seconds": round(eval_s, 2), "eval_users": len(test)}
+    record.update({m: round(v, 5) for m, v in topk_metrics(recs, test.targets, KS).items()})
+    losses = getattr(model, "losses", None)
+    if losses:
+        record["final_train_loss"] = round(float(np.mean(losses[-20:])), 4)
+    return record
+
+
+def aggregate(records: list[dict]) -> list[dict]:
+    """Mean and sample std (ddof=1; 0 with one seed) over seeds per (dataset, model), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["model"]), []).append(r)
+    rows = []
+    for (ds, model), rs in groups.items():
+        row = {"dataset": ds, "model": model, "seeds": [r["seed"] for r in rs]}
+        for key in METRICS + ("train_seconds", "eval_seconds"):
+            v = np.array([r[key] for r in rs], np.float64)
+            row[key] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        rows.append(row)
+    return rows
+
+
+def machine_info() -> dict:
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def render_markdown(meta: dict, rows: list[dict]) -> str:
+    b = meta["budget"]
+    lines = [
+        "# GRACE evaluation: leave-last-out, full-catalog ranking",
+        "",
+        f"Generated {meta['date']} by:",
+        "",
+        "```",
+        *meta["commands"],
+        "```",
+        "",
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cpu_count']} CPUs visible, "
+        f"torch {meta['machine']['torch']} with {meta['machine']['torch_threads']} thread(s); "
+        "the machine was shared with other jobs, so seconds are indicative.",
+        "",
+        "Protocol: each user's last event is the test target, predicted from up to "
+        f"{meta['max_history']} preceding events; every earlier event (from the second on) is a training target "
+        "(history = its prefix). Every model ranks the whole catalog (history items are not removed, since "
+        "simulator users revisit items) and returns its top 10; HR@k and NDCG@k (one relevant item, ideal DCG 1) "
+        "are averaged over the evaluated users. "
+        f"Training budget, identical for every model: {b['epochs']} epoch(s) x at most "
+        f"{b['max_examples_per_epoch'] or 'all'} examples (a seeded sample per epoch), batch {b['batch_size']}, "
+        f"lr {b['lr']}. Seeds {meta['seeds']} change model initialisation and example sampling; the datasets "
+        "and the evaluated users are fixed. Cells are mean ± sample std over seeds.",
+        "",
+        "| dataset | users | items | events | train examples | test users | evaluated users |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in meta["datasets"]:
+        sub = "all" if d["eval_users"] == d["test_users"] else f"{d['eval_users']} (fixed random sample)"
+        lines.append(f"| {d['name']} | {d['users']} | {d['items']} | {d['events']} | {d['train_examples']} | "
+                     f"{d['test_users']} | {sub} |")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines += ["", "Models:", ""] + [f"- `{m}`: {DESCRIPTIONS.get(m) or 'registered without a description'}"
+                                    for m in models]
+    for d in meta["datasets"]:
+        lines += ["", f"## {d['name']}", "",
+                  "| model | HR@5 | HR@10 | NDCG@5 | NDCG@10 | train s | eval s | seeds |",
+                  "|---|---|---|---|---|---:|---:|---|"]
+        for r in rows:
+            if r["dataset"] != d["name"]:
+                continue
+            cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in METRICS]
+            cells += [f"{r['train_seconds'][0]:.1f}", f"{r['eval_seconds'][0]:.1f}",
+                      " ".join(map(str, r["seeds"]))]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Raw per-seed results: `{meta['json']}`.", ""]
+    return "\n".join(lines)
+
+
+def _load_previous(json_path: Path, budget: dict, max_history: int) -> dict:
+    """An earlier report to merge into; refused unless it used the same budget and history length."""
+    old = json.loads(json_path.read_text())
+    for key, value in (("budget", budget), ("max_history", max_history)):
+        if old["meta"][key] != value:
+            raise ValueError(f"--merge: {json_path} was made with {key}={old['meta'][key]}, this run uses "
+                             f"{value}; every model in one table must share the protocol and budget")
+    return old
+
+
+def _merge(old: dict, meta: dict, records: list[dict]) -> tuple[dict, list[dict]]:
+    """This run added to an earlier report: earlier runs are kept unless re-run now."""
+    old_ds = {d["name"]: d for d in old["meta"]["datasets"]}
+    new_keys = {(r["dataset"], r["model"], r["seed"]) for r in records}
+    kept = [r for r in old["runs"] if (r["dataset"], r["model"], r["seed"]) not in new_keys]
+    merged = dict(meta)
+    old_commands = old["meta"].get("commands") or [old["meta"]["command"]]  # early reports had one "command"
+    merged["commands"] = old_commands + meta["commands"]
+    merged["seeds"] = sorted(set(old["meta"]["seeds"]) | set(meta["seeds"]))
+    merged["datasets"] = list({**old_ds, **{d["name"]: d for d in meta["datasets"]}}.values())
+    return merged, kept + records
+
+
+def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_history: int, budget: TrainingBudget,
+             eval_users: int, out: Path | None, command: str, merge: bool = False,
+             **dataset_kw) -> tuple[dict, list[dict]]:
+    _unknown_models(models)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    json_path = out.with_suffix(".json") if out else None
+    previous = None
+    if merge and json_path and json_path.exists():  # checked before any training, so a mismatch costs nothing
+        previous = _load_previous(json_path, dataclasses.asdict(budget), max_history)
+    records, ds_meta = [], []
+    for ds_name in datasets:
+        dataset = load_dataset(ds_name, **dataset_kw)
+        split = leave_last_out(dataset, max_history)
+        eval_idx = eval_subsample(len(split.test), eval_users)
+        ds_meta.append({**dataset.stats(), "train_examples": len(split.train), "test_users": len(split.test),
+                        "eval_users": len(eval_idx)})
+        before = {d["name"]: d for d in previous["meta"]["datasets"]} if previous else {}
+        if ds_name in before and (before[ds_name]["eval_users"], before[ds_name]["events"]) != (
+                len(eval_idx), dataset.num_events):
+            raise ValueError(f"--merge: dataset {ds_name} differs from the earlier report (evaluated users "
+                             f"{before[ds_name]['eval_users']} vs {len(eval_idx)}, events {before[ds_name]['events']} "
+                             f"vs {dataset.num_events}); use the same --eval-users and dataset options")
+        for model_name in models:
+            for seed in seeds:
+                r = run_one(dataset, split, model_name, seed, budget, eval_idx)
+                print(json.dumps(r), file=sys.stderr, flush=True)
+                records.append(r)
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = {"date": date, "commands": [f"{command}  # {date}"],
+            "machine": machine_info(), "budget": dataclasses.asdict(budget), "max_history": max_history,
+            "seeds": seeds, "datasets": ds_meta, "json": str(json_path) if json_path else None}
+    if previous is not None:
+        meta, records = _merge(previous, meta, records)
+    rows = aggregate(records)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_markdown(meta, rows))
+        json_path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    return meta, rows
+
+
+def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[dict]]:
+    """Several reports of the same protocol and budget (e.g. runs made in parallel) -> one table at `out`."""
+    first = json.loads(reports[0].read_text())
+    meta, records = first["meta"], first["runs"]
+    for path in reports[1:]:
+        later = _load_previous(path, meta["budget"], meta["max_history"])
+        sizes = {d["name"]: (d["eval_users"], d["events"]) for d in meta["datasets"]}
+        for d in later["meta"]["datasets"]:
+            if d["name"] in sizes and sizes[d["name"]] != (d["eval_users"], d["events"]):
+                raise ValueError(f"--combine: {path} evaluated dataset {d['name']} differently")
+        meta, records = _merge({"meta": meta, "runs": records}, later["meta"], later["runs"])
+    json_path = out.with_suffix(".json")
+    meta = {**meta, "json": str(json_path), "commands": meta["commands"] + [command]}
+    rows = aggregate(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(meta, rows))
+    json_path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    return meta, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["sim", "ml100k"], choices=["sim", "ml100k"])
+    p.add_argument("--models", nargs="+", default=["mostpop", "sasrec"], help=f"registered: {sorted(REGISTRY)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--out", type=Path, help="markdown report; raw JSON goes next to it (.json)")
+    p.add_argument("--merge", action="store_true",
+                   help="add to the report at --out (same budget and protocol), replacing re-run (model, seed) pairs")
+    p.add_argument("--quick", action="store_true", help="tiny budget and 200 evaluated users (CI smoke test)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-examples", type=int, help="max training examples per epoch (0 = all)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--eval-users", type=int, help="evaluate a fixed random sample of test users (0 = all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 while the machine is shared)")
+    p.add_argument("--sim-users", type=int)
+    p.add_argument("--sim-items", type=int)
+    p.add_argument("--sim-seed", type=int, default=0)
+    p.add_argument("--ml-cache-dir", type=Path)
+    p.add_argument("--combine", nargs="+", type=Path, metavar="REPORT_JSON",
+                   help="only merge these reports (same protocol and budget) into one table at --out")
+    args = p.parse_args(argv)
+    if args.combine:
+        if not args.out:
+            p.error("--combine needs --out")
+        combine(args.combine, args.out, "python -m evaluation.evaluate " + shlex.join(argv))
+        return
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    base = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+                 if v is not None}
+    if args.max_examples is not None:
+        overrides["max_examples_per_epoch"] = args.max_examples or None
+    budget = dataclasses.replace(base, **overrides)
+    eval_users = args.eval_users if args.eval_users is not None else (200 if args.quick else 0)
+    command = "python -m evaluation.evaluate " + shlex.join(argv)
+    _, rows = evaluate(args.datasets, args.models, args.seeds, args.max_history, budget, eval_users, args.out,
+                       command, merge=args.merge, sim_users=args.sim_users, sim_items=args.sim_items,
+                       sim_seed=args.sim_seed, ml_cache_dir=args.ml_cache_dir)
+    for r in rows:
+        print(f"{r['dataset']:8s} {r['model']:12s} " + "  ".join(f"{m}={r[m][0]:.4f}±{r[m][1]:.4f}" for m in METRICS)
+              + f"  train={r['train_seconds'][0]:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,513 @@
+"""LLM-HYPER: per-campaign linear CTR models; cold-start weights written by a hypernetwork step.
+
+Warm campaigns (enough logs): L2 logistic regression on `serving.ads.features`. Cold campaigns (no logs):
+  1. retrieve the k most similar warm campaigns by cosine similarity of creative embeddings (CLIP of the
+     creative when the caller has it; any [C, E] array works, or an index object with .search());
+  2. generate weights: with an OpenAI-compatible endpoint configured, a few-shot prompt shows the neighbours'
+     creative text, audience, observed CTR and trained weights and asks for the new campaign's weights as
+     JSON (models.ads.llm_client); without one (the default), a softmax(similarity / temperature) combination of
+     the neighbours' weights;
+  3. normalise: rescale the vector to the similarity-weighted norm of its neighbours (averaging shrinks
+     norms; the LLM may over- or undershoot), then clip each weight to the range seen on warm campaigns;
+     calibrate the intercept (1-D root finding) so that the mean predicted CTR over a reference population
+     (logged requests drawn with the new campaign's audience targeting) equals what the neighbours' own warm
+     models, mixed by similarity, predict there (or, with intercept_target="global", the median warm
+     campaign's observed CTR): the generated model's CTR level matches the warm campaigns'. (Matching the
+     neighbours' observed CTR instead lost 0.02-0.03 AUC on the simulator: their audiences differ.)
+Then per model family (warm, hyper, llm) a calibrator is fitted on held-out logs: isotonic where there are
+enough, Platt where they are thin. `python -m models.ads.llm_hyper generate --out DIR` writes the artifact that
+serving.ads.scorer loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.ads.features import FEATURE_NAMES, NUM_FEATURES, FeatureTables, build_profiles, pair_features
+from models.ads.features import log_features, padded_histories
+
+ARTIFACT_FORMAT = "llm-hyper-ctr"
+FORMAT_VERSION = 1
+SOURCES = ("warm", "hyper", "llm", "median")
+WARM, HYPER, LLM, MEDIAN = range(4)
+MIN_ISOTONIC_LOGS, MIN_ISOTONIC_POSITIVES = 2000, 100
+
+
+# ----------------------------------------------------------------------------------------- warm training
+def train_campaign_lr(x: np.ndarray, y: np.ndarray, campaign: np.ndarray, campaign_ids: np.ndarray,
+                      l2_c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One L2 logistic regression per campaign in campaign_ids, on its rows of (x, y) -> (W [n, F], b [n])."""
+    from sklearn.linear_model import LogisticRegression
+
+    w = np.zeros((len(campaign_ids), x.shape[1]))
+    b = np.zeros(len(campaign_ids))
+    for j, c in enumerate(campaign_ids):  # offline training: one small fit per campaign
+        m = campaign == c
+        if m.sum() < 20 or len(np.unique(y[m])) < 2:
+            raise ValueError(f"campaign {c}: {int(m.sum())} logs with {int(y[m].sum())} clicks; a warm campaign "
+                             "needs >= 20 logs and both labels")
+        lr = LogisticRegression(C=l2_c, max_iter=1000).fit(x[m], y[m])
+        w[j], b[j] = lr.coef_[0], lr.intercept_[0]
+    return w, b
+
+
+# ------------------------------------------------------------------------------------------- retrieval
+def nearest_warm(embeddings: np.ndarray, query_ids: np.ndarray, warm_ids: np.ndarray, k: int,
+                 index=None) -> tuple[np.ndarray, np.ndarray]:
+    """(campaign ids [Q, k], cosine similarities [Q, k]) of the k warm campaigns most similar to each query.
+
+    index: optional object with .search(queries [Q, E], k) -> (scores, positions into warm_ids), e.g. a FAISS
+    inner-product index over the normalised warm embeddings (serving.clip.ann_index).
+    """
+    emb = np.asarray(embeddings, np.float64)
+    if emb.ndim != 2 or emb.shape[0] <= max(int(np.max(query_ids)), int(np.max(warm_ids))):
+        raise ValueError(f"embeddings must be [C, E] covering every campaign id, got shape {emb.shape}")
+    if not 1 <= k <= len(warm_ids):
+        raise ValueError(f"k must be in [1, {len(warm_ids)}] (the number of warm campaigns), got {k}")
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    q = emb[query_ids]
+    if index is not None:
+        sims, pos = index.search(q.astype(np.float32), k)
+        return warm_ids[np.asarray(pos)], np.asarray(sims, np.float64)
+    sims = q @ emb[warm_ids].T
+    pos = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return warm_ids[pos], np.take_along_axis(sims, pos, 1)
+
+
+def similarity_weights(sims: np.ndarray, temperature: float) -> np.ndarray:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = (sims - sims.max(1, keepdims=True)) / temperature
+    a = np.exp(z)
+    return a / a.sum(1, keepdims=True)
+
+
+def combine_neighbours(neighbour_w: np.ndarray, sims: np.ndarray, temperature: float = 0.05) -> np.ndarray:
+    """The default generator: softmax(sim / temperature)-weighted mean of neighbour weights [Q, k, F] -> [Q, F]."""
+    return np.einsum("qk,qkf->qf", similarity_weights(sims, temperature), neighbour_w)
+
+
+def normalise_weights(w: np.ndarray, neighbour_w: np.ndarray, sims: np.ndarray, warm_w: np.ndarray,
+                      temperature: float = 0.05) -> np.ndarray:
+    """Rescale each row to its neighbours' similarity-weighted norm (averaging shrinks norms; an LLM may
+    over- or undershoot), then clip each weight to the range seen on warm campaigns (a sanity bound)."""
+    target = np.einsum("qk,qk->q", similarity_weights(sims, temperature), np.linalg.norm(neighbour_w, axis=2))
+    w = w * (target / np.maximum(np.linalg.norm(w, axis=1), 1e-12))[:, None]
+    return np.clip(w, warm_w.min(0), warm_w.max(0))
+
+
+def calibrate_intercepts(ref_scores: np.ndarray, target_ctr: np.ndarray, iters: int = 60) -> np.ndarray:
+    """b [Q] with mean_r sigmoid(b_q + ref_scores[q, r]) = target_ctr[q] (bisection; the mean is monotone in b)."""
+    target = np.clip(np.asarray(target_ctr, np.float64), 1e-4, 1 - 1e-4)
+    lo, hi = np.full(len(target), -20.0), np.full(len(target), 20.0)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        mean = (1.0 / (1.0 + np.exp(-(mid[:, None] + ref_scores)))).mean(1)
+        up = mean < target
+        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    return (lo + hi) / 2
+
+
+# ------------------------------------------------------------------------------------------------ prompt
+_FEATURE_HELP = {
+    "leaf_affinity": "share of the user's recent history in the ad item's leaf category",
+    "top_affinity": "share in the ad item's top category",
+    "brand_affinity": "share on the ad item's brand",
+    "item_interacted": "share on the advertised item itself",
+    "intent_leaf": "1 if the user's newest event is in the ad item's leaf category",
+    "intent_top": "1 if the user's newest event is in the ad item's top category",
+    "price_match": "exp(-|log ad price - user's mean log price|)",
+    "audience_category": "share of the history in the campaign's target categories",
+    "audience_price": "share of the history in the campaign's target price buckets",
+    "carted_leaf": "share of add-to-cart/purchase events in the ad item's leaf category",
+    "activity": "log(1 + number of events) / log(51)",
+}
+
+
+def build_prompt(target: dict, neighbours: list[dict], feature_names=FEATURE_NAMES) -> list[dict]:
+    """Few-shot chat messages in the paper's shape: task, features, k solved examples, the new campaign.
+
+    target: {"text", "audience"}; neighbours: [{"text", "audience", "similarity", "ctr", "weights" [F]}].
+    """
+    feats = "\n".join(f"- {n}: {_FEATURE_HELP.get(n, n)}" for n in feature_names)
+    shots = []
+    for i, nb in enumerate(neighbours, 1):
+        weights = {n: round(float(v), 4) for n, v in zip(feature_names, nb["weights"])}
+        shots.append(f"Example {i} (creative similarity {nb['similarity']:.3f})\n"
+                     f"Creative: {nb['text']}\nAudience: {nb['audience']}\n"
+                     f"Observed CTR: {nb['ctr']:.4f}\nWeights: {json.dumps({'weights': weights})}")
+    system = ("You are an expert in online advertising and click-through-rate (CTR) modelling. You write the "
+              "weights of per-campaign logistic-regression CTR models.")
+    user = ("Task: each ad campaign has a linear CTR model pCTR = sigmoid(b + sum_i w_i * x_i) over the user x "
+            "campaign features below (the intercept b is set later). A new campaign has no click logs yet. "
+            "Infer its weights from the most similar past campaigns, whose trained weights are shown.\n\n"
+            f"Features:\n{feats}\n\n" + "\n\n".join(shots) +
+            f"\n\nNew campaign\nCreative: {target['text']}\nAudience: {target['audience']}\n\n"
+            'Answer with JSON only, exactly {"weights": {"<feature name>": <number>, ...}} with every feature '
+            "listed above and nothing else.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def describe_audience(campaigns, c: int, top_names: list[str] | None = None) -> str:
+    tops = np.flatnonzero(campaigns.audience_top[c])
+    names = [top_names[t] if top_names else f"category {t}" for t in tops]
+    buckets = np.flatnonzero(campaigns.audience_price[c])
+    return f"categories {', '.join(names)}; price buckets {int(buckets.min())}-{int(buckets.max())}"
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def fit_calibrator(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Isotonic with enough held-out logs, Platt when they are thin; a dict of plain arrays for the artifact."""
+    from serving.calibration import IsotonicCalibrator, PlattCalibrator
+
+    labels = np.asarray(labels)
+    if len(labels) >= MIN_ISOTONIC_LOGS and labels.sum() >= MIN_ISOTONIC_POSITIVES:
+        iso = IsotonicCalibrator.fit(logits, labels)
+        return {"kind": "isotonic", "x": iso.x, "y": iso.y, "n_logs": int(len(labels))}
+    platt = PlattCalibrator.fit(logits, labels)
+    return {"kind": "platt", "a": platt.a, "b": platt.b, "n_logs": int(len(labels))}
+
+
+def apply_calibrator(cal: dict, logits: np.ndarray) -> np.ndarray:
+    if cal["kind"] == "isotonic":
+        return np.interp(logits, cal["x"], cal["y"])
+    if cal["kind"] == "platt":
+        return 1.0 / (1.0 + np.exp(-(cal["a"] * logits + cal["b"])))
+    raise ValueError(f"unknown calibrator kind {cal['kind']!r}")
+
+
+# ------------------------------------------------------------------------------------------- generation
+@dataclass
+class CtrModels:
+    """Linear CTR models for every campaign, and how the cold ones were made."""
+
+    weights: np.ndarray  # [C, F]
+    bias: np.ndarray  # [C]
+    source: np.ndarray  # int64 [C] into SOURCES
+    neighbours: dict[int, list[int]] = field(default_factory=dict)
+    similarities: dict[int, list[float]] = field(default_factory=dict)
+    generation_s: float = 0.0  # wall time of the hypernetwork step for all cold campaigns
+    llm_failures: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """Everything the generation and the evaluation share: the tables, features of all logs, warm models."""
+
+    world: object
+    campaigns: object
+    tables: FeatureTables
+    x: np.ndarray  # [N, F] features of every logged impression
+    warm_w: np.ndarray  # [C_warm, F]
+    warm_b: np.ndarray
+    warm_ctr: np.ndarray  # [C_warm] observed CTR of each warm campaign's training logs
+    ref_profiles: object  # a pool of logged requests (warm training logs) for intercept calibration
+    ref_top: np.ndarray  # [R] each pooled request's dominant top category (for audience targeting)
+
+
+def prepare(world, campaigns, reference_pool: int = 20_000, seed: int = 0) -> Prepared:
+    from data.campaigns import TRAIN
+
+    tables = FeatureTables.from_world(world, campaigns)
+    x = log_features(world, campaigns, tables, np.arange(len(campaigns.log_click)))
+    warm = campaigns.warm_ids
+    rows = campaigns.logs(TRAIN, warm)
+    warm_w, warm_b = train_campaign_lr(x[rows], campaigns.log_click[rows], campaigns.log_campaign[rows], warm)
+    n_c = campaigns.num_campaigns
+    clicks = np.bincount(campaigns.log_campaign[rows], weights=campaigns.log_click[rows], minlength=n_c)
+    ctr = clicks[warm] / np.bincount(campaigns.log_campaign[rows], minlength=n_c)[warm]
+    pool = np.random.default_rng([seed, 11]).choice(rows, size=min(reference_pool, len(rows)), replace=False)
+    prof = build_profiles(tables, *padded_histories(world, campaigns.log_user[pool], campaigns.log_time[pool]))
+    return Prepared(world, campaigns, tables, x, warm_w, warm_b, ctr, prof, prof.top.argmax(1))
+
+
+def reference_features(prep: Prepared, ids: np.ndarray, per_campaign: int = 400, seed: int = 0) -> np.ndarray:
+    """[Q, R, F] features of each campaign against the requests it would be shown to: half from pooled
+    requests whose dominant top category is in its target audience, half from any pooled request (the
+    same targeting mix as the ad logs)."""
+    rng = np.random.default_rng([seed, 13])
+    cs = prep.campaigns
+    n_pool, half = len(prep.ref_top), per_campaign // 2
+    idx = np.empty((len(ids), per_campaign), np.int64)
+    for q, c in enumerate(ids):  # offline, once per campaign
+        inside = np.flatnonzero(cs.audience_top[c][prep.ref_top])
+        idx[q, :half] = rng.choice(inside if len(inside) else n_pool, size=half)
+        idx[q, half:] = rng.integers(0, n_pool, size=per_campaign - half)
+    return pair_features(prep.tables, prep.ref_profiles, idx, np.asarray(ids)[:, None])
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def generate_cold(prep: Prepared, embeddings: np.ndarray, k: int = 10, temperature: float = 0.1,
+                  client=None, intercept_target: str = "neighbours", index=None,
+                  top_names: list[str] | None = None) -> CtrModels:
+    """Warm models for warm campaigns, hypernetwork (or LLM when `client` is given) weights for cold ones."""
+    if intercept_target not in ("neighbours", "global"):
+        raise ValueError(f"intercept_target must be 'neighbours' or 'global', got {intercept_target!r}")
+    cs = prep.campaigns
+    warm, cold = cs.warm_ids, cs.cold_ids
+    n_c = cs.num_campaigns
+    weights, bias = np.zeros((n_c, NUM_FEATURES)), np.zeros(n_c)
+    source = np.full(n_c, WARM, np.int64)
+    weights[warm], bias[warm] = prep.warm_w, prep.warm_b
+    row_of = {int(c): j for j, c in enumerate(warm)}
+    out = CtrModels(weights, bias, source)
+    if len(cold) == 0:
+        return out
+    t0 = time.perf_counter()
+    nb_ids, sims = nearest_warm(embeddings, cold, warm, k, index=index)
+    nb_rows = np.vectorize(row_of.__getitem__)(nb_ids)
+    nb_w = prep.warm_w[nb_rows]  # [Q, k, F]
+    att = similarity_weights(sims, temperature)
+    mix_w, mix_b = combine_neighbours(nb_w, sims, temperature), np.einsum("qk,qk->q", att, prep.warm_b[nb_rows])
+    gen = mix_w.copy()
+    src = np.full(len(cold), HYPER)
+    if client is not None:
+        from models.ads.llm_client import LLMError, parse_weights
+
+        for q, c in enumerate(cold):  # one chat call per new campaign, offline
+            nbs = [{"text": cs.text[n], "audience": describe_audience(cs, n, top_names), "similarity": s,
+                    "ctr": float(prep.warm_ctr[row_of[int(n)]]), "weights": prep.warm_w[row_of[int(n)]]}
+                   for n, s in zip(nb_ids[q], sims[q])]
+            msgs = build_prompt({"text": cs.text[c], "audience": describe_audience(cs, c, top_names)}, nbs)
+            try:
+                gen[q] = parse_weights(client.chat(msgs), FEATURE_NAMES)
+                src[q] = LLM
+            except LLMError as e:  # keep the retrieval-weighted weights; the artifact records why
+                out.llm_failures[int(c)] = str(e)
+    gen = normalise_weights(gen, nb_w, sims, prep.warm_w, temperature)
+    ref = reference_features(prep, cold)  # [Q, R, F]
+    if intercept_target == "neighbours":
+        # The CTR level the neighbours' own models (mixed by similarity) predict for this campaign's audience.
+        target = _sigmoid(np.einsum("qrf,qf->qr", ref, mix_w) + mix_b[:, None]).mean(1)
+    else:
+        target = np.full(len(cold), np.median(prep.warm_ctr))
+    b = calibrate_intercepts(np.einsum("qrf,qf->qr", ref, gen), target)
+    out.generation_s = time.perf_counter() - t0
+    weights[cold], bias[cold], source[cold] = gen, b, src
+    out.neighbours = {int(c): [int(n) for n in nb_ids[q]] for q, c in enumerate(cold)}
+    out.similarities = {int(c): [float(s) for s in sims[q]] for q, c in enumerate(cold)}
+    return out
+
+
+def select_hyperparameters(prep: Prepared, embeddings: np.ndarray, ks=(5, 10, 20),
+                           temperatures=(0.02, 0.05, 0.1, 0.2)) -> tuple[int, float, dict]:
+    """(k, temperature) by leave-one-out on WARM campaigns only: each warm campaign in turn is treated as
+    new, its weights generated from the other warm campaigns, and scored by AUC on its CALIB logs. Cold
+    campaigns and TEST logs are never touched, so the choice does not peek at the evaluation."""
+    from sklearn.metrics import roc_auc_score
+
+    from data.campaigns import CALIB
+
+    cs = prep.campaigns
+    warm = cs.warm_ids
+    row_of = {int(c): j for j, c in enumerate(warm)}
+    kmax = max(ks)
+    if kmax + 1 > len(warm):
+        raise ValueError(f"ks: max k {kmax} needs more than {len(warm)} warm campaigns")
+    ids, sims = nearest_warm(embeddings, warm, warm, kmax + 1)
+    keep = ids != warm[:, None]  # drop the campaign itself
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :kmax]
+    ids, sims = np.take_along_axis(ids, order, 1), np.take_along_axis(sims, order, 1)
+    rows = cs.logs(CALIB, warm)
+    y, camp = cs.log_click[rows], cs.log_campaign[rows]
+    ref = reference_features(prep, warm)
+    scores = {}
+    for k in ks:
+        nb_rows = np.vectorize(row_of.__getitem__)(ids[:, :k])
+        nb_w = prep.warm_w[nb_rows]
+        for t in temperatures:
+            mix_w = combine_neighbours(nb_w, sims[:, :k], t)
+            mix_b = np.einsum("qk,qk->q", similarity_weights(sims[:, :k], t), prep.warm_b[nb_rows])
+            w = normalise_weights(mix_w, nb_w, sims[:, :k], prep.warm_w, t)
+            target = _sigmoid(np.einsum("qrf,qf->qr", ref, mix_w) + mix_b[:, None]).mean(1)
+            b = calibrate_intercepts(np.einsum("qrf,qf->qr", ref, w), target)
+            r = np.vectorize(row_of.__getitem__)(camp)
+            scores[(k, t)] = float(roc_auc_score(y, np.einsum("nf,nf->n", prep.x[rows], w[r]) + b[r]))
+    best = max(scores, key=scores.get)
+    return best[0], best[1], {f"k={k},T={t}": v for (k, t), v in scores.items()}
+
+
+def median_models(prep: Prepared) -> tuple[np.ndarray, float]:
+    """LR-cold baseline: the element-wise median of the warm weights and intercepts."""
+    return np.median(prep.warm_w, 0), float(np.median(prep.warm_b))
+
+
+def log_logits(prep: Prepared, weights: np.ndarray, bias: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    c = prep.campaigns.log_campaign[rows]
+    return np.einsum("nf,nf->n", prep.x[rows], weights[c]) + bias[c]
+
+
+def fit_family_calibrators(prep: Prepared, models: CtrModels) -> tuple[dict, dict]:
+    """Per source family present: a calibrator fit on CALIB logs, and ECE / log loss on TEST logs before/after."""
+    from data.campaigns import CALIB, TEST
+    from serving.calibration import ctr_metrics
+
+    cs = prep.campaigns
+    cals, report = {}, {}
+    for s in np.unique(models.source):
+        ids = np.flatnonzero(models.source == s)
+        cal_rows, test_rows = cs.logs(CALIB, ids), cs.logs(TEST, ids)
+        cal = fit_calibrator(log_logits(prep, models.weights, models.bias, cal_rows), cs.log_click[cal_rows])
+        cals[SOURCES[s]] = cal
+        z = log_logits(prep, models.weights, models.bias, test_rows)
+        y = cs.log_click[test_rows]
+        before, after = ctr_metrics(_sigmoid(z), y), ctr_metrics(apply_calibrator(cal, z), y)
+        report[SOURCES[s]] = {"campaigns": int(len(ids)), "calibrator": cal["kind"], "calib_logs": int(len(cal_rows)),
+                              "test_logs": int(len(test_rows)), "before": before, "after": after}
+    return cals, report
+
+
+# -------------------------------------------------------------------------------------------- artifact
+def save_artifact(out_dir: Path, tables: FeatureTables, models: CtrModels, calibrators: dict, meta_extra: dict,
+                  max_campaigns: int = 256) -> dict:
+    """DIR/ctr_weights.npz (what serving reads) + DIR/ctr_meta.json (version, features, per-campaign weights,
+    sources, calibrators, provenance). The version is a hash of the npz contents."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {f"table_{k}": v for k, v in tables.to_arrays().items()}
+    arrays.update(weights=models.weights.astype(np.float32), bias=models.bias.astype(np.float32),
+                  source=models.source.astype(np.int64), max_campaigns=np.int64(max_campaigns))
+    for name, cal in calibrators.items():
+        if cal["kind"] == "isotonic":
+            arrays[f"cal_{name}_x"], arrays[f"cal_{name}_y"] = cal["x"], cal["y"]
+        else:
+            arrays[f"cal_{name}_ab"] = np.array([cal["a"], cal["b"]])
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    version = f"{FORMAT_VERSION}.{h.hexdigest()[:12]}"
+    arrays["version"] = np.array(version)
+    np.savez(out_dir / "ctr_weights.npz", **arrays)
+    meta = {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION, "version": version,
+            "feature_names": list(FEATURE_NAMES), "sources": list(SOURCES), "max_campaigns": max_campaigns,
+            "calibrators": {n: {"kind": c["kind"], "n_logs": c["n_logs"]} for n, c in calibrators.items()},
+            "campaigns": [{"id": c, "source": SOURCES[int(models.source[c])],
+                           "weights": [round(float(v), 6) for v in models.weights[c]],
+                           "bias": round(float(models.bias[c]), 6),
+                           **({"neighbours": models.neighbours[c], "similarities": models.similarities[c]}
+                              if c in models.neighbours else {}),
+                           **({"llm_error": models.llm_failures[c]} if c in models.llm_failures else {})}
+                          for c in range(len(models.source))],
+            **meta_extra}
+    (out_dir / "ctr_meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+EMBEDDING_CHOICES = ("minilm-text", "clip", "attributes")
+
+
+def creative_embeddings(world, campaigns, kind: str = "minilm-text", path: Path | None = None,
+                        cache_dir: Path | None = None, clip_dir: Path | None = None,
+                        image_seed: int = 0) -> tuple[np.ndarray, str]:
+    """[C, E] creative embeddings and a description of where they came from.
+
+    path: a .npy [C, E] file (e.g. CLIP embeddings of each campaign's creative from models.clip.model) overrides
+    `kind`. minilm-text: MiniLM sentence embeddings of the creative text (models.text_embedding).
+    clip: a trained CLIP model dir (models.clip.model.ClipEmbedder, `clip_dir`) embeds each creative's image (the
+    promoted item's Fashion-MNIST image, data.creatives) and text; the mean of the two, renormalised.
+    attributes: one-hot of the item's top/leaf category and brand (no text model; a weak, honest fallback).
+    """
+    if path is not None:
+        emb = np.load(path)
+        if emb.ndim != 2 or emb.shape[0] != campaigns.num_campaigns:
+            raise ValueError(f"embeddings file {path}: expected [{campaigns.num_campaigns}, E], got {emb.shape}")
+        return emb.astype(np.float64), f"file {path}"
+    if kind == "minilm-text":
+        from models.text_embedding import embed_texts
+
+        cache = None if cache_dir is None else Path(cache_dir) / "campaign_text_minilm.npz"
+        return embed_texts(list(campaigns.text), cache_path=cache, num_threads=1).astype(np.float64), \
+            "MiniLM-L6 text embedding of the creative text (not CLIP)"
+    if kind == "clip":
+        if clip_dir is None:
+            raise ValueError("embedding kind 'clip' needs clip_dir (a model dir from models.clip.train)")
+        from data.creatives import catalog_images
+        from models.clip.model import ClipEmbedder
+
+        images = catalog_images(world.catalog, world.config, seed=image_seed).item_images[campaigns.item]
+        emb = ClipEmbedder.load(clip_dir).embed_creatives(images=images, texts=list(campaigns.text))
+        return emb.astype(np.float64), f"CLIP ({clip_dir}) of the creative image + text, averaged"
+    if kind == "attributes":
+        cat, cfg = world.catalog, world.config
+        it = campaigns.item
+        parts = [np.eye(cfg.num_top_categories)[cat.top_category[it]],
+                 np.eye(cfg.num_leaf_categories)[cat.leaf_category[it]], np.eye(cfg.num_brands)[cat.brand[it]]]
+        return np.concatenate(parts, 1), "one-hot item attributes (top, leaf, brand); no creative copy"
+    raise ValueError(f"embedding kind must be one of {EMBEDDING_CHOICES}, got {kind!r}")
+
+
+def build_world(seed: int = 0):
+    from data.campaigns import build_campaigns
+    from data.simulator import SimConfig, simulate
+
+    world = simulate(SimConfig(seed=seed))
+    return world, build_campaigns(world, seed=seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="train warm models, generate cold weights, fit calibrators, write artifact")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--k", type=int, help="neighbours per cold campaign (default: leave-one-out selection)")
+    g.add_argument("--temperature", type=float, help="softmax temperature (default: leave-one-out selection)")
+    g.add_argument("--embedding", choices=EMBEDDING_CHOICES, default="minilm-text")
+    g.add_argument("--embeddings-file", type=Path, help=".npy [C, E] creative embeddings (overrides --embedding)")
+    g.add_argument("--clip-dir", type=Path, help="trained CLIP model dir, for --embedding clip")
+    g.add_argument("--endpoint", help="OpenAI-compatible base URL; without it the retrieval-weighted generator")
+    g.add_argument("--model", default="gpt-4o-mini")
+    g.add_argument("--timeout", type=float, default=30.0)
+    args = ap.parse_args(argv)
+
+    world, cs = build_world(args.seed)
+    emb, emb_desc = creative_embeddings(world, cs, args.embedding, args.embeddings_file,
+                                        cache_dir=Path("artifacts"), clip_dir=args.clip_dir)
+    client = None
+    if args.endpoint:
+        from models.ads.llm_client import ChatClient
+
+        client = ChatClient(args.endpoint, args.model, timeout_s=args.timeout)
+    meta = generate_artifact(world, cs, args.out, emb, emb_desc, k=args.k, temperature=args.temperature,
+                             client=client, extra={"seed": args.seed, "endpoint": args.endpoint,
+                                                   "llm_model": args.model if client else None})
+    print(json.dumps(meta["summary"], indent=1))
+
+
+def generate_artifact(world, cs, out: Path, emb: np.ndarray, emb_desc: str, *, k: int | None = None,
+                      temperature: float | None = None, client=None, extra: dict | None = None) -> dict:
+    """Warm LR, cold-start weights (retrieval-weighted or LLM), per-family calibrators -> the versioned
+    artifact in `out` that serving.ads.scorer.CtrScorer serves. Returns its metadata plus a summary."""
+    prep = prepare(world, cs)
+    loo = None
+    if k is None or temperature is None:
+        k, temperature, loo = select_hyperparameters(
+            prep, emb, ks=(k,) if k else (5, 10, 20),
+            temperatures=(temperature,) if temperature else (0.02, 0.05, 0.1, 0.2))
+    models = generate_cold(prep, emb, k=k, temperature=temperature, client=client)
+    cals, report = fit_family_calibrators(prep, models)
+    meta = save_artifact(out, prep.tables, models, cals, {
+        **(extra or {}), "embedding": emb_desc, "k": k, "temperature": temperature, "selection_loo_auc": loo,
+        "generator": "llm" if client else "retrieval-weighted", "generation_s": models.generation_s,
+        "calibration_report": report})
+    meta["summary"] = {
+        "version": meta["version"], "out": str(out), "embedding": emb_desc,
+        "sources": {s: int((models.source == i).sum()) for i, s in enumerate(SOURCES)},
+        "calibration": {s: {"calibrator": r["calibrator"], "ece_before": round(r["before"]["ece_15"], 4),
+                            "ece_after": round(r["after"]["ece_15"], 4)} for s, r in report.items()}}
+    return meta
+
+if __name__ == "__main__":
+    main()

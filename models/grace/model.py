@@ -1,0 +1,220 @@
+"""GRACE generative retriever: an encoder over the chain-of-thought token history, a decoder that writes the
+next item's token path, with journey-aware sparse attention (JSA) or dense attention in the encoder.
+
+Positions count back from the most recent token (histories are left-padded), so a request's newest event
+always has position 0 whatever its length. Every token also carries its journey: how many journeys back it
+is, and its position inside the journey. The decoder keeps a KV cache of its own self-attention, so a beam
+search step feeds one token per beam instead of the whole prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from serving.grace.tokenizer import BOS
+
+NEG_INF = -1e9  # finite, so fully masked rows stay NaN-free in every backend
+MAX_JOURNEYS_BACK = 64
+MAX_JOURNEY_POSITION = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class GraceConfig:
+    vocab_size: int
+    max_tokens: int
+    path_length: int = 5
+    tokens_per_event: int = 6
+    d_model: int = 64
+    num_heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    ff_mult: int = 2
+    dropout: float = 0.1
+    attention: str = "dense"  # "dense" (SDPA) or "jsa" (journey-aware sparse attention)
+    causal_encoder: bool = True  # JSA is causal by construction; GRACE-dense matches it, TIGER does not
+    use_journeys: bool = True  # journey embeddings (distance in journeys, position inside the journey)
+    jsa: dict | None = None  # JSAConfig fields when attention == "jsa"
+    jsa_backend: str = "gather"
+
+    def __post_init__(self):
+        if self.attention not in ("dense", "jsa"):
+            raise ValueError(f"attention must be 'dense' or 'jsa', got {self.attention!r}")
+        if self.attention == "jsa" and not self.causal_encoder:
+            raise ValueError("attention='jsa' is causal; causal_encoder must be True")
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, d // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.dropout = dropout
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv [B,Tk,d] -> keys, values [B,H,Tk,hd]."""
+        return self.split(self.k(kv)), self.split(self.v(kv))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        b, tq, d = x.shape
+        out = F.scaled_dot_product_attention(self.split(self.q(x)), k, v, attn_mask=bias,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.o(out.transpose(1, 2).reshape(b, tq, d))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                bias: torch.Tensor | None) -> torch.Tensor:
+        """x [B,Tq,d]; kv [B,Tk,d] or projected (keys, values) whose batch may be 1 (broadcast over
+        beams); bias additive [B|1,1,Tq|1,Tk]."""
+        k, v = kv if isinstance(kv, tuple) else self.project_kv(kv)
+        return self.attend(x, k, v, bias)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: GraceConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        if cfg.attention == "jsa":
+            from models.grace.jsa import JSAConfig, JourneySparseAttention  # noqa: PLC0415 (optional dependency)
+            self.attn = JourneySparseAttention(d, cfg.num_heads, JSAConfig(**(cfg.jsa or {})), backend=cfg.jsa_backend)
+        else:
+            self.attn = Attention(d, cfg.num_heads, cfg.dropout)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.sparse = cfg.attention == "jsa"
+
+    def forward(self, x, bias, journey_ids, valid):
+        h = self.norm1(x)
+        a = self.attn(h, journey_ids, valid) if self.sparse else self.attn(h, h, bias)
+        x = x + self.drop(a)
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: GraceConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm_cross, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.num_heads, cfg.dropout)
+        self.cross = Attention(d, cfg.num_heads, cfg.dropout)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, past: tuple[torch.Tensor, torch.Tensor] | None, self_bias, cross_kv, memory_bias):
+        """Returns (x, (keys, values) of self-attention including x's tokens) for the KV cache."""
+        h = self.norm1(x)
+        k, v = self.attn.project_kv(h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.drop(self.attn.attend(h, k, v, self_bias))
+        x = x + self.drop(self.cross(self.norm_cross(x), cross_kv, memory_bias))
+        return x + self.drop(self.ff(self.norm2(x))), (k, v)
+
+
+class GraceModel(nn.Module):
+    def __init__(self, cfg: GraceConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.token_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+        self.enc_pos = nn.Embedding(cfg.max_tokens, d)
+        self.slot_emb = nn.Embedding(cfg.tokens_per_event, d)  # which slot of the event (behaviour, level...)
+        if cfg.use_journeys:
+            self.journey_back_emb = nn.Embedding(MAX_JOURNEYS_BACK, d)
+            self.journey_pos_emb = nn.Embedding(MAX_JOURNEY_POSITION, d)
+        self.dec_pos = nn.Embedding(cfg.path_length, d)
+        self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.vocab_size)
+
+    def encode(self, tokens: torch.Tensor, valid: torch.Tensor, journey_ids: torch.Tensor,
+               journey_pos: torch.Tensor) -> torch.Tensor:
+        """tokens [B,T] left-padded with whole events, valid [B,T] float (1 real, 0 pad), journey_ids [B,T]
+        (journey index per token, nondecreasing, -1 on padding), journey_pos [B,T] (token position inside its
+        journey) -> memory [B,T,d]."""
+        t = tokens.shape[1]
+        tpe = self.cfg.tokens_per_event
+        idx = torch.arange(t, device=tokens.device)
+        from_end = (t - 1) - idx
+        slot = (tpe - 1) - from_end % tpe
+        x = self.token_emb(tokens) + self.enc_pos(from_end.clamp(max=self.cfg.max_tokens - 1)) + self.slot_emb(slot)
+        if self.cfg.use_journeys:
+            back = (journey_ids.max(dim=1, keepdim=True).values - journey_ids).clamp(0, MAX_JOURNEYS_BACK - 1)
+            x = x + self.journey_back_emb(back) + self.journey_pos_emb(journey_pos.clamp(0, MAX_JOURNEY_POSITION - 1))
+        pad_bias = (1.0 - valid) * NEG_INF
+        bias = pad_bias[:, None, None, :]
+        if self.cfg.causal_encoder:
+            causal = torch.triu(torch.full((t, t), NEG_INF, device=tokens.device), diagonal=1)
+            bias = bias + causal[None, None]
+        for block in self.encoder:
+            x = block(x, bias, journey_ids, valid)
+        return self.enc_norm(x)
+
+    def cross_kv(self, memory: torch.Tensor) -> torch.Tensor:
+        """Cross-attention keys/values of every decoder layer, computed once per request and reused by
+        every beam and step: [layers, 2, B, H, T, hd]."""
+        return torch.stack([torch.stack(block.cross.project_kv(memory)) for block in self.decoder])
+
+    def empty_cache(self, beams: int) -> torch.Tensor:
+        """Decoder self-attention KV cache before the first step: [layers, 2, beams, H, 0, hd]."""
+        c = self.cfg
+        return torch.zeros(c.decoder_layers, 2, beams, c.num_heads, 0, c.d_model // c.num_heads)
+
+    def decode_cached(self, new_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
+                      memory_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """new_tokens [B,S_new] continue prefixes whose self-attention K/V are `past` [layers,2,B,H,S_past,hd]
+        -> (logits [B,S_new,V], present [layers,2,B,H,S_past+S_new,hd]). cross_kv and memory_valid may have
+        batch 1 and are then shared by all B prefixes (beams)."""
+        s_new, s_past = new_tokens.shape[1], past.shape[4]
+        pos = torch.arange(s_new, device=new_tokens.device) + s_past
+        x = self.token_emb(new_tokens) + self.dec_pos(pos)
+        # Causal over the whole (past + new) prefix: new token i sees past and new tokens up to itself.
+        key_pos = torch.arange(s_past + s_new, device=new_tokens.device)
+        causal = torch.where(key_pos[None, :] <= pos[:, None], 0.0, NEG_INF)[None, None]
+        memory_bias = ((1.0 - memory_valid) * NEG_INF)[:, None, None, :]
+        present = []
+        for layer, block in enumerate(self.decoder):
+            x, kv = block(x, (past[layer, 0], past[layer, 1]), causal, (cross_kv[layer, 0], cross_kv[layer, 1]),
+                          memory_bias)
+            present.append(torch.stack(kv))
+        return self.head(self.dec_norm(x)), torch.stack(present)
+
+    def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
+        """prefix [B,S] (starts with BOS) -> logits [B,S,V] for the next token at each position."""
+        return self.decode_cached(prefix, self.empty_cache(prefix.shape[0]).to(cross_kv), cross_kv, memory_valid)[0]
+
+    def decode_step(self, last_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
+                    memory_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One beam-search step: last_tokens [B] -> (log-probabilities of the next token [B,V], present KV)."""
+        logits, present = self.decode_cached(last_tokens[:, None], past, cross_kv, memory_valid)
+        return logits[:, -1].log_softmax(-1), present
+
+    def forward(self, tokens, valid, journey_ids, journey_pos, target_paths):
+        """Teacher forcing: logits [B, path_length, V] for the target item path."""
+        memory = self.encode(tokens, valid, journey_ids, journey_pos)
+        bos = torch.full_like(target_paths[:, :1], BOS)
+        prefix = torch.cat([bos, target_paths[:, :-1]], dim=1)
+        return self.decode(prefix, self.cross_kv(memory), valid)
+
+
+CHECKPOINT_FILE = "grace.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it
+
+
+def save_checkpoint(model: GraceModel, directory: Path) -> None:
+    torch.save({"config": dataclasses.asdict(model.cfg), "state": model.state_dict()}, Path(directory) / CHECKPOINT_FILE)
+
+
+def load_checkpoint(directory: Path) -> GraceModel:
+    ckpt = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
+    model = GraceModel(GraceConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["state"])
+    return model.eval()

@@ -1,0 +1,183 @@
+"""The GRACE family as recommenders over a SequenceDataset: GRACE (CoT tokens + JSA), and the ablations and
+generative baselines of the evaluation, which differ only in tokenization and attention:
+
+    grace_jsa    CoT path (attributes + semantic IDs)   journey-aware sparse attention   journey embeddings
+    grace_dense  CoT path                               dense causal attention           journey embeddings
+    grace_nocot  semantic IDs only                      journey-aware sparse attention   journey embeddings
+    tiger        semantic IDs only                      dense bidirectional (TIGER-style) no journeys
+
+Every variant trains the same encoder-decoder with the same budget and ranks the whole catalog with
+trie-constrained beam search. The default served model is grace_jsa, built by the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data.sequences import leave_last_out
+from models.budget import TrainingBudget
+from serving.grace.beam_search import CachedStep, constrained_beam_search
+from models.grace.model import GraceConfig, GraceModel
+from serving.grace.history import HistoryEncoder, left_pad
+from serving.grace.journeys import DEFAULT_MAX_GAP
+from models.grace.semantic_ids import fit_residual_kmeans
+from models.text_embedding import embed_texts, texts_key
+from serving.contract import default_limit
+from serving.grace.tokenizer import ItemTokenizer
+
+CACHE_DIR = Path.home() / ".cache" / "recserve"
+
+
+@dataclasses.dataclass(frozen=True)
+class GraceVariant:
+    tokens: str  # tokenizer variant: "cot" or "sid"
+    attention: str  # "jsa" or "dense"
+    causal_encoder: bool = True
+    use_journeys: bool = True
+
+
+VARIANTS = {
+    "grace_jsa": GraceVariant("cot", "jsa"),
+    "grace_dense": GraceVariant("cot", "dense"),
+    "grace_nocot": GraceVariant("sid", "jsa"),
+    "tiger": GraceVariant("sid", "dense", causal_encoder=False, use_journeys=False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GraceTrainConfig:
+    max_history: int = default_limit("max_history")  # events
+    beam_width: int = default_limit("beam_width")
+    journey_max_gap: float = DEFAULT_MAX_GAP  # seconds of inactivity that end a journey
+    semantic_levels: int = 3
+    semantic_codes: int = 256
+    d_model: int = 64
+    num_heads: int = 4
+    layers: int = 2
+
+
+def build_history_encoder(dataset, variant: GraceVariant, cfg: GraceTrainConfig, seed: int,
+                          cache_dir: Path | None = CACHE_DIR) -> tuple[HistoryEncoder, dict]:
+    """Item texts -> MiniLM embeddings (cached) -> residual k-means semantic IDs -> tokenizer of the variant,
+    plus the journey segmentation (intent = leaf category where there is one, else the coarsest attribute)."""
+    texts = list(dataset.item_texts[1:])
+    cache = None if cache_dir is None else Path(cache_dir) / f"minilm_{dataset.name}_{texts_key(texts)[:16]}.npz"
+    embeddings = embed_texts(texts, cache_path=cache)
+    sids = fit_residual_kmeans(embeddings, levels=cfg.semantic_levels, codes_per_level=cfg.semantic_codes,
+                               seed=seed, embedding_key=texts_key(texts))
+    attributes = dict(dataset.item_attributes)
+    tokenizer = ItemTokenizer.from_columns(list(attributes.items()), sids.codes,
+                                           include_attributes=variant.tokens == "cot", include_semantic=True,
+                                           semantic_sizes=sids.codebook_sizes, num_behaviors=dataset.num_behaviors)
+    intent = "leaf_category" if "leaf_category" in attributes else next(iter(attributes))
+    encoder = HistoryEncoder(tokenizer, np.asarray(attributes[intent], np.int64), max_gap=cfg.journey_max_gap)
+    info = {"semantic_ids": sids.stats(), "journey_intent": intent, "vocab_size": tokenizer.vocab_size,
+            "path_length": tokenizer.path_length, "tokenizer_levels": list(tokenizer.level_names)}
+    return encoder, info
+
+
+def encode_examples(encoder: HistoryEncoder, examples, idx) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    return [encoder.encode(examples.histories[i], examples.behaviors[i], examples.timestamps[i]) for i in idx]
+
+
+def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: TrainingBudget, seed: int,
+                progress: bool = True) -> dict:
+    """Teacher-forced next-item path prediction on `train` (data.sequences.Examples), batch by batch in the
+    budget's order: the same examples, in the same order, as every other model of the evaluation."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.01)
+    steps = budget.num_steps(len(train))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=steps, pct_start=0.1)
+    started = time.perf_counter()
+    model.train()
+    losses = []
+    for ex in tqdm(budget.batches(len(train), seed), total=steps, desc="grace", mininterval=5, disable=not progress):
+        feeds = {k: torch.from_numpy(v) for k, v in left_pad(encode_examples(encoder, train, ex)).items()}
+        target = torch.from_numpy(encoder.tokenizer.item_paths[train.targets[ex]])
+        logits = model(feeds["tokens"], feeds["valid"], feeds["journey_ids"], feeds["journey_pos"], target)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.item()))
+    model.eval()
+    return {"train_steps": len(losses), "train_seconds": round(time.perf_counter() - started, 1),
+            "final_loss": round(float(np.mean(losses[-20:])), 4), "losses": losses}
+
+
+@torch.no_grad()
+def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, journey_ids: np.ndarray,
+                   journey_pos: np.ndarray, beam_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference retrieval with the torch model for one encoded history (what grace_retrieve serves)."""
+    feeds = left_pad([(tokens, journey_ids, journey_pos)])
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    cross_kv = model.cross_kv(model.encode(t["tokens"], t["valid"], t["journey_ids"], t["journey_pos"]))
+
+    def run(last_tokens: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        log_probs, present = model.decode_step(torch.from_numpy(last_tokens), torch.from_numpy(past), cross_kv,
+                                               t["valid"])
+        return log_probs.numpy(), present.numpy()
+
+    return constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, path_to_item, beam_width)
+
+
+class GraceRecommender:
+    """fit / recommend over a SequenceDataset, for the evaluation harness and the default build."""
+
+    def __init__(self, variant: str, cfg: GraceTrainConfig = GraceTrainConfig(), jsa: dict | None = None,
+                 cache_dir: Path | None = CACHE_DIR, progress: bool = True):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown GRACE variant {variant!r}; known: {sorted(VARIANTS)}")
+        self.name, self.variant, self.cfg, self.jsa = variant, VARIANTS[variant], cfg, jsa
+        self.cache_dir, self.progress = cache_dir, progress
+        self.model: GraceModel | None = None
+        self.info: dict = {}
+
+    def fit(self, dataset, train_examples=None, *, seed: int = 0, budget: TrainingBudget = TrainingBudget()) -> dict:
+        if train_examples is None:
+            train_examples = leave_last_out(dataset, self.cfg.max_history).train
+        # The model's history length is the one its examples were cut to (the harness's --max-history).
+        cfg = self.cfg = dataclasses.replace(self.cfg, max_history=max(len(h) for h in train_examples.histories))
+        self.encoder, self.info = build_history_encoder(dataset, self.variant, cfg, seed, self.cache_dir)
+        tok = self.encoder.tokenizer
+        v = self.variant
+        torch.manual_seed(seed)
+        self.model = GraceModel(GraceConfig(
+            vocab_size=tok.vocab_size, max_tokens=cfg.max_history * tok.tokens_per_event,
+            path_length=tok.path_length, tokens_per_event=tok.tokens_per_event, d_model=cfg.d_model,
+            num_heads=cfg.num_heads, encoder_layers=cfg.layers, decoder_layers=cfg.layers, attention=v.attention,
+            causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config()))
+        trained = train_model(self.model, self.encoder, train_examples, budget, seed, self.progress)
+        self.losses = trained.pop("losses")
+        self.info.update(trained)
+        self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()
+        return self.info
+
+    def _jsa_config(self) -> dict | None:
+        """The full JSA config, recorded in the checkpoint so that later changes of the defaults cannot alter
+        what a trained model computes."""
+        if self.variant.attention != "jsa":
+            return None
+        from models.grace.jsa import JSAConfig  # noqa: PLC0415
+
+        return dataclasses.asdict(JSAConfig(**(self.jsa or {})))
+
+    def recommend_one(self, items, behaviors, timestamps, k: int) -> np.ndarray:
+        items, behaviors, timestamps = (np.asarray(a)[-self.cfg.max_history:] for a in (items, behaviors, timestamps))
+        ranked, _ = grace_retrieve(self.model, self.trie, self.path_to_item, *self.encoder.encode(items, behaviors, timestamps),
+                                   beam_width=max(k, self.cfg.beam_width))
+        return ranked[:k]
+
+    def recommend(self, examples, k: int) -> np.ndarray:
+        """Top-k item ids [M, k] for every history of `examples` (data.sequences.Examples)."""
+        return np.stack([self.recommend_one(examples.histories[i], examples.behaviors[i], examples.timestamps[i], k)
+                         for i in range(len(examples))])

@@ -1,0 +1,88 @@
+"""CTR ranker: DIN-style target attention over the user's recent events, plus item attributes.
+
+Item representations combine an id embedding with attribute embeddings (leaf category, brand, price
+bucket) so that rarely clicked items still get sensible scores. The same item vectors serve the
+`embedding_knn` retrieval source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig:
+    num_items: int
+    num_leaf_categories: int
+    num_brands: int
+    num_price_buckets: int
+    num_behaviors: int = 5
+    d_model: int = 32
+    hidden: int = 64
+
+
+class Ranker(nn.Module):
+    def __init__(self, cfg: RankerConfig, leaf: np.ndarray, brand: np.ndarray, price_bucket: np.ndarray):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.register_buffer("item_leaf", torch.tensor(leaf, dtype=torch.long))  # copies: never alias
+        self.register_buffer("item_brand", torch.tensor(brand, dtype=torch.long))
+        self.register_buffer("item_price", torch.tensor(price_bucket, dtype=torch.long))
+        self.item_emb = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+        self.leaf_emb = nn.Embedding(cfg.num_leaf_categories, d)
+        self.brand_emb = nn.Embedding(cfg.num_brands, d)
+        self.price_emb = nn.Embedding(cfg.num_price_buckets, d)
+        self.behavior_emb = nn.Embedding(cfg.num_behaviors, d, padding_idx=0)
+        self.attn_mlp = nn.Sequential(nn.Linear(4 * d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.mlp = nn.Sequential(nn.Linear(6 * d + 2, cfg.hidden), nn.ReLU(),
+                                 nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return (self.item_emb(items) + self.leaf_emb(self.item_leaf[items])
+                + self.brand_emb(self.item_brand[items]) + self.price_emb(self.item_price[items]))
+
+    def forward(self, hist_items: torch.Tensor, hist_behaviors: torch.Tensor,
+                cand_items: torch.Tensor) -> torch.Tensor:
+        """hist [B,L] right-aligned (newest last, 0 = pad), cand [B,C] -> logits [B,C]."""
+        valid = (hist_items > 0).float()  # [B,L]
+        hist = self.item_vectors(hist_items) + self.behavior_emb(hist_behaviors)  # [B,L,d]
+        cand = self.item_vectors(cand_items)  # [B,C,d]
+        b, c, d = cand.shape
+        l = hist.shape[1]
+        h = hist[:, None].expand(b, c, l, d)
+        q = cand[:, :, None].expand(b, c, l, d)
+        w = self.attn_mlp(torch.cat([h, q, h * q, h - q], -1)).squeeze(-1)  # [B,C,L]
+        w = w.masked_fill(valid[:, None] == 0, -1e9).softmax(-1) * valid[:, None]
+        interest = (w[..., None] * h).sum(2)  # [B,C,d]
+        n = valid.sum(1, keepdim=True).clamp(min=1.0)
+        mean = (hist * valid[..., None]).sum(1) / n  # [B,d]
+        last = hist[:, -1]  # newest event (right-aligned)
+        same_leaf = (self.item_leaf[cand_items][:, :, None] == self.item_leaf[hist_items][:, None]).float()
+        leaf_share = (same_leaf * valid[:, None]).sum(-1, keepdim=True) / n[:, None]  # [B,C,1]
+        # The newest event reveals the current intent: an explicit "same leaf as last event" feature.
+        same_as_last = same_leaf[:, :, -1:] * valid[:, None, -1:]
+        feats = torch.cat([cand, interest, cand * interest, mean[:, None].expand(b, c, d),
+                           cand * last[:, None], last[:, None].expand(b, c, d), leaf_share, same_as_last], -1)
+        return self.mlp(feats).squeeze(-1)
+
+
+CHECKPOINT_FILE = "ranker.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it
+
+
+def save_checkpoint(model: Ranker, directory: Path) -> None:
+    torch.save({"config": dataclasses.asdict(model.cfg), "state": model.state_dict()}, Path(directory) / CHECKPOINT_FILE)
+
+
+def load_checkpoint(directory: Path) -> Ranker:
+    ckpt = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
+    cfg = RankerConfig(**ckpt["config"])
+    placeholder = np.zeros(cfg.num_items + 1, np.int64)  # the real lookup tables come with the state dict
+    model = Ranker(cfg, placeholder, placeholder, placeholder)
+    model.load_state_dict(ckpt["state"])
+    return model.eval()

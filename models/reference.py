@@ -1,0 +1,97 @@
+"""In-process reference of the served models: the steps of serving.graph run in the graph's order by the very
+same step classes (serving.steps), with the torch models in place of their ONNX exports and no Triton in
+between. Integration tests compare the server against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.clip.model import ClipEmbedder
+from models.grace.model import load_checkpoint as load_grace
+from models.grace.recommender import grace_retrieve
+from models.ranking.model import load_checkpoint as load_ranker
+from serving import graph
+from serving.ads.scorer import CtrScorer
+from serving.backend import StepModel
+from serving.contract import ServingLimits
+from serving.grace.history import TOKENIZER_FILE
+from serving.grace.tokenizer import ItemTokenizer
+from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank
+
+MANIFEST = "build_manifest.json"
+CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
+
+
+class TorchGraceRetrieve(GraceRetrieve):
+    def load(self):
+        tokenizer = ItemTokenizer.load(self.version_dir / TOKENIZER_FILE)
+        self.trie, self.path_to_item = tokenizer.build_trie(), tokenizer.path_to_item()
+        self.model = load_grace(self.version_dir)
+
+    @torch.no_grad()
+    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos):
+        return grace_retrieve(self.model, self.trie, self.path_to_item, enc_tokens, enc_journey_ids, enc_journey_pos,
+                              self.limits.beam_width)
+
+
+class TorchRank(Rank):
+    def load(self):
+        self.model = load_ranker(self.version_dir)
+
+    @torch.no_grad()
+    def run_batch(self, batch):
+        names = [t.name for t in self.STEP.inputs]
+        logits = self.model(*(torch.from_numpy(np.stack([inputs[n] for inputs in batch]).astype(np.int64))
+                              for n in names))
+        return [(row,) for row in logits.numpy()]
+
+
+TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchRank)}
+
+
+def run_ensemble(ensemble: graph.Ensemble, steps: dict[str, StepModel], request: dict[str, np.ndarray]
+                 ) -> dict[str, np.ndarray]:
+    """Runs the ensemble's steps in graph order over named tensors, as Triton's ensemble scheduler does."""
+    tensors = dict(request)
+    for step in ensemble.steps:
+        inputs = {t.name: tensors[t.name] for t in step.inputs if t.name in tensors}
+        tensors.update(steps[step.name](**inputs))
+    return {t.name: tensors[t.name] for t in ensemble.outputs}
+
+
+class ReferencePipeline:
+    def __init__(self, repository: Path):
+        repository = Path(repository)
+        manifest = json.loads((repository / MANIFEST).read_text())
+        self.limits = ServingLimits(**manifest["limits"])
+        self.steps = {step.name: TORCH_STEPS.get(step.name, IMPLEMENTATIONS[step.name]).create(
+            repository / step.name / "1", self.limits) for step in graph.RECOMMEND.steps}
+        # The torch CLIP checkpoint (clip_embed serves its ONNX export) and the campaign CTR scorer.
+        self.clip = ClipEmbedder.load(repository / graph.CLIP_EMBED.name / "1" / CLIP_CHECKPOINT_DIR)
+        self.ads = CtrScorer.load(repository / graph.SCORE_ADS.name / "1")
+
+    def recommend(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Raises serving.contract.RequestError on bad input, as the server answers INVALID_ARGUMENT."""
+        values = (np.asarray(item_ids), np.asarray(behaviors), np.asarray(timestamps), np.asarray([k]).reshape(-1),
+                  exclude_item_ids, category_ids)
+        request = {t.name: np.asarray(v) for t, v in zip(graph.RECOMMEND.inputs, values) if v is not None}
+        out = run_ensemble(graph.RECOMMEND, self.steps, request)
+        items, pctr, sources = (out[t.name] for t in graph.RECOMMEND.outputs)
+        return items, pctr, [s.decode() for s in sources]
+
+    def score_ads(self, item_ids, behaviors, timestamps, campaign_ids) -> np.ndarray:
+        """Calibrated pCTR per campaign; raises RequestError as the server answers INVALID_ARGUMENT."""
+        return self.ads.score(np.asarray(item_ids), np.asarray(behaviors), np.asarray(timestamps),
+                              np.asarray(campaign_ids))
+
+    def clip_embed(self, images: np.ndarray | None = None, texts: list[str] | None = None) -> np.ndarray:
+        """The torch CLIP model's embeddings (image, text, or both -> their normalised mean)."""
+        if images is not None and texts is not None:
+            return self.clip.embed_creatives(images=images, texts=texts)
+        return self.clip.embed_images(images) if images is not None else self.clip.embed_texts(texts)

@@ -1,1 +1,0 @@
-"""Serving side: launching tritonserver on the model repository."""

@@ -1,0 +1,109 @@
+"""Serving path of the per-campaign CTR models: features, a dot product, then calibration.
+
+numpy only (no torch, no sklearn): loads the artifact written by `python -m models.ads.llm_hyper generate`.
+Each campaign's logit w_c . x(u, c) + b_c goes through its model family's calibrator (isotonic = one
+np.interp, Platt = a sigmoid); both are fit on held-out logs at generation time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from serving.ads.features import FEATURE_NAMES, MAX_HISTORY, FeatureTables, build_profiles, pair_features
+from serving.contract import RequestError
+
+WEIGHTS_FILE, META_FILE = "ctr_weights.npz", "ctr_meta.json"
+SOURCES = ("warm", "hyper", "llm", "median")  # same order as models.ads.llm_hyper.SOURCES
+VALID_BEHAVIORS = (1, 2, 3, 4)
+
+
+class CtrScorer:
+    def __init__(self, tables: FeatureTables, weights: np.ndarray, bias: np.ndarray, source: np.ndarray,
+                 calibrators: dict[str, dict], max_campaigns: int = 256, max_history: int = MAX_HISTORY,
+                 version: str = "unversioned"):
+        c = tables.num_campaigns
+        if weights.shape != (c, len(FEATURE_NAMES)) or bias.shape != (c,) or source.shape != (c,):
+            raise ValueError(f"weights/bias/source must be [{c}, F]/[{c}]/[{c}], got {weights.shape}/{bias.shape}/"
+                             f"{source.shape}")
+        missing = sorted({SOURCES[s] for s in np.unique(source)} - set(calibrators))
+        if missing:
+            raise ValueError(f"calibrators: no calibrator for model families {missing}")
+        self.tables, self.version = tables, version
+        self.weights, self.bias = np.ascontiguousarray(weights, np.float64), np.asarray(bias, np.float64)
+        self.source = np.asarray(source, np.int64)
+        self.calibrators = calibrators
+        self.max_campaigns, self.max_history = int(max_campaigns), int(max_history)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "CtrScorer":
+        d = Path(directory)
+        meta = json.loads((d / META_FILE).read_text())
+        with np.load(d / WEIGHTS_FILE, allow_pickle=False) as z:
+            if str(z["version"]) != meta["version"]:
+                raise ValueError(f"{d}: {WEIGHTS_FILE} version {z['version']} != {META_FILE} {meta['version']}")
+            if list(meta["feature_names"]) != list(FEATURE_NAMES):
+                raise ValueError(f"{d}: artifact features {meta['feature_names']} differ from this code's")
+            tables = FeatureTables.from_arrays({k[len("table_"):]: z[k] for k in z.files if k.startswith("table_")})
+            cals = {}
+            for name, info in meta["calibrators"].items():
+                if info["kind"] == "isotonic":
+                    cals[name] = {"kind": "isotonic", "x": z[f"cal_{name}_x"], "y": z[f"cal_{name}_y"]}
+                else:
+                    a, b = z[f"cal_{name}_ab"]
+                    cals[name] = {"kind": "platt", "a": float(a), "b": float(b)}
+            return cls(tables, z["weights"], z["bias"], z["source"], cals, int(z["max_campaigns"]),
+                       version=meta["version"])
+
+    def _validate(self, items, behaviors, timestamps, campaign_ids):
+        items, behs, ts = (np.asarray(a).reshape(-1) for a in (items, behaviors, timestamps))
+        cids = np.asarray(campaign_ids).reshape(-1)
+        for field, v in (("item_ids", items), ("behaviors", behs), ("timestamps", ts), ("campaign_ids", cids)):
+            if v.dtype.kind not in "iu":
+                raise RequestError(field, f"expected an integer tensor, got dtype {v.dtype}")
+        n = len(items)
+        if n == 0:
+            raise RequestError("item_ids", "history is empty; at least 1 event is required")
+        if n > self.max_history:
+            raise RequestError("item_ids", f"history has {n} events; the maximum is {self.max_history}")
+        if len(behs) != n or len(ts) != n:
+            raise RequestError("behaviors/timestamps",
+                               f"lengths must equal item_ids ({n}); got behaviors={len(behs)}, timestamps={len(ts)}")
+        if items.min() < 1 or items.max() > self.tables.num_items:
+            raise RequestError("item_ids", f"item ids must be in [1, {self.tables.num_items}]")
+        if not np.isin(behs, VALID_BEHAVIORS).all():
+            raise RequestError("behaviors", f"behaviour codes must be in {VALID_BEHAVIORS}")
+        if n > 1 and np.any(np.diff(ts) < 0):
+            raise RequestError("timestamps", "timestamps must be non-decreasing (oldest event first)")
+        if len(cids) == 0:
+            raise RequestError("campaign_ids", "at least 1 campaign is required")
+        if len(cids) > self.max_campaigns:
+            raise RequestError("campaign_ids", f"{len(cids)} campaigns; the maximum is {self.max_campaigns}")
+        bad = cids[(cids < 0) | (cids >= self.tables.num_campaigns)]
+        if len(bad):
+            raise RequestError("campaign_ids", f"unknown campaign ids {bad[:5].tolist()}; valid ids are "
+                                               f"0..{self.tables.num_campaigns - 1}")
+        return items.astype(np.int64), behs.astype(np.int64), ts.astype(np.int64), cids.astype(np.int64)
+
+    def logits(self, history_items, history_behaviors, history_timestamps, campaign_ids) -> np.ndarray:
+        items, behs, ts, cids = self._validate(history_items, history_behaviors, history_timestamps, campaign_ids)
+        prof = build_profiles(self.tables, items[None], behs[None], ts[None])
+        x = pair_features(self.tables, prof, np.zeros(1, np.int64), cids)  # [C, F]
+        return np.einsum("cf,cf->c", x, self.weights[cids]) + self.bias[cids]
+
+    def score(self, history_items, history_behaviors, history_timestamps, campaign_ids) -> np.ndarray:
+        """Calibrated pCTR float32 [C] for one user's history (oldest event first) and campaigns."""
+        cids = np.asarray(campaign_ids).reshape(-1)
+        z = self.logits(history_items, history_behaviors, history_timestamps, cids)
+        src = self.source[cids.astype(np.int64)]
+        out = np.empty_like(z)
+        for s in np.unique(src):  # at most one pass per model family, never per campaign
+            m = src == s
+            cal = self.calibrators[SOURCES[s]]
+            if cal["kind"] == "isotonic":
+                out[m] = np.interp(z[m], cal["x"], cal["y"])
+            else:
+                out[m] = 1.0 / (1.0 + np.exp(-(cal["a"] * z[m] + cal["b"])))
+        return out.astype(np.float32)

@@ -1,0 +1,134 @@
+"""The python-backend scaffold every served step shares (runs inside Triton's python stub, and in process).
+
+A step class names its `serving.graph.Step`; the scaffold reads the step's inputs and outputs from the graph,
+so a step's code only says what it computes: `load()` reads its artifacts once, `run(**inputs)` maps one
+request's input arrays (named by the graph, batch dimension removed) to its outputs in graph order.
+`run_batch` may be overridden to process all queued requests in one go (the ranker does).
+
+A bad request gets INVALID_ARGUMENT naming the field and the limit while the rest of the batch is served; a
+bug gets INTERNAL and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from serving.contract import RequestError, ServingLimits
+from serving.graph import Step
+
+
+class StepModel:
+    STEP: Step
+
+    # --- in process (the reference pipeline, tests) and in Triton alike ---------------------------------
+    @classmethod
+    def create(cls, version_dir: Path, limits: ServingLimits) -> "StepModel":
+        """The step outside Triton, reading the same artifacts."""
+        model = cls()
+        model.setup(Path(version_dir), limits)
+        return model
+
+    def setup(self, version_dir: Path, limits: ServingLimits) -> None:
+        self.version_dir, self.limits = version_dir, limits
+        check_signature(type(self))
+        self.load()
+
+    def load(self) -> None:
+        """Reads the step's artifacts from self.version_dir."""
+
+    def run(self, **inputs: np.ndarray) -> tuple:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def run_batch(self, batch: list[dict[str, np.ndarray]]) -> list[tuple]:
+        return [self.run(**inputs) for inputs in batch]
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """One request in process: inputs and outputs named by the graph."""
+        return self.name_outputs(self.run(**inputs))
+
+    def name_outputs(self, result: tuple) -> dict[str, np.ndarray]:
+        outputs = self.STEP.outputs
+        if len(result) != len(outputs):
+            raise RuntimeError(f"{self.STEP.name} returned {len(result)} outputs; the graph declares {len(outputs)}")
+        return {tensor.name: np.asarray(value) for tensor, value in zip(outputs, result)}
+
+    # --- Triton's python backend ------------------------------------------------------------------------
+    def initialize(self, args: dict) -> None:
+        import triton_python_backend_utils as pb_utils  # only importable inside the stub
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        limits = ServingLimits.from_json(config["parameters"]["limits"]["string_value"])
+        self.setup(Path(args["model_repository"]) / args["model_version"], limits)
+
+    def read_request(self, request) -> dict[str, np.ndarray]:
+        inputs = {}
+        for tensor in self.STEP.inputs:
+            value = self.pb.get_input_tensor_by_name(request, tensor.name)
+            if value is None:
+                if not tensor.optional:
+                    raise RequestError(tensor.name, "is required")
+                continue
+            array = value.as_numpy()
+            if self.STEP.batching.rows_are_batch:
+                inputs[tensor.name] = array
+                continue
+            if array.shape[0] != 1:
+                raise RequestError(tensor.name,
+                                   f"batch dimension is {array.shape[0]}; one user per request (maximum 1)")
+            inputs[tensor.name] = array[0]
+        return inputs
+
+    def _error(self, message: str, code):
+        return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        batch, slots = [], []
+        for i, request in enumerate(requests):
+            try:
+                batch.append(self.read_request(request))
+                slots.append(i)
+            except RequestError as err:
+                responses[i] = self._error(str(err), self.pb.TritonError.INVALID_ARG)
+        try:
+            results = self.run_batch(batch) if batch else []
+        except RequestError:
+            # One bad request must not fail its neighbours: redo them one by one.
+            results = []
+            for inputs in batch:
+                try:
+                    results.append(self.run(**inputs))
+                except RequestError as err:
+                    results.append(err)
+        except Exception:  # a bug, not the client's fault: INTERNAL, and the server keeps serving
+            message = traceback.format_exc()
+            self.pb.Logger.log_error(message)
+            results = [RuntimeError(message.strip().splitlines()[-1])] * len(batch)
+        add_batch_dim = not self.STEP.batching.rows_are_batch
+        for i, result in zip(slots, results):
+            if isinstance(result, RequestError):
+                responses[i] = self._error(str(result), self.pb.TritonError.INVALID_ARG)
+            elif isinstance(result, Exception):
+                responses[i] = self._error(f"internal error: {result}", self.pb.TritonError.INTERNAL)
+            else:
+                responses[i] = self.pb.InferenceResponse(output_tensors=[
+                    self.pb.Tensor(name, value[None] if add_batch_dim else value)
+                    for name, value in self.name_outputs(result).items()])
+        return responses
+
+
+def check_signature(cls: type[StepModel]) -> None:
+    """`run`'s parameters are the step's input tensor names (a **kwargs catch-all may take the rest)."""
+    params = inspect.signature(cls.run).parameters
+    named = {n for n, p in params.items() if n != "self" and p.kind != p.VAR_KEYWORD}
+    catch_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    declared = {t.name for t in cls.STEP.inputs}
+    if named - declared or (not catch_all and declared - named):
+        raise TypeError(f"{cls.__name__}.run takes {sorted(named)}; the graph declares {cls.STEP.name}'s inputs as "
+                        f"{sorted(declared)}")

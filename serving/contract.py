@@ -1,0 +1,46 @@
+"""The request contract every served model shares: the published limits (every serving default lives here,
+once) and the client error that is answered as gRPC INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+VALID_BEHAVIORS = (1, 2, 3, 4)  # 1 view, 2 add_to_cart, 3 remove_from_cart, 4 purchase
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingLimits:
+    num_items: int
+    num_categories: int
+    max_history: int = 32  # events per recommend request (GRACE trains on histories of this length)
+    max_k: int = 50
+    max_exclude: int = 1000
+    beam_width: int = 20  # GRACE beams = GRACE candidates
+    knn_candidates: int = 64  # CLIP-embedding nearest neighbours
+    recent_candidates: int = 16  # distinct recently interacted items
+    max_candidates: int = 64  # ranker width after the merge
+    num_campaigns: int = 0  # score_ads: campaign ids are 0..num_campaigns-1
+    max_campaigns: int = 256  # score_ads: campaigns per request
+    ads_max_history: int = 50  # score_ads: events per request (the CTR features' window)
+    max_clip_rows: int = 64  # clip_embed: images/texts per request
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServingLimits":
+        return cls(**json.loads(text))
+
+
+class RequestError(ValueError):
+    """A client error; served as gRPC INVALID_ARGUMENT. The message names the field and the limit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def default_limit(name: str):
+    """The default of one ServingLimits field: training configs that must agree with serving read it here."""
+    return ServingLimits.__dataclass_fields__[name].default

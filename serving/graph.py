@@ -1,0 +1,179 @@
+"""The serving graph, declared once: every served step with its input and output tensors (dtype, dims), the
+artifacts it loads and its batching, the retrieval sources in merge order, and the ensembles as data.
+
+Everything else reads it: serving.configs renders and validates each config.pbtxt from it, the python-backend
+scaffold (serving.backend) reads each step's I/O from it, and the in-process reference runs the ensemble's
+steps from it in the same order. A tensor name or a step name is written here and nowhere else.
+
+Dims are ints, or names of `serving.contract.ServingLimits` fields resolved when a build renders its configs.
+Every tensor of a step carries a leading batch dimension when served; the dims here exclude it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from serving.ads.scorer import META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
+from serving.calibration import CALIBRATOR_FILE
+from serving.catalog import CATEGORY_FILE
+from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
+from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
+from serving.grace.history import HISTORY_FILES
+from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, TOKENIZER_FILE
+from serving.ranking import RANKER_FILE
+
+DTYPES = ("INT32", "INT64", "FP32", "UINT8", "STRING")  # Triton's TYPE_* names used here
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...] = (-1,)
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"tensor {self.name}: dtype {self.dtype} is not one of {DTYPES}")
+
+    def shape(self, limits) -> list[int]:
+        """Dims with the limit names replaced by their values."""
+        return [getattr(limits, d) if isinstance(d, str) else d for d in self.dims]
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    max_batch_size: int | str = 8  # an int, or a ServingLimits field
+    queue_delay_us: int = 200
+    # False: one user per request, the batch dimension is 1. True: the request's rows are its batch
+    # (clip_embed embeds up to max_clip_rows creatives per request).
+    rows_are_batch: bool = False
+
+    def max_batch(self, limits) -> int:
+        return getattr(limits, self.max_batch_size) if isinstance(self.max_batch_size, str) else self.max_batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    doc: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    artifacts: tuple[str, ...] = ()  # files its version folder must hold (written by its build stage)
+    batching: Batching = Batching()
+    published: tuple[tuple[str, str], ...] = ()  # (config parameter, ServingLimits field) read by clients
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalSource:
+    name: str  # what `retrieval_source` answers for the items it found
+    step: Step
+    items: Tensor  # its candidate item ids, best first
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    name: str
+    doc: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    steps: tuple[Step, ...]  # in execution order (Triton runs independent steps in parallel)
+    published: tuple[tuple[str, str], ...] = ()
+    max_batch_size: int = 8
+
+
+# --- tensors ---------------------------------------------------------------------------------------------
+# recommend's request and response
+ITEM_IDS = Tensor("item_ids", "INT64")
+BEHAVIORS = Tensor("behaviors", "INT32")
+TIMESTAMPS = Tensor("timestamps", "INT64")
+K = Tensor("k", "INT32", (1,))
+EXCLUDE_ITEM_IDS = Tensor("exclude_item_ids", "INT64", optional=True)
+CATEGORY_IDS = Tensor("category_ids", "INT32", optional=True)
+TOP_ITEM_IDS = Tensor("top_item_ids", "INT64")
+PCTR = Tensor("pctr", "FP32")
+RETRIEVAL_SOURCE = Tensor("retrieval_source", "STRING")
+# between the steps of recommend
+ENC_TOKENS = Tensor("enc_tokens", "INT64")
+ENC_JOURNEY_IDS = Tensor("enc_journey_ids", "INT64")
+ENC_JOURNEY_POS = Tensor("enc_journey_pos", "INT64")
+HIST_ITEMS = Tensor("hist_items", "INT64", ("max_history",))
+HIST_BEHAVIORS = Tensor("hist_behaviors", "INT64", ("max_history",))
+EXCLUDE_IDS = Tensor("exclude_ids", "INT64")
+ALLOWED_CATEGORIES = Tensor("allowed_categories", "INT64")
+GRACE_ITEMS = Tensor("grace_items", "INT64", ("beam_width",))
+GRACE_SCORES = Tensor("grace_scores", "FP32", ("beam_width",))
+RECENT_ITEMS = Tensor("recent_items", "INT64")
+RECENT_SCORES = Tensor("recent_scores", "FP32")
+KNN_ITEMS = Tensor("knn_items", "INT64")
+KNN_SCORES = Tensor("knn_scores", "FP32")
+CAND_ITEMS = Tensor("cand_items", "INT64", ("max_candidates",))
+CAND_SOURCES = Tensor("cand_sources", "INT32", ("max_candidates",))
+LOGITS = Tensor("logits", "FP32", ("max_candidates",))
+# score_ads and clip_embed
+CAMPAIGN_IDS = Tensor("campaign_ids", "INT64")
+MODEL_SOURCE = Tensor("model_source", "STRING")
+IMAGE = Tensor("image", "UINT8", (28, 28), optional=True)
+TEXT = Tensor("text", "STRING", (1,), optional=True)
+EMBEDDING = Tensor("embedding", "FP32")
+
+# --- steps -----------------------------------------------------------------------------------------------
+FILTERS = (EXCLUDE_IDS, ALLOWED_CATEGORIES)
+FEATURES = Step(
+    "features", "validates a recommend request; CoT tokens with journey ids and positions, padded histories",
+    inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, K, EXCLUDE_ITEM_IDS, CATEGORY_IDS),
+    outputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, HIST_ITEMS, HIST_BEHAVIORS) + FILTERS,
+    artifacts=HISTORY_FILES)
+GRACE_RETRIEVE = Step(
+    "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step",
+    inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS), outputs=(GRACE_ITEMS, GRACE_SCORES),
+    artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE))
+RECENT_RETRIEVE = Step(
+    "recent_retrieve", "the request's most recently interacted distinct items (repeat intent), newest first",
+    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS, outputs=(RECENT_ITEMS, RECENT_SCORES),
+    artifacts=(CATEGORY_FILE,))
+CLIP_RETRIEVE = Step(
+    "clip_retrieve", "CLIP-embedding nearest neighbours of the history in the FAISS item index, filters inside",
+    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS, outputs=(KNN_ITEMS, KNN_SCORES),
+    artifacts=(ITEM_INDEX_FILE, ITEM_EMBEDDINGS_FILE, CATEGORY_FILE))
+
+# Merge order = priority: an item found by several sources is credited to the first.
+RETRIEVAL_SOURCES = (
+    RetrievalSource("grace", GRACE_RETRIEVE, GRACE_ITEMS),
+    RetrievalSource("recent", RECENT_RETRIEVE, RECENT_ITEMS),
+    RetrievalSource("embedding_knn", CLIP_RETRIEVE, KNN_ITEMS),
+)
+
+MERGE = Step(
+    "merge", "union of the retrieval sources in graph order, deduplicated and filtered, padded",
+    inputs=tuple(source.items for source in RETRIEVAL_SOURCES) + FILTERS, outputs=(CAND_ITEMS, CAND_SOURCES),
+    artifacts=(CATEGORY_FILE,))
+RANKER = Step(
+    "ranker", "the ONNX CTR model; all queued requests in one ONNX Runtime call",
+    inputs=(HIST_ITEMS, HIST_BEHAVIORS, CAND_ITEMS), outputs=(LOGITS,), artifacts=(RANKER_FILE,))
+CALIBRATE = Step(
+    "calibrate", "isotonic logit -> pCTR, then the top-k with their retrieval sources",
+    inputs=(LOGITS, CAND_ITEMS, CAND_SOURCES, K), outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
+    artifacts=(CALIBRATOR_FILE,))
+SCORE_ADS = Step(
+    "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",
+    inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),
+    artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE),
+    published=(("num_items", "num_items"), ("max_history", "ads_max_history"),
+               ("num_campaigns", "num_campaigns"), ("max_campaigns", "max_campaigns")))
+CLIP_EMBED = Step(
+    "clip_embed", "CLIP embeddings of images and/or texts, one creative per row",
+    inputs=(IMAGE, TEXT), outputs=(EMBEDDING,), artifacts=(CLIP_MANIFEST_FILE, IMAGE_FILE, TEXT_FILE),
+    batching=Batching(max_batch_size="max_clip_rows", rows_are_batch=True))
+
+RECOMMEND = Ensemble(
+    "recommend", "ranked items with calibrated pCTR and the retrieval source of each",
+    inputs=FEATURES.inputs, outputs=CALIBRATE.outputs,
+    steps=(FEATURES, *(source.step for source in RETRIEVAL_SOURCES), MERGE, RANKER, CALIBRATE),
+    published=(("num_items", "num_items"), ("max_history", "max_history"), ("max_k", "max_k"),
+               ("num_categories", "num_categories"), ("max_exclude", "max_exclude")))
+
+ENSEMBLES = (RECOMMEND,)
+SERVED_STEPS = RECOMMEND.steps + (SCORE_ADS, CLIP_EMBED)  # python-backend models, each with a 1/model.py
+STEPS = {step.name: step for step in SERVED_STEPS}
+SOURCE_NAMES = tuple(source.name for source in RETRIEVAL_SOURCES)  # cand_sources indexes this

@@ -1,0 +1,130 @@
+"""Request-level steps of `recommend`, in numpy, shared by the served Triton models and the in-process
+reference: validation and features, embedding kNN retrieval, candidate merge, calibrated top-k.
+
+Only the neural parts differ between the two (ONNX Runtime when served, torch in the reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from serving.contract import VALID_BEHAVIORS, RequestError, ServingLimits
+from serving.grace.history import HistoryEncoder
+
+@dataclasses.dataclass(frozen=True)
+class HistoryFeatures:
+    enc_tokens: np.ndarray  # int64 [L * tokens_per_event]
+    enc_journey_ids: np.ndarray  # int64 [L * tokens_per_event], journey index of each token
+    enc_journey_pos: np.ndarray  # int64 [L * tokens_per_event], position of the token inside its journey
+    hist_items: np.ndarray  # int64 [max_history], right-aligned, 0 = pad
+    hist_behaviors: np.ndarray  # int64 [max_history]
+    exclude_ids: np.ndarray  # int64 [>=1]; always holds the padding item 0
+    allowed_categories: np.ndarray  # int64 [>=1]; every category when the request names none
+
+
+def _check_dtype(field: str, value: np.ndarray, kind: str) -> None:
+    if value.dtype.kind not in kind:
+        raise RequestError(field, f"expected an integer tensor, got dtype {value.dtype}")
+
+
+def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimits, item_ids, behaviors, timestamps, k,
+                           exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
+    """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features."""
+    items = np.asarray(item_ids).reshape(-1)
+    behs = np.asarray(behaviors).reshape(-1)
+    ts = np.asarray(timestamps).reshape(-1)
+    n = len(items)
+    if n == 0:
+        raise RequestError("item_ids", "history is empty; at least 1 event is required")
+    for field, value in (("item_ids", items), ("behaviors", behs), ("timestamps", ts)):
+        _check_dtype(field, value, "iu")
+    if n > limits.max_history:
+        raise RequestError("item_ids", f"history has {n} events; the maximum is {limits.max_history}")
+    if len(behs) != n or len(ts) != n:
+        raise RequestError("behaviors/timestamps",
+                           f"lengths must equal item_ids ({n}); got behaviors={len(behs)}, timestamps={len(ts)}")
+    bad = items[(items < 1) | (items > limits.num_items)]
+    if len(bad):
+        raise RequestError("item_ids", f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
+    bad = behs[~np.isin(behs, VALID_BEHAVIORS)]
+    if len(bad):
+        raise RequestError("behaviors", f"unknown behavior {int(bad[0])}; valid values are {list(VALID_BEHAVIORS)}"
+                           " (1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase)")
+    if n > 1 and np.any(np.diff(ts) < 0):
+        raise RequestError("timestamps", "must be non-decreasing (oldest event first)")
+    k_arr = np.asarray(k).reshape(-1)
+    _check_dtype("k", k_arr, "iu")
+    if len(k_arr) != 1:
+        raise RequestError("k", f"expected exactly one value, got {len(k_arr)}")
+    if not 1 <= int(k_arr[0]) <= limits.max_k:
+        raise RequestError("k", f"{int(k_arr[0])} is out of range; valid range is 1..{limits.max_k}")
+
+    exclude = np.zeros(1, np.int64)
+    if exclude_item_ids is not None:
+        ex = np.asarray(exclude_item_ids).reshape(-1)
+        _check_dtype("exclude_item_ids", ex, "iu")
+        if len(ex) > limits.max_exclude:
+            raise RequestError("exclude_item_ids", f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
+        bad = ex[(ex < 1) | (ex > limits.num_items)]
+        if len(bad):
+            raise RequestError("exclude_item_ids",
+                               f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
+        exclude = np.unique(np.concatenate([exclude, ex.astype(np.int64)]))
+    allowed = np.arange(limits.num_categories, dtype=np.int64)
+    if category_ids is not None:
+        cats = np.asarray(category_ids).reshape(-1)
+        _check_dtype("category_ids", cats, "iu")
+        if len(cats) == 0:
+            raise RequestError("category_ids", "is empty; omit it to allow every category")
+        bad = cats[(cats < 0) | (cats >= limits.num_categories)]
+        if len(bad):
+            raise RequestError("category_ids",
+                               f"unknown category {int(bad[0])}; valid ids are 0..{limits.num_categories - 1}")
+        allowed = np.unique(cats.astype(np.int64))
+
+    items = items.astype(np.int64)
+    behs = behs.astype(np.int64)
+    hist_items = np.zeros(limits.max_history, np.int64)
+    hist_behaviors = np.zeros(limits.max_history, np.int64)
+    hist_items[-n:], hist_behaviors[-n:] = items, behs
+    tokens, journey_ids, journey_pos = history_encoder.encode(items, behs, ts)
+    return HistoryFeatures(enc_tokens=tokens, enc_journey_ids=journey_ids, enc_journey_pos=journey_pos,
+                           hist_items=hist_items,
+                           hist_behaviors=hist_behaviors, exclude_ids=exclude, allowed_categories=allowed)
+
+
+def eligible_mask(top_category: np.ndarray, exclude_ids: np.ndarray, allowed_categories: np.ndarray) -> np.ndarray:
+    """Boolean [N+1] of items a request may receive (padding item 0 never)."""
+    mask = np.isin(top_category, allowed_categories)
+    mask[exclude_ids] = False
+    mask[0] = False
+    return mask
+
+
+def merge_candidates(source_items: list[np.ndarray], eligible: np.ndarray, max_candidates: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Union of the sources' candidates in source order (an item is credited to the first source that found it),
+    deduplicated and filtered; padded with item 0 and source -1. Sources index `source_items`."""
+    items = np.concatenate([np.asarray(s, np.int64).reshape(-1) for s in source_items])
+    sources = np.concatenate([np.full(np.size(s), i) for i, s in enumerate(source_items)]).astype(np.int32)
+    keep = eligible[items]
+    items, sources = items[keep], sources[keep]
+    _, first = np.unique(items, return_index=True)
+    first = np.sort(first)[:max_candidates]
+    cand = np.zeros(max_candidates, np.int64)
+    src = np.full(max_candidates, -1, np.int32)
+    cand[:len(first)], src[:len(first)] = items[first], sources[first]
+    return cand, src
+
+
+def calibrated_top_k(logits: np.ndarray, cand_items: np.ndarray, cand_sources: np.ndarray, calibrate, k: int,
+                     source_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k real candidates by calibrated pCTR (raw logit breaks isotonic plateaus, then item id)."""
+    real = cand_items > 0
+    logits, items, sources = logits[real], cand_items[real], cand_sources[real]
+    pctr = calibrate(logits)
+    order = np.lexsort((items, -logits, -pctr))[:k]
+    names = np.array([source_names[s].encode() for s in sources[order]], dtype=object)
+    return items[order], pctr[order].astype(np.float32), names

@@ -1,0 +1,185 @@
+"""The served steps: what each step of serving.graph computes, in numpy and ONNX Runtime. Each
+`model_repository/<step>/1/model.py` is one import of its class here; the in-process reference runs the same
+classes (with the torch models swapped in for the neural ones)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from serving import graph
+from serving.ads.scorer import SOURCES as AD_SOURCES, CtrScorer
+from serving.backend import StepModel
+from serving.calibration import CALIBRATOR_FILE, IsotonicCalibrator
+from serving.catalog import load_top_category
+from serving.clip.ann_index import load_index
+from serving.clip.embedder import OnnxClipEmbedder
+from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE, clip_retrieve
+from serving.contract import RequestError
+from serving.grace.history import HistoryEncoder
+from serving.grace.retriever import OnnxGraceRetriever
+from serving.ranking import OnnxRanker
+from serving.recent import recent_items
+from serving.recommend import calibrated_top_k, eligible_mask, merge_candidates, validate_and_featurize
+
+MAX_TEXT_BYTES = 1024
+
+
+class Features(StepModel):
+    STEP = graph.FEATURES
+
+    def load(self):
+        self.history_encoder = HistoryEncoder.load(self.version_dir)
+
+    def run(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None):
+        f = validate_and_featurize(self.history_encoder, self.limits, item_ids, behaviors, timestamps, k,
+                                   exclude_item_ids, category_ids)
+        return (f.enc_tokens, f.enc_journey_ids, f.enc_journey_pos, f.hist_items, f.hist_behaviors, f.exclude_ids,
+                f.allowed_categories)
+
+
+class GraceRetrieve(StepModel):
+    STEP = graph.GRACE_RETRIEVE
+
+    def load(self):
+        self.retriever = OnnxGraceRetriever(self.version_dir)
+
+    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos):
+        return self.retriever(enc_tokens, enc_journey_ids, enc_journey_pos, self.limits.beam_width)
+
+
+class FilteredStep(StepModel):
+    """A step that restricts items to those the request may receive (its filters, never item 0)."""
+
+    def load(self):
+        self.top_category = load_top_category(self.version_dir)
+
+    def eligible(self, exclude_ids, allowed_categories) -> np.ndarray:
+        return eligible_mask(self.top_category, exclude_ids, allowed_categories)
+
+
+class RecentRetrieve(FilteredStep):
+    STEP = graph.RECENT_RETRIEVE
+
+    def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
+        return recent_items(hist_items, hist_behaviors, self.eligible(exclude_ids, allowed_categories),
+                            self.limits.recent_candidates)
+
+
+class ClipRetrieve(FilteredStep):
+    STEP = graph.CLIP_RETRIEVE
+
+    def load(self):
+        super().load()
+        faiss.omp_set_num_threads(1)  # Triton runs the models side by side on few cores
+        self.index = load_index(self.version_dir / ITEM_INDEX_FILE)
+        self.item_embeddings = np.load(self.version_dir / ITEM_EMBEDDINGS_FILE)
+
+    def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
+        return clip_retrieve(self.index, self.item_embeddings, hist_items, hist_behaviors,
+                             self.eligible(exclude_ids, allowed_categories), self.limits.knn_candidates)
+
+
+class Merge(FilteredStep):
+    STEP = graph.MERGE
+
+    def run(self, exclude_ids, allowed_categories, **source_items):
+        ordered = [source_items[source.items.name] for source in graph.RETRIEVAL_SOURCES]
+        return merge_candidates(ordered, self.eligible(exclude_ids, allowed_categories), self.limits.max_candidates)
+
+
+class Rank(StepModel):
+    STEP = graph.RANKER
+
+    def load(self):
+        self.ranker = OnnxRanker(self.version_dir)
+
+    def run_batch(self, batch):
+        names = [t.name for t in self.STEP.inputs]
+        logits = self.ranker(*(np.stack([inputs[name] for inputs in batch]) for name in names))
+        return [(row,) for row in logits]
+
+    def run(self, hist_items, hist_behaviors, cand_items):
+        return self.run_batch([dict(hist_items=hist_items, hist_behaviors=hist_behaviors, cand_items=cand_items)])[0]
+
+
+class Calibrate(StepModel):
+    STEP = graph.CALIBRATE
+
+    def load(self):
+        self.calibrator = IsotonicCalibrator.load(self.version_dir / CALIBRATOR_FILE)
+
+    def run(self, logits, cand_items, cand_sources, k):
+        return calibrated_top_k(logits, cand_items, cand_sources, self.calibrator, int(k[0]), graph.SOURCE_NAMES)
+
+
+class ScoreAds(StepModel):
+    STEP = graph.SCORE_ADS
+
+    def load(self):
+        self.scorer = CtrScorer.load(self.version_dir)
+        self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
+
+    def run(self, item_ids, behaviors, timestamps, campaign_ids):
+        pctr = self.scorer.score(item_ids, behaviors, timestamps, campaign_ids)
+        return pctr, self.source_names[self.scorer.source[np.asarray(campaign_ids, np.int64).reshape(-1)]]
+
+
+class ClipEmbed(StepModel):
+    """A request carries rows (creatives), each with an image, a text, or both (then the normalised mean);
+    all rows of all queued requests go through each tower in one ONNX Runtime call."""
+
+    STEP = graph.CLIP_EMBED
+
+    def load(self):
+        self.embedder = OnnxClipEmbedder(self.version_dir)
+
+    def read_request(self, request):
+        inputs = super().read_request(request)
+        if not inputs:
+            raise RequestError("image/text", "at least one of image or text is required")
+        rows = {name: len(value) for name, value in inputs.items()}
+        if len(set(rows.values())) != 1:
+            raise RequestError("image/text", f"image and text must have the same number of rows, got {rows}")
+        if graph.TEXT.name in inputs:
+            inputs[graph.TEXT.name] = decode_texts(inputs[graph.TEXT.name])
+        return inputs
+
+    def run_batch(self, batch):
+        image, text = graph.IMAGE.name, graph.TEXT.name
+        images = [b[image] for b in batch if image in b]
+        texts = [t for b in batch if text in b for t in b[text]]
+        image_emb = self.embedder.embed_images(np.concatenate(images)) if images else None
+        text_emb = self.embedder.embed_texts(texts) if texts else None
+        results, i, t = [], 0, 0
+        for b in batch:
+            parts = []
+            if image in b:
+                n = len(b[image])
+                parts.append(image_emb[i:i + n])
+                i += n
+            if text in b:
+                n = len(b[text])
+                parts.append(text_emb[t:t + n])
+                t += n
+            emb = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            results.append((emb.astype(np.float32),))
+        return results
+
+    def run(self, image=None, text=None):
+        inputs = {t.name: v for t, v in ((graph.IMAGE, image), (graph.TEXT, text)) if v is not None}
+        return self.run_batch([inputs])[0]
+
+
+def decode_texts(column: np.ndarray) -> list[str]:
+    texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
+             for t in column.reshape(len(column), -1)[:, 0]]
+    long = [len(t.encode()) for t in texts if len(t.encode()) > MAX_TEXT_BYTES]
+    if long:
+        raise RequestError(graph.TEXT.name, f"a text has {long[0]} bytes; the maximum is {MAX_TEXT_BYTES}")
+    return texts
+
+
+IMPLEMENTATIONS = {cls.STEP.name: cls for cls in
+                   (Features, GraceRetrieve, RecentRetrieve, ClipRetrieve, Merge, Rank, Calibrate, ScoreAds, ClipEmbed)}

@@ -8,9 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.ort import session
 from models.grace.model import GraceModel
 from models.ranking.model import Ranker
+from serving.graph import RANKER
+from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE
+from serving.ort import session
+from serving.ranking import RANKER_FILE
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -79,7 +82,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     cfg = model.cfg
     vocab, d, tpe = cfg.vocab_size, cfg.d_model, cfg.tokens_per_event
     encoder, step = _Encoder(model), _DecodeStep(model)
-    enc_path, step_path = out_dir / "grace_encoder.onnx", out_dir / "grace_decoder_step.onnx"
+    enc_path, step_path = out_dir / ENCODER_FILE, out_dir / DECODER_STEP_FILE
     enc_names = ["tokens", "valid", "journey_ids", "journey_pos"]
     feeds = sample_encoder_inputs(rng, vocab, tpe, [6, 4])
     _export(encoder, tuple(torch.from_numpy(feeds[n]) for n in enc_names), enc_path, enc_names, ["cross_kv"],
@@ -117,10 +120,9 @@ def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates
         cand[:, -3:] = 0  # padded candidate slots
         return hist, behs, cand
 
-    path = out_dir / "ranker.onnx"
-    _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path,
-            ["hist_items", "hist_behaviors", "cand_items"], ["logits"],
-            {"hist_items": {0: "batch"}, "hist_behaviors": {0: "batch"}, "cand_items": {0: "batch"},
-             "logits": {0: "batch"}})
-    hist, behs, cand = sample(5)
-    return {path.name: _max_diff(model, path, {"hist_items": hist, "hist_behaviors": behs, "cand_items": cand})}
+    # The exported graph's tensors are the served step's (serving.ranking feeds them in this order).
+    inputs, outputs = [t.name for t in RANKER.inputs], [t.name for t in RANKER.outputs]
+    path = out_dir / RANKER_FILE
+    _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path, inputs, outputs,
+            {name: {0: "batch"} for name in inputs + outputs})
+    return {path.name: _max_diff(model, path, dict(zip(inputs, sample(5))))}

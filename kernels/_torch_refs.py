@@ -1,4 +1,8 @@
-"""PyTorch references for the Triton kernels: the test oracles and the CPU fallbacks of the dispatchers.
+"""The PyTorch references of the kernels ops, one per op: the test oracles and the CPU fallbacks.
+
+  block_sparse_attention_ref   kernels.attention.block_sparse_attention (backend "dense")
+  clip_head_ref                kernels.clip_embed.clip_head (backend "torch")
+  similarity_topk_ref          kernels.clip_embed.similarity_topk (backend "torch")
 
 They favour clarity over speed (dense masks, fp32 math) and follow kernels/layout.py exactly: the element
 mask is the listed blocks, the causal rule with the queries at the end of each sequence, keys past the
@@ -13,10 +17,12 @@ import torch
 
 from kernels.layout import BlockLayout
 
+_MASKED = -1e30  # finite: a fully masked row stays NaN-free (uniform weights) and is zeroed afterwards
 
-def layout_token_mask(layout: BlockLayout, causal: bool, q_lens: torch.Tensor | None = None,
-                      kv_lens: torch.Tensor | None = None, key_start: torch.Tensor | None = None) -> torch.Tensor:
-    """bool [B, H, layout.q_len, layout.kv_len] with per-sequence lengths (defaults: the layout's).
+
+def _token_mask(layout: BlockLayout, causal: bool, q_lens: torch.Tensor | None = None,
+                kv_lens: torch.Tensor | None = None, key_start: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [B|1, H|1, layout.q_len, layout.kv_len] with per-sequence lengths (defaults: the layout's).
 
     With per-sequence lengths, sequence b uses the first q_lens[b] query rows and the first kv_lens[b] keys;
     its queries are the last q_lens[b] of its kv_lens[b] positions (decode and jagged batches).
@@ -46,35 +52,41 @@ def layout_token_mask(layout: BlockLayout, causal: bool, q_lens: torch.Tensor | 
     return mask
 
 
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     sm_scale: float | None = None) -> torch.Tensor:
-    """Dense attention [B,H,Tq,D] under a bool mask broadcastable to [B,H,Tq,Tk]; fp32 math; empty rows -> 0."""
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      sm_scale: float | None = None) -> torch.Tensor:
+    """Dense attention [B,H,Tq,D] under a bool mask broadcastable to [B,H,Tq,Tk]: fp32 scores, masked softmax,
+    rows without a visible key -> zeros; output in q's dtype."""
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    s = s.masked_fill(~mask, float("-inf"))
-    m = s.amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    p = torch.exp(s - m)
-    denom = p.sum(-1, keepdim=True)
-    out = torch.matmul(p, v.float()) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, _MASKED)
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, v.float())
+    out = torch.where(mask.any(-1, keepdim=True), out, torch.zeros_like(out))
     return out.to(q.dtype)
 
 
-def jsa_attention_ref(q, k, v, layout: BlockLayout, causal: bool = True, sm_scale: float | None = None,
-                      kv_lens: torch.Tensor | None = None, key_start: torch.Tensor | None = None) -> torch.Tensor:
-    """q [B,H,Tq,D], k/v [B,H,Tk,D]; kv_lens [B] (optional) shortens each sequence (decode from a cache)."""
-    return masked_attention(q, k, v, layout_token_mask(layout, causal, None, kv_lens, key_start), sm_scale)
+def block_sparse_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, *,
+                               causal: bool = True, sm_scale: float | None = None,
+                               key_start: torch.Tensor | None = None, kv_lens: torch.Tensor | None = None,
+                               cu_seqlens_q: torch.Tensor | None = None,
+                               cu_seqlens_k: torch.Tensor | None = None) -> torch.Tensor:
+    """Block-sparse attention by a materialised token mask (see kernels.attention.block_sparse_attention).
 
-
-def jsa_attention_jagged_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockLayout, causal: bool = True,
-                             sm_scale: float | None = None, key_start: torch.Tensor | None = None) -> torch.Tensor:
-    """Packed q [total_q,H,D], k/v [total_k,H,D]; layout batch = number of sequences, padded to the longest.
-    key_start [total_q] or [total_q,H|1]: first visible key of each query, within its own sequence."""
+    Padded: q [B,H,Tq,D], k/v [B,H,Tk,D] -> [B,H,Tq,D]; key_start [B|1,Tq] or [B|1,H|1,Tq];
+      kv_lens [B] (optional) shortens each sequence (decode from a cache: queries are its last Tq positions).
+    Jagged (cu_seqlens_q and cu_seqlens_k [n_seqs+1] given): packed q [total_q,H,D], k/v [total_k,H,D]
+      -> [total_q,H,D]; layout batch = number of sequences (or 1), padded to the longest; key_start
+      [total_q] or [total_q,H|1], counted within each query's own sequence.
+    """
+    if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+        raise ValueError("give both cu_seqlens_q and cu_seqlens_k (jagged), or neither (padded)")
+    if cu_seqlens_q is None:
+        return _masked_attention(q, k, v, _token_mask(layout, causal, None, kv_lens, key_start), sm_scale)
     cu_q = cu_seqlens_q.tolist()
     cu_k = cu_seqlens_k.tolist()
     q_lens = torch.tensor([cu_q[i + 1] - cu_q[i] for i in range(len(cu_q) - 1)])
     kv_lens = torch.tensor([cu_k[i + 1] - cu_k[i] for i in range(len(cu_k) - 1)])
-    mask = layout_token_mask(layout, causal, q_lens, kv_lens)
+    mask = _token_mask(layout, causal, q_lens, kv_lens)
     out = torch.zeros_like(q)
     for b in range(len(cu_q) - 1):
         tq, tk = int(q_lens[b]), int(kv_lens[b])
@@ -88,7 +100,7 @@ def jsa_attention_jagged_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockL
             ks = key_start[cu_q[b]:cu_q[b + 1]].long()
             ks = ks[None, None, :] if ks.dim() == 1 else ks.T[None]  # -> [1, H|1, tq]
             mb = mb & (torch.arange(tk, device=q.device) >= ks[..., None])
-        out[cu_q[b]:cu_q[b + 1]] = masked_attention(qb, kb, vb, mb, sm_scale)[0].transpose(0, 1)
+        out[cu_q[b]:cu_q[b + 1]] = _masked_attention(qb, kb, vb, mb, sm_scale)[0].transpose(0, 1)
     return out
 
 

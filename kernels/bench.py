@@ -3,8 +3,10 @@
     python -m kernels.bench [--device cpu|cuda] [--lengths 512 1024 ...] [--out docs/results]
 
 Attention (one JSA-like layout, `jsa_bench_layout`, shared by every method):
+  Our methods run through kernels.attention.block_sparse_attention (backend="triton" / "gather").
   cuda: triton (our kernel, autotuned), flex (torch FlexAttention, BlockMask built from our BlockLayout),
-        sdpa_causal (dense causal SDPA = FlashAttention), gather (kernels.block_sparse_torch); fp16 default;
+        sdpa_causal (dense causal SDPA = FlashAttention), gather (the entry point's torch gather backend);
+        fp16 default;
         timed with triton.testing.do_bench; lengths 512..8192.
   cpu:  gather, flex (torch.compile on CPU), sdpa_causal, dense_masked (SDPA with the layout's token mask);
         the Triton kernel is not timed on CPU (the interpreter is a correctness tool, not a backend);
@@ -141,14 +143,12 @@ def machine_info(device: str) -> dict:
 
 
 def _attention_methods(device: str, layout: BlockLayout, q, k, v):
-    from kernels import block_sparse_torch
+    from kernels.attention import block_sparse_attention
 
     methods = {}
     if device == "cuda":
-        from kernels.jsa_attention import jsa_attention_triton
-
-        methods["triton"] = lambda: jsa_attention_triton(q, k, v, layout, causal=True)
-    methods["gather"] = lambda: block_sparse_torch.gather_block_sparse_attention(q, k, v, layout, True)
+        methods["triton"] = lambda: block_sparse_attention(q, k, v, layout, causal=True, backend="triton")
+    methods["gather"] = lambda: block_sparse_attention(q, k, v, layout, causal=True, backend="gather")
     from torch.nn.attention.flex_attention import flex_attention
 
     block_mask = flex_block_mask(layout, True, q.device)
@@ -206,8 +206,7 @@ def bench_attention(device: str, lengths, batch: int, heads: int, head_dim: int,
 
 def bench_clip(device: str, n_rows: int, feat: int, embed: int, n_queries: int, catalog: int, topk: int, dtype,
                repeats: int, log):
-    from kernels import _torch_refs
-    from kernels.clip_embed import clip_head_triton, similarity_topk_triton
+    from kernels.clip_embed import clip_head, similarity_topk
 
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(n_rows, feat, generator=g).to(device=device, dtype=dtype)
@@ -224,17 +223,18 @@ def bench_clip(device: str, n_rows: int, feat: int, embed: int, n_queries: int, 
 
     cases = [("clip_head", "torch_unfused", unfused, 2 * n_rows * feat * embed, n_rows)]
     if device == "cuda":
-        cases.append(("clip_head", "triton_fused", lambda: clip_head_triton(x, w), 2 * n_rows * feat * embed,
-                      n_rows))
+        cases.append(("clip_head", "triton_fused", lambda: clip_head(x, w, backend="triton"),
+                      2 * n_rows * feat * embed, n_rows))
     else:
         cases.append(("clip_head", "torch_normalize", lambda: F.normalize(torch.mm(x, w), dim=-1),
                       2 * n_rows * feat * embed, n_rows))
     cases.append(("similarity_topk", "torch_matmul_topk", mm_topk, 2 * n_queries * catalog * embed, catalog))
     if device == "cuda":
-        cases.append(("similarity_topk", "triton_streaming", lambda: similarity_topk_triton(qs, cat, topk),
-                      2 * n_queries * catalog * embed, catalog))
+        cases.append(("similarity_topk", "triton_streaming",
+                      lambda: similarity_topk(qs, cat, topk, backend="triton"), 2 * n_queries * catalog * embed,
+                      catalog))
     else:
-        cases.append(("similarity_topk", "torch_chunked", lambda: _torch_refs.similarity_topk_ref(qs, cat, topk),
+        cases.append(("similarity_topk", "torch_chunked", lambda: similarity_topk(qs, cat, topk, backend="torch"),
                       2 * n_queries * catalog * embed, catalog))
     rows = []
     ref_head = unfused().float()

@@ -1,21 +1,20 @@
-"""Block-sparse attention over a `kernels.layout.BlockLayout` in plain torch: the two CPU backends.
+"""Block-sparse attention over a `kernels.layout.BlockLayout` in plain torch: the "gather" backend of
+`kernels.attention.block_sparse_attention` (call that; this module is its implementation).
 
-* `dense_block_sparse_attention`: materialises the layout's token mask and runs a masked softmax. Slow,
-  obviously right: the test oracle for the other backends.
-* `gather_block_sparse_attention`: for every query block gathers only the KV blocks the layout lists
-  (index_select on a flat block table), so unselected blocks cost nothing, then one
-  F.scaled_dot_product_attention over all (batch, query block) tiles with an additive mask: torch's fused
-  CPU kernel (fp32 for half inputs). Only ONNX-exportable ops (SDPA exports as MatMul/Add/Softmax at opset
-  14+) and no Python control flow on data, so it traces with dynamic sequence lengths. The output is a
-  [B,H,Tq,D] view of [B,Tq,H,D] memory.
+For every query block it gathers only the KV blocks the layout lists (index_select on a flat block table), so
+unselected blocks cost nothing, then runs one F.scaled_dot_product_attention over all (batch, query block)
+tiles with an additive mask: torch's fused CPU kernel (fp32 for half inputs). Only ONNX-exportable ops (SDPA
+exports as MatMul/Add/Softmax at opset 14+) and no Python control flow on data, so it traces with dynamic
+sequence lengths. The output is a [B,H,Tq,D] view of [B,Tq,H,D] memory.
 
-Both follow the layout's element rules (causal with queries at the end of the KV sequence, keys past kv_len
-never count, rows with no key give zeros) and add one optional element rule the JSA branches need:
+It follows the layout's element rules (causal with queries at the end of the KV sequence, keys past kv_len
+never count, rows with no key give zeros) and the entry point's key_start rule
 
     key_start [B, Tq] or [B, H, Tq] (int): query i sees key j only if j >= key_start[..., i]
 
 which expresses left padding (first real token) and "only the current journey" (the journey's first token)
-and a token-exact sliding window without materialising a mask.
+and a token-exact sliding window without materialising a mask. The oracle is the torch reference
+(kernels._torch_refs.block_sparse_attention_ref, backend "dense").
 """
 
 from __future__ import annotations
@@ -27,30 +26,7 @@ import torch.nn.functional as F
 
 from kernels.layout import BlockLayout
 
-_MASKED = -1e30  # finite: a fully masked row stays NaN-free and is zeroed afterwards
-
-
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
-           key_start: torch.Tensor | None) -> None:
-    # Sizes are only compared when not tracing: under the ONNX tracer they are symbolic.
-    if torch.jit.is_tracing():
-        return
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B,H,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)}/{tuple(v.shape)} disagree")
-    if not q.is_floating_point():
-        raise ValueError(f"q must be a float tensor, got {q.dtype}")
-    b, h, tq, _ = q.shape
-    if layout.q_len != tq or layout.kv_len != k.shape[2]:
-        raise ValueError(f"layout is for q_len {layout.q_len}, kv_len {layout.kv_len}; "
-                         f"got q_len {tq}, kv_len {k.shape[2]}")
-    lb, lh = layout.kv_num_blocks.shape[:2]
-    if lb not in (1, b) or lh not in (1, h):
-        raise ValueError(f"layout batch/heads ({lb},{lh}) must be 1 or equal q's ({b},{h})")
-    if key_start is not None and (key_start.dim() not in (2, 3) or key_start.shape[-1] != tq
-                                  or key_start.shape[0] not in (1, b)):
-        raise ValueError(f"key_start must be [B,Tq] or [B,H,Tq] with Tq={tq}; got {tuple(key_start.shape)}")
+_MASKED = -1e30  # finite: a fully masked row stays NaN-free and is zeroed afterwards (as the reference)
 
 
 def _key_start_bh(key_start: torch.Tensor | None) -> torch.Tensor | None:
@@ -61,27 +37,8 @@ def _key_start_bh(key_start: torch.Tensor | None) -> torch.Tensor | None:
     return ks[:, None, :] if ks.dim() == 2 else ks
 
 
-def dense_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
-                                 causal: bool = True, sm_scale: float | None = None,
-                                 key_start: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference: q [B,H,Tq,D], k/v [B,H,Tk,D] -> [B,H,Tq,D] in q's dtype (softmax in fp32)."""
-    _check(q, k, v, layout, key_start)
-    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    mask = layout.token_mask(causal)  # [Bl,Hl,Tq,Tk]
-    ks = _key_start_bh(key_start)
-    if ks is not None:
-        mask = mask & (torch.arange(k.shape[2], device=q.device) >= ks[..., None])
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask, _MASKED)
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, v.float())
-    out = torch.where(mask.any(-1, keepdim=True), out, torch.zeros_like(out))
-    return out.to(q.dtype)
-
-
-def gather_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
-                                  causal: bool = True, sm_scale: float | None = None,
-                                  key_start: torch.Tensor | None = None) -> torch.Tensor:
+def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, causal: bool = True,
+                     sm_scale: float | None = None, key_start: torch.Tensor | None = None) -> torch.Tensor:
     """Visits only the listed KV blocks: q [B,H,Tq,D], k/v [B,H,Tk,D] -> [B,H,Tq,D] in q's dtype.
 
     Work is NQB x MAXB x q_block x kv_block per (batch, head), whatever the counts: padding entries of the
@@ -90,8 +47,7 @@ def gather_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     [B*NQB, H, MAXB*kv_block, D] with an additive mask built at the layout's (and key_start's) head count and
     broadcast over the heads, so torch's fused CPU kernel does scores, mask, softmax and PV in one pass
     (3-4x cheaper per score than separate ops). Masked entries get a finite -1e30, so a row with no key
-    stays finite (uniform weights) and is zeroed afterwards."""
-    _check(q, k, v, layout, key_start)
+    stays finite (uniform weights) and is zeroed afterwards. Inputs are checked by the entry point."""
     b, h, tq, d = q.shape
     tk = k.shape[2]
     qb, kb = layout.q_block, layout.kv_block
@@ -159,7 +115,7 @@ def gather_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         return (out * has_key[t0:t1]).transpose(1, 2)  # rows with no key: zeros
 
     n_tiles = b * nqb
-    if torch.jit.is_tracing() or _needs_grad(q, k, v):  # backward of a chunk zero-fills whole-size grads
+    if torch.jit.is_tracing() or needs_grad(q, k, v):  # backward of a chunk zero-fills whole-size grads
         out = tiles(0, n_tiles)
     else:  # chunks keep the temporaries small: big fresh buffers cost page faults on every call
         step = max(1, chunk_elements() // (h * qb * width))
@@ -169,7 +125,7 @@ def gather_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return out.to(q.dtype)
 
 
-CHUNK_ELEMENTS = 1 << 18  # scores per eager chunk (here and in models.jsa's pooled branches)
+CHUNK_ELEMENTS = 1 << 18  # scores per eager chunk (here and in models.grace.jsa's pooled branches)
 
 
 def chunk_elements() -> int:
@@ -179,7 +135,7 @@ def chunk_elements() -> int:
     return CHUNK_ELEMENTS if torch.get_num_threads() == 1 else 1 << 62
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 

@@ -1,16 +1,19 @@
-"""Fused CLIP kernels in OpenAI Triton: the projection head and a streaming similarity top-k.
+"""The CLIP ops, one entry point each, with a fused OpenAI Triton kernel and a torch reference:
 
-  clip_head(features [N,F], w_proj [F,E], scale=None) -> [N,E]
-      features @ w_proj, row L2 normalisation and the optional scale in one kernel: the projected rows never
-      go back to memory before normalisation.
-  similarity_topk(queries [Q,E], catalog [N,E], k) -> (scores [Q,k] fp32, indices [Q,k] int64)
-      inner products streamed over catalog tiles; each program keeps a running top-k per query in registers
-      and skips the merge for tiles where no query beats its current k-th score. The catalog can be split
-      across programs (occupancy when Q is small); the per-split lists are merged with one small torch.topk.
-      Ties are broken towards the lower catalog index inside a split.
+  clip_head(features [N,F], w_proj [F,E], scale=None, *, eps=1e-12, backend="auto", block_n=None) -> [N,E]
+      L2-normalised features @ w_proj (times scale). The Triton kernel does the projection, the row
+      normalisation and the scale in one pass: the projected rows never go back to memory before normalisation.
+  similarity_topk(queries [Q,E], catalog [N,E], k, *, backend="auto", splits=None, tiles=None)
+      -> (scores [Q,k] fp32 descending, indices [Q,k] int64)
+      Top-k inner products. The Triton kernel streams catalog tiles; each program keeps a running top-k per
+      query in registers and skips the merge for tiles where no query beats its current k-th score. The
+      catalog can be split across programs (occupancy when Q is small); the per-split lists are merged with
+      one small torch.topk. Ties are broken towards the lower catalog index inside a split.
 
-Dispatch (`backend="auto"`): Triton on CUDA tensors or with TRITON_INTERPRET=1 (CPU interpreter, tests),
-else the PyTorch references in kernels/_torch_refs.py. Kernels are decorated lazily (see jsa_attention).
+backend: "triton" (CUDA tensors, or CPU under TRITON_INTERPRET=1), "torch" (the references in
+kernels/_torch_refs.py: clip_head_ref, similarity_topk_ref), or "auto" (Triton where it can run, else torch).
+block_n / splits / tiles pin the Triton launch (else autotuned on CUDA); the torch backend ignores them.
+Kernels are decorated lazily (see kernels/jsa_attention.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from kernels.jsa_attention import _interpret_enabled, use_triton
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_EMBED_DIM = 1024
 MAX_TOPK = 128
+BACKENDS = ("auto", "triton", "torch")
 
 # Bound to triton.language on first kernel use (lazy, like kernels/jsa_attention.py).
 tl = None
@@ -195,8 +199,8 @@ def _check_clip(features, w_proj, scale, eps):
         raise ValueError(f"eps must be a float > 0, got {eps!r}")
 
 
-def clip_head_triton(features, w_proj, scale: float | None = None, eps: float = 1e-12,
-                     block_n: int | None = None) -> torch.Tensor:
+def _clip_head_triton(features, w_proj, scale: float | None = None, eps: float = 1e-12,
+                      block_n: int | None = None) -> torch.Tensor:
     import triton
 
     _check_clip(features, w_proj, scale, eps)
@@ -218,13 +222,14 @@ def clip_head_triton(features, w_proj, scale: float | None = None, eps: float = 
     return out
 
 
-def clip_head(features, w_proj, scale: float | None = None, *, eps: float = 1e-12,
-              backend: str = "auto") -> torch.Tensor:
-    """L2-normalised projection features [N,F] @ w_proj [F,E] (times scale) -> [N,E] in features' dtype."""
-    if backend not in ("auto", "triton", "torch"):
+def clip_head(features, w_proj, scale: float | None = None, *, eps: float = 1e-12, backend: str = "auto",
+              block_n: int | None = None) -> torch.Tensor:
+    """L2-normalised projection features [N,F] @ w_proj [F,E] (times scale) -> [N,E] in features' dtype.
+    block_n: rows per Triton program (else autotuned on CUDA, 16 off CUDA)."""
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "triton" or (backend == "auto" and use_triton(features, w_proj)):
-        return clip_head_triton(features, w_proj, scale, eps)
+        return _clip_head_triton(features, w_proj, scale, eps, block_n)
     _check_clip(features, w_proj, scale, eps)
     return _torch_refs.clip_head_ref(features, w_proj, scale, eps)
 
@@ -244,8 +249,8 @@ def _check_topk(queries, catalog, k):
         raise ValueError(f"k must be in [1, min(N={catalog.shape[0]}, {MAX_TOPK})], got {k}")
 
 
-def similarity_topk_triton(queries, catalog, k: int, splits: int | None = None,
-                           tiles: tuple[int, int] | None = None):
+def _similarity_topk_triton(queries, catalog, k: int, splits: int | None = None,
+                            tiles: tuple[int, int] | None = None):
     import triton
 
     _check_topk(queries, catalog, k)
@@ -285,11 +290,14 @@ def similarity_topk_triton(queries, catalog, k: int, splits: int | None = None,
     return top.values, torch.gather(out_i.view(nq, -1), 1, top.indices)
 
 
-def similarity_topk(queries, catalog, k: int, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k inner products of each query against the catalog: (scores [Q,k] fp32 descending, indices int64)."""
-    if backend not in ("auto", "triton", "torch"):
+def similarity_topk(queries, catalog, k: int, *, backend: str = "auto", splits: int | None = None,
+                    tiles: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k inner products of each query against the catalog: (scores [Q,k] fp32 descending, indices int64).
+    splits: catalog splits (Triton programs per query tile; else sized to the GPU, 1 off CUDA);
+    tiles: (BLOCK_Q, BLOCK_N) of the Triton kernel (else autotuned on CUDA, (16, 32) off CUDA)."""
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "triton" or (backend == "auto" and use_triton(queries, catalog)):
-        return similarity_topk_triton(queries, catalog, k)
+        return _similarity_topk_triton(queries, catalog, k, splits, tiles)
     _check_topk(queries, catalog, k)
     return _torch_refs.similarity_topk_ref(queries, catalog, k)

@@ -1,12 +1,14 @@
-"""Block-sparse (JSA) flash-attention forward in OpenAI Triton, over a kernels/layout.py BlockLayout.
+"""Block-sparse (JSA) flash-attention in OpenAI Triton, over a kernels/layout.py BlockLayout: the "triton"
+backend of `kernels.attention.block_sparse_attention` (call that; the functions here are its implementation).
 
-One kernel serves three entry points:
-  jsa_attention(q, k, v, layout)                         padded batch, q [B,H,Tq,D], k/v [B,H,Tk,D]
-  jsa_attention_jagged(q, k, v, cu_q, cu_k, layout)      packed [total,H,D] with cumulative offsets
-  jsa_decode(q, k_cache, v_cache, layout, cache_lens)    few new queries against a KV cache (beam search)
-  jsa_attention_trainable(q, k, v, layout)              forward + backward kernels under autograd (training);
-                                                         jsa_attention routes here when gradients are needed
-All take key_start (per-query first visible key: left padding, journey start), as kernels.block_sparse_torch.
+One forward kernel serves the three input forms of the entry point:
+  jsa_attention_triton(q, k, v, layout)                       padded batch, q [B,H,Tq,D], k/v [B,H,Tk,D]
+      (kv_lens [B] shortens each sequence: decode, few new queries against a KV cache)
+  jsa_attention_jagged_triton(q, k, v, cu_q, cu_k, layout)    packed [total,H,D] with cumulative offsets
+  jsa_attention_trainable(q, k, v, layout)                    forward + backward kernels under autograd
+                                                               (the entry point routes here when gradients
+                                                               are needed)
+All take key_start (per-query first visible key: left padding, journey start), the entry point's rule.
 Each program owns one tile of BLOCK_M queries of one (sequence, head); it reads the count and the KV block
 list of its layout query block and visits only those blocks (online softmax, fp32 accumulators), masking
 partial blocks element-wise (causal rule, keys past the sequence length). Rows that see no key give zeros.
@@ -17,10 +19,11 @@ fp32 inputs use exact ("ieee") fp32 dots; fp16/bf16 use native tensor-core dots 
 of triton 3.9 computes tl.dot on bf16 operands wrongly (it multiplies the raw 16-bit patterns), so off CUDA
 bf16 tiles are upcast to fp32 before the dot; everything else in the bf16 path is the same code.
 
-Dispatch (`backend="auto"`): the Triton kernel when the tensors are on CUDA or TRITON_INTERPRET=1 is set
-(CPU interpreter, for tests), else the PyTorch reference in kernels/_torch_refs.py. The kernels are
+`use_triton` says whether the Triton path can run (the entry point's backend="auto": CUDA tensors, or
+TRITON_INTERPRET=1 for the CPU interpreter in tests; otherwise the torch reference). The kernels are
 decorated lazily, at first use, because triton.jit picks compiled vs interpreted at decoration time: so
-the interpreter switch is read when a kernel runs, not when this module is imported.
+the interpreter switch is read when a kernel runs, not when this module is imported. kernels/clip_embed.py
+shares these helpers (use_triton, load_triton, _require_runnable).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import weakref
 
 import torch
 
-from kernels import _torch_refs
 from kernels.layout import BlockLayout
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -202,7 +204,7 @@ def _prune_configs(configs, named_args, **kwargs):
 def _require_runnable(on_cuda: bool = True) -> None:
     if not on_cuda and not _interpret_enabled():
         raise ValueError("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors "
-                         "(use backend='auto' or 'torch' on CPU)")
+                         "(use another backend, or backend='auto', on CPU)")
     if not on_cuda and not interpreter_usable():
         raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported in compiled mode; set it before "
                            "the first `import triton` in this process (or run on CUDA tensors)")
@@ -341,7 +343,7 @@ def jsa_attention_triton(q, k, v, layout: BlockLayout, *, causal: bool = True, s
                          kv_lens: torch.Tensor | None = None, key_start: torch.Tensor | None = None,
                          tiles: tuple[int, int] | None = None, return_lse: bool = False):
     """The Triton kernel on padded q [B,H,Tq,D], k/v [B,H,Tk,D]; kv_lens [B] optionally shortens sequences;
-    key_start [B,Tq] or [B,H,Tq]: query i sees key j only if j >= key_start[..., i] (as block_sparse_torch)."""
+    key_start [B,Tq] or [B,H,Tq]: query i sees key j only if j >= key_start[..., i]."""
     _check_common(q, k, v, layout, sm_scale)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B,H,T,D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -376,24 +378,6 @@ def jsa_attention_triton(q, k, v, layout: BlockLayout, *, causal: bool = True, s
     return (out, lse) if return_lse else out
 
 
-def jsa_attention(q, k, v, layout: BlockLayout, *, causal: bool = True, sm_scale: float | None = None,
-                  key_start: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """Block-sparse attention, q [B,H,Tq,D], k/v [B,H,Tk,D] -> [B,H,Tq,D] in q's dtype.
-
-    key_start (optional) [B,Tq] or [B,H,Tq] int: query i sees key j only if j >= key_start[..., i]
-    (left padding, journey starts), the same rule as kernels.block_sparse_torch.
-    backend: "auto" (Triton on CUDA or under TRITON_INTERPRET=1, else torch), "triton" or "torch".
-    """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "triton" or (backend == "auto" and use_triton(q, k, v)):
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            return jsa_attention_trainable(q, k, v, layout, causal=causal, sm_scale=sm_scale, key_start=key_start)
-        return jsa_attention_triton(q, k, v, layout, causal=causal, sm_scale=sm_scale, key_start=key_start)
-    _check_common(q, k, v, layout, sm_scale)
-    return _torch_refs.jsa_attention_ref(q, k, v, layout, causal, sm_scale, key_start=key_start)
-
-
 def _check_cu(name, cu, device):
     if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.numel() < 1:
         raise ValueError(f"{name} must be a 1-D tensor of n_seqs + 1 offsets")
@@ -405,17 +389,8 @@ def _check_cu(name, cu, device):
     return cu
 
 
-def jsa_attention_jagged(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockLayout, *, causal: bool = True,
-                         sm_scale: float | None = None, key_start: torch.Tensor | None = None,
-                         backend: str = "auto", tiles: tuple[int, int] | None = None) -> torch.Tensor:
-    """Jagged batch: q [total_q,H,D], k/v [total_k,H,D], cu_seqlens_* [n_seqs+1] -> [total_q,H,D].
-
-    The layout's batch is the number of sequences (or 1, shared), padded to the longest sequence: each
-    sequence reads the first ceil(len/q_block) rows of its own layout, and its queries are the last of its keys.
-    key_start (optional) [total_q] or [total_q,H] int: first visible key per query, counted within its sequence.
-    """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+def check_jagged(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockLayout, sm_scale, key_start):
+    """Validate a jagged call (every backend) -> (cu_q, cu_k, lens_q, lens_k, max_q) on q's device."""
     _check_common(q, k, v, layout, sm_scale)
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"jagged q, k, v must be [total,H,D], got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -440,9 +415,23 @@ def jsa_attention_jagged(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockLayou
     if layout.q_len < max_q or layout.kv_len < max_k:
         raise ValueError(f"layout covers q_len {layout.q_len}, kv_len {layout.kv_len}; longest sequence needs "
                          f"{max_q}, {max_k}")
-    if backend == "torch" or (backend == "auto" and not use_triton(q, k, v)):
-        _key_start_args(key_start, n_seqs, q.shape[1], q.shape[0], q.device, packed=True)
-        return _torch_refs.jsa_attention_jagged_ref(q, k, v, cu_q, cu_k, layout, causal, sm_scale, key_start)
+    _key_start_args(key_start, n_seqs, q.shape[1], q.shape[0], q.device, packed=True)
+    return cu_q, cu_k, lens_q, lens_k, max_q
+
+
+def jsa_attention_jagged_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockLayout, *, causal: bool = True,
+                                sm_scale: float | None = None, key_start: torch.Tensor | None = None,
+                                tiles: tuple[int, int] | None = None) -> torch.Tensor:
+    """The Triton kernel on a jagged batch: q [total_q,H,D], k/v [total_k,H,D], cu_seqlens_* [n_seqs+1]
+    -> [total_q,H,D].
+
+    The layout's batch is the number of sequences (or 1, shared), padded to the longest sequence: each
+    sequence reads the first ceil(len/q_block) rows of its own layout, and its queries are the last of its keys.
+    key_start (optional) [total_q] or [total_q,H] int: first visible key per query, counted within its sequence.
+    """
+    cu_q, cu_k, lens_q, lens_k, max_q = check_jagged(q, k, v, cu_seqlens_q, cu_seqlens_k, layout, sm_scale,
+                                                     key_start)
+    n_seqs = lens_q.numel()
     ks, ks_strides = _key_start_args(key_start, n_seqs, q.shape[1], q.shape[0], q.device, packed=True)
     _check_pow2_block("layout.q_block", layout.q_block)
     _check_pow2_block("layout.kv_block", layout.kv_block)
@@ -455,35 +444,6 @@ def jsa_attention_jagged(q, k, v, cu_seqlens_q, cu_seqlens_k, layout: BlockLayou
                    cu_k[:-1].to(torch.int64).contiguous(), lens_q.to(torch.int32).contiguous(),
                    lens_k.to(torch.int32).contiguous(), n_seqs, q.shape[1], strides, causal, sm_scale, max_q, tiles,
                    ks, ks_strides)
-
-
-def jsa_decode(q, k_cache, v_cache, layout: BlockLayout, cache_lens: torch.Tensor, *, causal: bool = True,
-               sm_scale: float | None = None, key_start: torch.Tensor | None = None,
-               backend: str = "auto") -> torch.Tensor:
-    """Decode step: q [B,H,Tq,D] (few new tokens, already appended to the cache) vs k/v_cache [B,H,Tmax,D].
-
-    cache_lens [B]: valid cache length per sequence, new tokens included; the queries are its last Tq
-    positions. The layout covers q_len=Tq, kv_len=Tmax (blocks past a sequence's length are masked).
-    """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if not isinstance(cache_lens, torch.Tensor) or cache_lens.dim() != 1:
-        raise ValueError("cache_lens must be a 1-D tensor [B]")
-    if backend == "triton" or (backend == "auto" and use_triton(q, k_cache, v_cache)):
-        # Decode tile: as few query rows as the new tokens need (>= 16 for tl.dot), not the prefill tile.
-        tq = q.shape[2] if q.dim() == 4 else 1
-        bm = min(max(16, 1 << max(0, tq - 1).bit_length()), layout.q_block)
-        return jsa_attention_triton(q, k_cache, v_cache, layout, causal=causal, sm_scale=sm_scale,
-                                    kv_lens=cache_lens, key_start=key_start,
-                                    tiles=(bm, min(layout.kv_block, 64)) if q.is_cuda else None)
-    _check_common(q, k_cache, v_cache, layout, sm_scale)
-    if cache_lens.numel() != q.shape[0]:
-        raise ValueError(f"cache_lens must be [B={q.shape[0]}], got {tuple(cache_lens.shape)}")
-    if q.shape[0] and (int(cache_lens.min()) < q.shape[2] or int(cache_lens.max()) > k_cache.shape[2]):
-        raise ValueError(f"cache_lens must lie in [Tq={q.shape[2]}, Tmax={k_cache.shape[2]}]")
-    return _torch_refs.jsa_attention_ref(q, k_cache, v_cache, layout, causal, sm_scale, kv_lens=cache_lens,
-                                         key_start=key_start)
-
 
 
 # ---- backward (training) ---------------------------------------------------------------------------------------
@@ -681,7 +641,7 @@ class _JSAAttentionFn(torch.autograd.Function):
 def jsa_attention_trainable(q, k, v, layout: BlockLayout, *, causal: bool = True, sm_scale: float | None = None,
                             key_start: torch.Tensor | None = None,
                             tiles: tuple[int, int] | None = None) -> torch.Tensor:
-    """The Triton forward + backward kernels under autograd (padded [B,H,T,D]); jsa_attention routes here
+    """The Triton forward + backward kernels under autograd (padded [B,H,T,D]); the entry point routes here
     when gradients are needed on the Triton path."""
     _check_common(q, k, v, layout, sm_scale)
     return _JSAAttentionFn.apply(q, k, v, layout, causal, sm_scale, key_start, tiles)

@@ -71,6 +71,7 @@ class ReferencePipeline:
         self.limits = ServingLimits(**manifest["limits"])
         self.steps = {step.name: TORCH_STEPS.get(step.name, IMPLEMENTATIONS[step.name]).create(
             repository / step.name / "1", self.limits) for step in graph.RECOMMEND.steps}
+        self.top_category = self.steps[graph.MERGE.name].top_category
         # The torch CLIP checkpoint (clip_embed serves its ONNX export) and the campaign CTR scorer.
         self.clip = ClipEmbedder.load(repository / graph.CLIP_EMBED.name / "1" / CLIP_CHECKPOINT_DIR)
         self.ads = CtrScorer.load(repository / graph.SCORE_ADS.name / "1")

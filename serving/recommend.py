@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from serving.contract import VALID_BEHAVIORS, RequestError, ServingLimits
+from serving.graph import BEHAVIORS, CATEGORY_IDS, EXCLUDE_ITEM_IDS, ITEM_IDS, K, TIMESTAMPS
 from serving.grace.history import HistoryEncoder
 
 @dataclasses.dataclass(frozen=True)
@@ -37,50 +38,50 @@ def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimit
     ts = np.asarray(timestamps).reshape(-1)
     n = len(items)
     if n == 0:
-        raise RequestError("item_ids", "history is empty; at least 1 event is required")
-    for field, value in (("item_ids", items), ("behaviors", behs), ("timestamps", ts)):
+        raise RequestError(ITEM_IDS.name, "history is empty; at least 1 event is required")
+    for field, value in ((ITEM_IDS.name, items), (BEHAVIORS.name, behs), (TIMESTAMPS.name, ts)):
         _check_dtype(field, value, "iu")
     if n > limits.max_history:
-        raise RequestError("item_ids", f"history has {n} events; the maximum is {limits.max_history}")
+        raise RequestError(ITEM_IDS.name, f"history has {n} events; the maximum is {limits.max_history}")
     if len(behs) != n or len(ts) != n:
-        raise RequestError("behaviors/timestamps",
+        raise RequestError(f"{BEHAVIORS.name}/{TIMESTAMPS.name}",
                            f"lengths must equal item_ids ({n}); got behaviors={len(behs)}, timestamps={len(ts)}")
     bad = items[(items < 1) | (items > limits.num_items)]
     if len(bad):
-        raise RequestError("item_ids", f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
+        raise RequestError(ITEM_IDS.name, f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
     bad = behs[~np.isin(behs, VALID_BEHAVIORS)]
     if len(bad):
-        raise RequestError("behaviors", f"unknown behavior {int(bad[0])}; valid values are {list(VALID_BEHAVIORS)}"
+        raise RequestError(BEHAVIORS.name, f"unknown behavior {int(bad[0])}; valid values are {list(VALID_BEHAVIORS)}"
                            " (1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase)")
     if n > 1 and np.any(np.diff(ts) < 0):
-        raise RequestError("timestamps", "must be non-decreasing (oldest event first)")
+        raise RequestError(TIMESTAMPS.name, "must be non-decreasing (oldest event first)")
     k_arr = np.asarray(k).reshape(-1)
-    _check_dtype("k", k_arr, "iu")
+    _check_dtype(K.name, k_arr, "iu")
     if len(k_arr) != 1:
-        raise RequestError("k", f"expected exactly one value, got {len(k_arr)}")
+        raise RequestError(K.name, f"expected exactly one value, got {len(k_arr)}")
     if not 1 <= int(k_arr[0]) <= limits.max_k:
-        raise RequestError("k", f"{int(k_arr[0])} is out of range; valid range is 1..{limits.max_k}")
+        raise RequestError(K.name, f"{int(k_arr[0])} is out of range; valid range is 1..{limits.max_k}")
 
     exclude = np.zeros(1, np.int64)
     if exclude_item_ids is not None:
         ex = np.asarray(exclude_item_ids).reshape(-1)
-        _check_dtype("exclude_item_ids", ex, "iu")
+        _check_dtype(EXCLUDE_ITEM_IDS.name, ex, "iu")
         if len(ex) > limits.max_exclude:
-            raise RequestError("exclude_item_ids", f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
+            raise RequestError(EXCLUDE_ITEM_IDS.name, f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
         bad = ex[(ex < 1) | (ex > limits.num_items)]
         if len(bad):
-            raise RequestError("exclude_item_ids",
+            raise RequestError(EXCLUDE_ITEM_IDS.name,
                                f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
         exclude = np.unique(np.concatenate([exclude, ex.astype(np.int64)]))
     allowed = np.arange(limits.num_categories, dtype=np.int64)
     if category_ids is not None:
         cats = np.asarray(category_ids).reshape(-1)
-        _check_dtype("category_ids", cats, "iu")
+        _check_dtype(CATEGORY_IDS.name, cats, "iu")
         if len(cats) == 0:
-            raise RequestError("category_ids", "is empty; omit it to allow every category")
+            raise RequestError(CATEGORY_IDS.name, "is empty; omit it to allow every category")
         bad = cats[(cats < 0) | (cats >= limits.num_categories)]
         if len(bad):
-            raise RequestError("category_ids",
+            raise RequestError(CATEGORY_IDS.name,
                                f"unknown category {int(bad[0])}; valid ids are 0..{limits.num_categories - 1}")
         allowed = np.unique(cats.astype(np.int64))
 

@@ -25,7 +25,7 @@ def model_repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def triton_server(model_repository):
-    from server.launcher import TritonServer, free_ports
+    from serving.launcher import TritonServer, free_ports
 
     grpc_port, http_port, metrics_port = free_ports(3)
     server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
@@ -36,6 +36,6 @@ def triton_server(model_repository):
 
 @pytest.fixture(scope="session")
 def reference(model_repository):
-    from server.reference import ReferencePipeline
+    from models.reference import ReferencePipeline
 
     return ReferencePipeline(model_repository)

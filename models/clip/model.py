@@ -354,7 +354,7 @@ def load_checkpoint(path: str | os.PathLike, **kwargs) -> CLIP:
     return build_from_state_dict(read_state_dict(path), **kwargs)
 
 
-# --- trained model directories (written by models.train_clip) --------------------------------------------
+# --- trained model directories (written by models.clip.train) --------------------------------------------
 MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "clip.pt", "clip_config.json", "vocab.json"
 
 
@@ -378,11 +378,11 @@ class ClipEmbedder:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, **kwargs) -> "ClipEmbedder":
-        from models.clip_text import WordTokenizer
+        from serving.clip.text import WordTokenizer
         d = Path(model_dir)
         if not (d / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{d} is not a CLIP model dir ({CONFIG_FILE} missing); train one with "
-                                    "`python -m models.train_clip --out DIR`")
+                                    "`python -m models.clip.train --out DIR`")
         cfg = CLIPConfig.from_dict(json.loads((d / CONFIG_FILE).read_text())["config"])
         model = build_from_state_dict(read_state_dict(d / MODEL_FILE), config=cfg)
         return cls(model, WordTokenizer.load(d / VOCAB_FILE), **kwargs)
@@ -394,7 +394,7 @@ class ClipEmbedder:
     @torch.no_grad()
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N,H,W] grayscale or [N,H,W,3] -> float32 [N, dim], L2-normalised."""
-        from models.clip_text import image_pixels
+        from serving.clip.text import image_pixels
         px = image_pixels(images, self.model.config.image_resolution)
         out = [self.model.encode_image(self.model.normalize_pixels(torch.from_numpy(px[i:i + self.batch_size])))
                for i in range(0, len(px), self.batch_size)]

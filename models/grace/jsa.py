@@ -11,10 +11,11 @@ as four sparse branches combined by learned per-head sigmoid gates computed from
   window      (current journey) the last `window` tokens up to the query, only inside its own journey:
               a BlockLayout plus a per-query first key (key_start) where the block is partial.
 
-The selected and window branches run through a backend over kernels.layout.BlockLayout:
-  "dense"  masked reference (materialised token masks), the oracle;
-  "gather" kernels.block_sparse_torch gather path: skips unlisted blocks, exports to ONNX (training on CPU);
-  "triton" kernels.jsa_attention (CUDA, or TRITON_INTERPRET=1), imported lazily.
+The selected and window branches run through kernels.attention.block_sparse_attention over a
+kernels.layout.BlockLayout, with the module's backend:
+  "dense"  the torch reference (materialised token masks), the oracle;
+  "gather" the torch gather path: skips unlisted blocks, exports to ONNX (training on CPU);
+  "triton" the Triton kernel (CUDA, or TRITON_INTERPRET=1).
 Compressed and summary branches are small dense attentions over pooled tokens (T/stride and
 max_summarized_journeys * summaries_per_journey keys), identical in every backend.
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import inspect
 import math
 import os
 
@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels.block_sparse_torch as _bst
-from kernels.block_sparse_torch import dense_block_sparse_attention, gather_block_sparse_attention
+from kernels.attention import block_sparse_attention, chunk_elements
 from kernels.layout import BlockLayout, dense_causal_pairs
 
 BRANCHES = ("compressed", "selected", "summary", "window")
@@ -93,6 +92,10 @@ class JSAPlan:
     compressed_mask: torch.Tensor  # bool [B,T,C]
     summary_mask: torch.Tensor  # bool [B,T,S]
     real: torch.Tensor  # bool [B,T]
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _dense_chunk(q, k, v, mask, importance=True):
@@ -229,22 +232,13 @@ class JourneySparseAttention(nn.Module):
 
     # ---- attention -----------------------------------------------------------------------------------------
     def _block_sparse(self, q, k, v, layout, key_start, scale=1.0):
-        if self.backend == "gather":
-            return gather_block_sparse_attention(q, k, v, layout, True, scale, key_start)
-        if self.backend == "dense":
-            return dense_block_sparse_attention(q, k, v, layout, True, scale, key_start)
-        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1); got {q.device}. "
-                               "Use backend='gather' on CPU.")
-        try:
-            from kernels.jsa_attention import jsa_attention
-        except ImportError as err:
-            raise RuntimeError("backend='triton' needs kernels/jsa_attention.py (jsa_attention)") from err
-        if "key_start" not in inspect.signature(jsa_attention).parameters:
-            raise RuntimeError("backend='triton': kernels.jsa_attention.jsa_attention has no key_start argument "
-                               "(per-query first key: padding and journey starts); JSA cannot run on it")
-        return jsa_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout, causal=True, sm_scale=scale,
-                             key_start=key_start, backend="triton")
+        if self.backend == "triton":
+            if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                raise RuntimeError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1); got {q.device}. "
+                                   "Use backend='gather' on CPU.")
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        return block_sparse_attention(q, k, v, layout, key_start=key_start, causal=True, sm_scale=scale,
+                                      backend=self.backend)
 
     @staticmethod
     def _masked_dense(q, k, v, mask, key_ends=None, importance=True):
@@ -254,11 +248,11 @@ class JourneySparseAttention(nn.Module):
         Eager mode runs row chunks (scores stay in cache) and, when key_ends [S] (last position each key
         covers, ascending) is given, gives each chunk only the keys that end before its last row: about half
         the compressed-branch work. Under the ONNX tracer: one chunk, all keys, the same arithmetic."""
-        if torch.jit.is_tracing() or _bst._needs_grad(q, k, v):  # chunks' backward zero-fills whole grads
+        if torch.jit.is_tracing() or _needs_grad(q, k, v):  # chunks' backward zero-fills whole grads
             return _dense_chunk(q, k, v, mask, importance)
         b, h, t, hd = q.shape
         s = k.shape[2]
-        rows = max(1, _bst.chunk_elements() // max(b * h * s, 1))
+        rows = max(1, chunk_elements() // max(b * h * s, 1))
         ends = None if key_ends is None else key_ends.tolist()
         outs, imps = [], []
         for r0 in range(0, t, rows):

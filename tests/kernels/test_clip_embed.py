@@ -1,71 +1,25 @@
-"""Fused CLIP head and streaming similarity top-k: Triton kernels (CPU interpreter) vs PyTorch references.
+"""CLIP ops (kernels.clip_embed.clip_head, similarity_topk): the Triton backend (CPU interpreter) against the
+torch references, one entry point per op.
 
-Interpreter handling as in tests/test_kernels_jsa.py (imported with TRITON_INTERPRET=1, set per test only).
+Interpreter isolation (TRITON_INTERPRET set before triton's first import, per test only): tests/kernels/_interpret.py.
 """
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from kernels import _torch_refs as refs
-from kernels.clip_embed import clip_head, clip_head_triton, similarity_topk, similarity_topk_triton
-from kernels.jsa_attention import interpreter_usable
+from kernels.clip_embed import clip_head, similarity_topk
+from tests.kernels._interpret import interpreter_fixture, rerun_in_fresh_process
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
-
-def _import_triton_interpreted() -> bool:
-    """Import triton with TRITON_INTERPRET=1 (its helpers are fixed at first import), then restore the variable
-    so the interpreter does not leak into other test files. False if triton was already imported compiled."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton.language  # noqa: F401
-
-        return interpreter_usable()
-    finally:
-        _restore(old)
-
-
-def _restore(old):
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-
-
-INTERPRETED = _import_triton_interpreted()
-
-
-@pytest.fixture(autouse=True)
-def interpreter(request):
-    """TRITON_INTERPRET=1 only while this file's tests run."""
-    if request.node.name == "test_in_fresh_process":
-        yield
-        return
-    if not INTERPRETED:
-        pytest.skip("triton was imported in compiled mode before this file; test_in_fresh_process runs it")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    _restore(old)
+interpreter = interpreter_fixture()
 
 
 def test_in_fresh_process():
-    # Another test file imported triton first (without the interpreter): rerun this file in a fresh process.
-    if INTERPRETED:
-        pytest.skip("the interpreter works in this process; the tests ran here")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                           "not test_in_fresh_process"], env=env, cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rerun_in_fresh_process(__file__)
 
 
 def _randn(*shape, dtype=torch.float32, seed=0, scale=1.0):
@@ -89,7 +43,7 @@ def test_clip_head_multi_program_and_zero_row():
     x = _randn(70, 40, seed=1)
     x[5] = 0  # a zero row stays zero (eps guard), not NaN
     w = _randn(40, 32, seed=2)
-    out = clip_head_triton(x, w, block_n=32)
+    out = clip_head(x, w, backend="triton", block_n=32)
     assert torch.isfinite(out).all() and (out[5] == 0).all()
     assert (out - refs.clip_head_ref(x, w)).abs().max().item() <= 1e-5
 
@@ -110,7 +64,7 @@ def _check_topk(q, c, k, scores, idx):
 def test_similarity_topk(dtype, nq, n, k, splits):
     q = _randn(nq, 24, dtype=dtype, seed=nq)
     c = _randn(n, 24, dtype=dtype, seed=n + 1)
-    scores, idx = similarity_topk_triton(q, c, k, splits=splits)
+    scores, idx = similarity_topk(q, c, k, backend="triton", splits=splits)
     _check_topk(q, c, k, scores, idx)
 
 
@@ -120,6 +74,26 @@ def test_similarity_topk_ties_prefer_lower_index():
     q = _randn(2, 16, seed=3).abs()
     _, idx = similarity_topk(q, c, 5)
     assert idx.tolist() == [[0, 1, 2, 3, 4]] * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_entry_point_backends_agree(dtype):
+    # Each op: one entry point; "torch" is the reference itself, "triton" (interpreter) and "auto" agree with it.
+    x, w = _randn(21, 40, dtype=dtype, seed=4), _randn(40, 24, dtype=dtype, seed=5, scale=40 ** -0.5)
+    heads = {b: clip_head(x, w, 1.5, backend=b) for b in ("torch", "triton", "auto")}
+    assert torch.equal(heads["torch"], refs.clip_head_ref(x, w, 1.5))
+    assert torch.equal(heads["auto"], heads["triton"])
+    assert (heads["triton"].float() - heads["torch"].float()).abs().max().item() <= TOL[dtype] * 1.5
+    q, c = _randn(6, 24, dtype=dtype, seed=6), _randn(90, 24, dtype=dtype, seed=7)
+    tops = {b: similarity_topk(q, c, 5, backend=b) for b in ("torch", "triton", "auto")}
+    rs, ri = refs.similarity_topk_ref(q, c, 5)
+    assert torch.equal(tops["torch"][0], rs) and torch.equal(tops["torch"][1], ri)
+    assert all(torch.equal(a, b) for a, b in zip(tops["auto"], tops["triton"]))
+    _check_topk(q, c, 5, *tops["triton"])
+    with pytest.raises(ValueError, match="backend"):
+        clip_head(x, w, backend="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        similarity_topk(q, c, 5, backend="dense")
 
 
 def test_bad_input_raises():

@@ -1,9 +1,7 @@
-"""Block-sparse JSA attention: the Triton kernel (CPU interpreter) against the PyTorch references.
+"""Block-sparse attention entry point (kernels.attention.block_sparse_attention): the Triton backend (CPU
+interpreter) against the torch reference, and the backends against each other.
 
-triton fixes interpreted vs compiled for its own helpers at its first import, so this file imports it with
-TRITON_INTERPRET=1 and restores the variable at once; a fixture sets it only while these tests run, so it
-does not leak into other files. If triton was imported compiled earlier in the session, the tests rerun in a
-fresh process (test_in_fresh_process).
+Interpreter isolation (TRITON_INTERPRET set before triton's first import, per test only): tests/kernels/_interpret.py.
 """
 
 from __future__ import annotations
@@ -11,67 +9,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import _torch_refs as refs
-from kernels.jsa_attention import (interpreter_usable, jsa_attention, jsa_attention_jagged, jsa_attention_trainable,
-                                   jsa_attention_triton, jsa_decode, use_triton)
+from kernels._torch_refs import block_sparse_attention_ref as ref_attention
+from kernels.attention import block_sparse_attention
+from kernels.jsa_attention import use_triton
 from kernels.layout import BlockLayout
+from tests.kernels._interpret import ROOT, interpreter_fixture, rerun_in_fresh_process
 
 # Stated per dtype: fp32 exact dots; fp16/bf16 inputs are rounded, accumulation is fp32 in both.
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
 
-
-def _import_triton_interpreted() -> bool:
-    """Import triton with TRITON_INTERPRET=1 (its helpers are fixed at first import), then restore the variable
-    so the interpreter does not leak into other test files. False if triton was already imported compiled."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton.language  # noqa: F401
-
-        return interpreter_usable()
-    finally:
-        _restore(old)
-
-
-def _restore(old):
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-
-
-INTERPRETED = _import_triton_interpreted()
-
-
-@pytest.fixture(autouse=True)
-def interpreter(request):
-    """TRITON_INTERPRET=1 only while this file's tests run."""
-    if request.node.name in ("test_in_fresh_process", "test_kernels_compile_for_sm90"):
-        yield
-        return
-    if not INTERPRETED:
-        pytest.skip("triton was imported in compiled mode before this file; test_in_fresh_process runs it")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    _restore(old)
+interpreter = interpreter_fixture("test_kernels_compile_for_sm90")
 
 
 def test_in_fresh_process():
-    # Another test file imported triton first (without the interpreter): rerun this file in a fresh process.
-    if INTERPRETED:
-        pytest.skip("the interpreter works in this process; the tests ran here")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                           "not test_in_fresh_process"], env=env, cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rerun_in_fresh_process(__file__)
 
 
 def _qkv(b, h, tq, tk, d, dtype, seed):
@@ -115,8 +71,8 @@ def _close(out, ref, dtype):
 def test_padded_fp32_matches_reference(tq, tk, heads_layout, causal):
     q, k, v = _qkv(2, 2, tq, tk, 16, torch.float32, seed=tq + tk)
     layout = _random_layout(2, heads_layout, tq, tk, 16, 16, seed=tq)
-    out = jsa_attention(q, k, v, layout, causal=causal)
-    _close(out, refs.jsa_attention_ref(q, k, v, layout, causal), torch.float32)
+    out = block_sparse_attention(q, k, v, layout, causal=causal)
+    _close(out, ref_attention(q, k, v, layout, causal=causal), torch.float32)
     if tq > 1:
         assert (out[0, 0, :16] == 0).all()  # the empty query block
 
@@ -125,14 +81,14 @@ def test_full_causal_layout_equals_sdpa():
     # Independent oracle: every block listed + causal == plain causal attention.
     q, k, v = _qkv(1, 2, 45, 45, 32, torch.float32, seed=3)
     layout = BlockLayout.from_block_mask(torch.ones(1, 1, 3, 3, dtype=torch.bool), 16, 16, 45, 45)
-    out = jsa_attention(q, k, v, layout, causal=True, sm_scale=0.3)
+    out = block_sparse_attention(q, k, v, layout, causal=True, sm_scale=0.3)
     _close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3), torch.float32)
 
 
 def test_empty_layout_gives_zeros():
     q, k, v = _qkv(1, 1, 20, 20, 16, torch.float32, seed=4)
     layout = BlockLayout.from_block_mask(torch.zeros(1, 1, 2, 2, dtype=torch.bool), 16, 16, 20, 20)
-    out = jsa_attention(q, k, v, layout)
+    out = block_sparse_attention(q, k, v, layout)
     assert torch.equal(out, torch.zeros_like(out))
 
 
@@ -140,12 +96,12 @@ def test_several_journeys_and_subtiles():
     t = 100
     q, k, v = _qkv(1, 2, t, t, 16, torch.float32, seed=5)
     layout = _journeys_layout(t, 16, [(0, 2), (2, 5), (5, 7)])
-    ref = refs.jsa_attention_ref(q, k, v, layout, True)
-    _close(jsa_attention(q, k, v, layout), ref, torch.float32)
+    ref = ref_attention(q, k, v, layout)
+    _close(block_sparse_attention(q, k, v, layout), ref, torch.float32)
     # 32-wide layout blocks covered by 16x16 kernel tiles (the sub-tiling used by the GPU autotuner).
     layout32 = _journeys_layout(t, 32, [(0, 1), (1, 4)])
-    out = jsa_attention_triton(q, k, v, layout32, tiles=(16, 16))
-    _close(out, refs.jsa_attention_ref(q, k, v, layout32, True), torch.float32)
+    out = block_sparse_attention(q, k, v, layout32, backend="triton", tiles=(16, 16))
+    _close(out, ref_attention(q, k, v, layout32), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -153,8 +109,8 @@ def test_half_dtypes(dtype):
     # bf16: the kernel upcasts tiles to fp32 before tl.dot off CUDA (triton 3.9 interpreter bf16 dot is wrong).
     q, k, v = _qkv(1, 2, 70, 70, 32, dtype, seed=6)
     layout = _random_layout(1, 2, 70, 70, 32, 32, seed=6)
-    out = jsa_attention(q, k, v, layout)
-    _close(out, refs.jsa_attention_ref(q, k, v, layout, True), dtype)
+    out = block_sparse_attention(q, k, v, layout)
+    _close(out, ref_attention(q, k, v, layout), dtype)
 
 
 def test_jagged_batch():
@@ -168,11 +124,11 @@ def test_jagged_batch():
     k = torch.randn(sum(lens_k), h, d, generator=g)
     v = torch.randn(sum(lens_k), h, d, generator=g)
     layout = _random_layout(4, h, 40, 40, 16, 16, seed=7, density=0.7, empty_row=False)
-    out = jsa_attention_jagged(q, k, v, cu_q, cu_k, layout)
-    _close(out, refs.jsa_attention_jagged_ref(q, k, v, cu_q, cu_k, layout), torch.float32)
+    out = block_sparse_attention(q, k, v, layout, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    _close(out, ref_attention(q, k, v, layout, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k), torch.float32)
     # A full layout must equal causal attention per sequence, each on its own.
     full = BlockLayout.from_block_mask(torch.ones(1, 1, 3, 3, dtype=torch.bool), 16, 16, 40, 40)
-    out = jsa_attention_jagged(q, k, v, cu_q, cu_k, full)
+    out = block_sparse_attention(q, k, v, full, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     for i in (1, 3):
         qs = q[cu_q[i]:cu_q[i + 1]].transpose(0, 1)
         ks, vs = (t[cu_k[i]:cu_k[i + 1]].transpose(0, 1) for t in (k, v))
@@ -181,18 +137,17 @@ def test_jagged_batch():
         _close(out[cu_q[i]:cu_q[i + 1]], ref, torch.float32)
 
 
-def test_key_start_matches_block_sparse_torch():
-    # key_start (journey start / left padding per query), checked against the other helper's dense oracle.
-    from kernels.block_sparse_torch import dense_block_sparse_attention
-
+def test_key_start_matches_dense_and_gather():
+    # key_start (journey start / left padding per query), checked against the dense oracle and the gather path.
     q, k, v = _qkv(2, 2, 50, 50, 16, torch.float32, seed=12)
     layout = _random_layout(2, 1, 50, 50, 16, 16, seed=12, density=0.8)
     g = torch.Generator().manual_seed(12)
     ks2 = torch.randint(0, 30, (2, 50), generator=g)
     ks3 = torch.randint(0, 30, (2, 2, 50), generator=g)
     for ks in (ks2, ks3):
-        out = jsa_attention(q, k, v, layout, key_start=ks)
-        _close(out, dense_block_sparse_attention(q, k, v, layout, True, None, ks), torch.float32)
+        out = block_sparse_attention(q, k, v, layout, key_start=ks)
+        _close(out, block_sparse_attention(q, k, v, layout, key_start=ks, backend="dense"), torch.float32)
+        _close(out, block_sparse_attention(q, k, v, layout, key_start=ks, backend="gather"), torch.float32)
 
 
 def test_jagged_key_start_and_shared_layout():
@@ -203,8 +158,8 @@ def test_jagged_key_start_and_shared_layout():
     q, k, v = (torch.randn(42, h, d, generator=g) for _ in range(3))
     ks = torch.cat([torch.randint(0, n, (n, h), generator=g) for n in lens])
     layout = _random_layout(1, 1, 33, 33, 16, 16, seed=13, density=0.8, empty_row=False)
-    out = jsa_attention_jagged(q, k, v, cu, cu, layout, key_start=ks)
-    _close(out, refs.jsa_attention_jagged_ref(q, k, v, cu, cu, layout, True, None, ks), torch.float32)
+    out = block_sparse_attention(q, k, v, layout, cu_seqlens_q=cu, cu_seqlens_k=cu, key_start=ks)
+    _close(out, ref_attention(q, k, v, layout, key_start=ks, cu_seqlens_q=cu, cu_seqlens_k=cu), torch.float32)
 
 
 @pytest.mark.parametrize("tq", [1, 3])
@@ -215,8 +170,8 @@ def test_decode_against_cache(tq):
     mask = torch.ones(b, 1, 1, 4, dtype=torch.bool)
     mask[1, 0, 0, 0] = False  # a sequence whose layout skips its first block
     layout = BlockLayout.from_block_mask(mask, 16, 16, tq, tmax)
-    out = jsa_decode(q, kc, vc, layout, cache_lens)
-    _close(out, refs.jsa_attention_ref(q, kc, vc, layout, True, kv_lens=cache_lens), torch.float32)
+    out = block_sparse_attention(q, kc, vc, layout, kv_lens=cache_lens)
+    _close(out, ref_attention(q, kc, vc, layout, kv_lens=cache_lens), torch.float32)
     # Sequence 0 with everything visible is plain causal attention over its valid cache.
     n = int(cache_lens[2])
     ref2 = F.scaled_dot_product_attention(q[2:], kc[2:, :, :n], vc[2:, :, :n],
@@ -237,44 +192,82 @@ def test_backward_matches_autograd_of_reference(dtype, causal, with_key_start, b
     ks = torch.randint(0, 20, (1, t), generator=g) if with_key_start else None
     dout = torch.randn(1, 2, t, 16, generator=g).to(dtype)
     tiles = (16, 16) if block == 32 else None
-    out = jsa_attention_trainable(q, k, v, layout, causal=causal, key_start=ks, tiles=tiles)
+    out = block_sparse_attention(q, k, v, layout, causal=causal, key_start=ks, backend="triton", tiles=tiles)
     out.backward(dout)
     grads = [x.grad for x in (q, k, v)]
     leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    ref = refs.jsa_attention_ref(*leaves, layout, causal, key_start=ks)
+    ref = ref_attention(*leaves, layout, causal=causal, key_start=ks)
     ref.backward(dout.float())
     _close(out, ref.to(dtype), dtype)
     for got, leaf in zip(grads, leaves):
         _close(got, leaf.grad.to(dtype), dtype)
-    # jsa_attention routes to the same autograd function when gradients are needed.
+    # backend="auto" routes to the same autograd function when gradients are needed.
     for x in (q, k, v):
         x.grad = None
-    jsa_attention(q, k, v, layout, causal=causal, key_start=ks).backward(dout)
+    block_sparse_attention(q, k, v, layout, causal=causal, key_start=ks).backward(dout)
     assert torch.equal(q.grad, grads[0])
+
+
+@pytest.mark.parametrize("tq,tk,heads_layout,causal,with_key_start", [
+    (50, 50, 1, True, True),     # shared layout, odd length, per-query first key
+    (37, 83, 2, True, False),    # per-head layouts, queries are the last 37 of 83
+    (48, 48, 2, False, True),    # non-causal
+])
+def test_entry_point_backends_agree(tq, tk, heads_layout, causal, with_key_start):
+    # One entry point, three backends: dense (the reference), gather, triton (interpreter); "auto" is triton here.
+    q, k, v = _qkv(2, 2, tq, tk, 16, torch.float32, seed=20 + tq)
+    layout = _random_layout(2, heads_layout, tq, tk, 16, 16, seed=20 + tk, density=0.7)
+    g = torch.Generator().manual_seed(tq)
+    ks = torch.randint(0, tk // 2, (2, 2, tq), generator=g) if with_key_start else None
+    outs = {b: block_sparse_attention(q, k, v, layout, key_start=ks, causal=causal, sm_scale=0.2, backend=b)
+            for b in ("dense", "gather", "triton", "auto")}
+    assert torch.equal(outs["dense"], ref_attention(q, k, v, layout, causal=causal, sm_scale=0.2, key_start=ks))
+    assert torch.equal(outs["auto"], outs["triton"])
+    for b in ("gather", "triton"):
+        _close(outs[b], outs["dense"], torch.float32)
+    # Decode (kv_lens) and jagged forms: triton against dense; gather takes neither.
+    lens = torch.tensor([tq, tk])
+    _close(block_sparse_attention(q, k, v, layout, kv_lens=lens, causal=causal, backend="triton"),
+           block_sparse_attention(q, k, v, layout, kv_lens=lens, causal=causal, backend="dense"), torch.float32)
+    cu_q = torch.tensor([0, tq, 2 * tq])
+    cu_k = torch.tensor([0, tk, 2 * tk])
+    qp, kp, vp = (t.transpose(1, 2).reshape(-1, 2, 16) for t in (q, k, v))
+    jag = {b: block_sparse_attention(qp, kp, vp, layout, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=causal,
+                                     backend=b) for b in ("dense", "triton")}
+    _close(jag["triton"], jag["dense"], torch.float32)
+    # Equal lengths: the jagged form is the padded one, repacked.
+    _close(jag["dense"], block_sparse_attention(q, k, v, layout, causal=causal, backend="dense")
+           .transpose(1, 2).reshape(-1, 2, 16), torch.float32)
+    with pytest.raises(ValueError, match="gather"):
+        block_sparse_attention(q, k, v, layout, kv_lens=lens, backend="gather")
+    with pytest.raises(ValueError, match="gather"):
+        block_sparse_attention(qp, kp, vp, layout, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, backend="gather")
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        block_sparse_attention(qp, kp, vp, layout, cu_seqlens_q=cu_q)
 
 
 def test_bad_input_raises():
     q, k, v = _qkv(1, 1, 20, 20, 16, torch.float32, seed=9)
     odd = BlockLayout.from_block_mask(torch.ones(1, 1, 1, 1, dtype=torch.bool), 24, 24, 20, 20)
     with pytest.raises(ValueError, match="q_block"):
-        jsa_attention(q, k, v, odd)
+        block_sparse_attention(q, k, v, odd)
     good = BlockLayout.from_block_mask(torch.ones(1, 1, 2, 2, dtype=torch.bool), 16, 16, 20, 20)
     with pytest.raises(ValueError, match="dtype"):
-        jsa_attention(q, k.half(), v, good)
+        block_sparse_attention(q, k.half(), v, good)
     with pytest.raises(ValueError, match="layout covers"):
-        jsa_attention(q[:, :, :17], k, v, good)
+        block_sparse_attention(q[:, :, :17], k, v, good)
     with pytest.raises(ValueError, match="dtype must be"):
-        jsa_attention(q.double(), k.double(), v.double(), good)
+        block_sparse_attention(q.double(), k.double(), v.double(), good)
     with pytest.raises(ValueError, match="cache_lens|kv_lens"):
-        jsa_decode(q, k, v, good, torch.tensor([5]))
+        block_sparse_attention(q, k, v, good, kv_lens=torch.tensor([5]))
     with pytest.raises(ValueError, match="backend"):
-        jsa_attention(q, k, v, good, backend="cuda")
+        block_sparse_attention(q, k, v, good, backend="cuda")
     bad_count = BlockLayout(torch.full((1, 1, 2), 3, dtype=torch.int32), torch.zeros(1, 1, 2, 2, dtype=torch.int32),
                             16, 16, 20, 20)
     with pytest.raises(ValueError, match="exceeds kv_indices width"):
-        jsa_attention(q, k, v, bad_count)
+        block_sparse_attention(q, k, v, bad_count)
     with pytest.raises(ValueError, match="key_start"):
-        jsa_attention(q, k, v, good, key_start=torch.zeros(1, 19, dtype=torch.long))
+        block_sparse_attention(q, k, v, good, key_start=torch.zeros(1, 19, dtype=torch.long))
 
 
 def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):
@@ -282,8 +275,8 @@ def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):
     q, k, v = _qkv(1, 2, 30, 30, 16, torch.float32, seed=10)
     layout = _random_layout(1, 1, 30, 30, 16, 16, seed=10)
     assert not use_triton(q, k, v)
-    out = jsa_attention(q, k, v, layout)
-    assert torch.equal(out, refs.jsa_attention_ref(q, k, v, layout, True))
+    out = block_sparse_attention(q, k, v, layout)
+    assert torch.equal(out, ref_attention(q, k, v, layout))
 
 
 def test_kernels_compile_for_sm90():
@@ -292,7 +285,7 @@ def test_kernels_compile_for_sm90():
     # fresh process in compiled mode.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kernels.bench", "--compile-only", "90"], env=env,
-                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count(": ok in") == 6, proc.stdout
 
@@ -303,23 +296,23 @@ def test_kernels_compile_for_sm90():
 def test_cuda_kernel(dtype):
     q, k, v = (t.cuda() for t in _qkv(2, 4, 300, 300, 64, dtype, seed=11))
     layout = _random_layout(2, 1, 300, 300, 64, 64, seed=11)
-    out = jsa_attention(q, k, v, layout)
-    ref = refs.jsa_attention_ref(q, k, v, layout, True)
+    out = block_sparse_attention(q, k, v, layout)
+    ref = ref_attention(q, k, v, layout)
     _close(out, ref, dtype)
     ks = torch.randint(0, 100, (2, 300), device="cuda")
-    _close(jsa_attention(q, k, v, layout, key_start=ks),
-           refs.jsa_attention_ref(q, k, v, layout, True, key_start=ks), dtype)
+    _close(block_sparse_attention(q, k, v, layout, key_start=ks),
+           ref_attention(q, k, v, layout, key_start=ks), dtype)
     # Decode: 4 beams' new tokens against a cache of 300 with different valid lengths.
     lay = BlockLayout.from_block_mask(torch.ones(2, 1, 1, 5, dtype=torch.bool), 64, 64, 4, 300)
     lens = torch.tensor([150, 300], device="cuda")
-    _close(jsa_decode(q[:, :, :4], k, v, lay, lens),
-           refs.jsa_attention_ref(q[:, :, :4], k, v, lay, True, kv_lens=lens), dtype)
+    _close(block_sparse_attention(q[:, :, :4], k, v, lay, kv_lens=lens),
+           ref_attention(q[:, :, :4], k, v, lay, kv_lens=lens), dtype)
     # Backward kernels against autograd through the reference.
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
     dout = torch.randn_like(q)
-    jsa_attention(*leaves, layout, key_start=ks).backward(dout)
+    block_sparse_attention(*leaves, layout, key_start=ks).backward(dout)
     ref_leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    refs.jsa_attention_ref(*ref_leaves, layout, True, key_start=ks).backward(dout.float())
+    ref_attention(*ref_leaves, layout, key_start=ks).backward(dout.float())
     for got, ref_leaf in zip(leaves, ref_leaves):
         err = (got.grad.float() - ref_leaf.grad).abs().max().item()
         assert err <= 8 * TOL[dtype], err  # gradients sum over up to 300 keys/queries: looser than the output

@@ -1,4 +1,4 @@
-"""models.jsa: the backends agree, the module matches a per-query loop written from the branch rules, layouts
+"""models.grace.jsa: the backends agree, the module matches a per-query loop written from the branch rules, layouts
 keep their invariants, padding does not change a history's output, gradients flow through the gather path,
 and the gather backend exports to ONNX with a dynamic length."""
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.jsa import BRANCHES, JourneySparseAttention, JSAConfig, count_attended_pairs
-from models.jsa_compute import journey_ids_for, main as jsa_compute_main
+from models.grace.jsa import BRANCHES, JourneySparseAttention, JSAConfig, count_attended_pairs
+from evaluation.jsa_compute import journey_ids_for, main as jsa_compute_main
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,8 @@ def _module(cfg=SMALL, backend="gather", seed=0):
 
 @pytest.fixture(params=["one_chunk", "small_chunks"])
 def chunking(request, monkeypatch):
-    """The eager gather path and pooled branches run in chunks: exercise one and several."""
+    """The eager gather path and pooled branches run in chunks (kernels.attention.chunk_elements, set by the
+    gather backend's CHUNK_ELEMENTS): exercise one and several."""
     import kernels.block_sparse_torch as bst
 
     monkeypatch.setattr(bst, "CHUNK_ELEMENTS", 1 << 30 if request.param == "one_chunk" else 64)
@@ -259,7 +260,7 @@ def test_short_history_and_config_errors():
 _TRITON_SCRIPT = """
 import torch
 torch.set_num_threads(1)
-from models.jsa import JourneySparseAttention, JSAConfig
+from models.grace.jsa import JourneySparseAttention, JSAConfig
 cfg = JSAConfig(block=16, compress_block=16, compress_stride=8, top_n=2, window=20, max_summarized_journeys=3,
                 include_first_block=True, select_current_block=True)
 jid = torch.tensor([[-1] * 5 + [0] * 9 + [1] * 14 + [2] * 12, [0] * 7 + [1] * 20 + [2] * 5 + [3] * 8])
@@ -284,7 +285,7 @@ def test_triton_backend_matches_gather_in_interpreter():
     backward against the gather backend."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[3]  # the repository root
     run = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], cwd=root, env=env, capture_output=True,
                          text=True, timeout=240)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-2000:] + run.stderr[-4000:]

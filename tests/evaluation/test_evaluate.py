@@ -1,0 +1,126 @@
+"""Top-k metrics on hand-computed cases, and the evaluation CLI end to end in --quick mode."""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation import evaluate as ev
+from evaluation.baselines import MostPopular
+from evaluation.metrics import hit_rate_at_k, ndcg_at_k, target_ranks, topk_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RANKED = np.array([[5, 3, 9, 1],   # target 5 at rank 0
+                   [2, 4, 6, 8],   # target 6 at rank 2
+                   [7, 1, 2, 3]])  # target 4 absent
+TARGETS = np.array([5, 6, 4])
+
+
+def test_hit_rate_hand_computed():
+    assert target_ranks(RANKED, TARGETS).tolist() == [0, 2, -1]
+    assert hit_rate_at_k(RANKED, TARGETS, 1) == pytest.approx(1 / 3)
+    assert hit_rate_at_k(RANKED, TARGETS, 2) == pytest.approx(1 / 3)
+    assert hit_rate_at_k(RANKED, TARGETS, 3) == pytest.approx(2 / 3)
+
+
+def test_ndcg_hand_computed():
+    assert ndcg_at_k(RANKED, TARGETS, 2) == pytest.approx(1 / 3)
+    # Hit at rank 2 gains 1/log2(4) = 0.5.
+    assert ndcg_at_k(RANKED, TARGETS, 4) == pytest.approx((1 + 0.5 + 0) / 3)
+    one = np.array([[4, 2, 8]])
+    assert ndcg_at_k(one, np.array([2]), 3) == pytest.approx(1 / math.log2(3))
+    m = topk_metrics(RANKED, TARGETS, ks=(1, 4))
+    assert m == pytest.approx({"hr@1": 1 / 3, "ndcg@1": 1 / 3, "hr@4": 2 / 3, "ndcg@4": 0.5})
+
+
+@pytest.mark.parametrize("args, match", [
+    ((RANKED, TARGETS, 0), "k must be in 1..4"),
+    ((RANKED, TARGETS, 5), "k must be in 1..4"),
+    ((RANKED, TARGETS[:2], 2), "targets must have shape"),
+    ((RANKED[0], TARGETS, 2), "2-D"),
+    ((RANKED[:0], TARGETS[:0], 1), "no users"),
+])
+def test_metric_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        hit_rate_at_k(*args)
+    with pytest.raises(ValueError, match=match):
+        ndcg_at_k(*args)
+
+
+def test_aggregate_mean_and_sample_std():
+    recs = [{"dataset": "d", "model": "m", "seed": s, "train_seconds": 1.0, "eval_seconds": 2.0,
+             **{k: v for k in ev.METRICS}} for s, v in ((0, 0.2), (1, 0.4))]
+    (row,) = ev.aggregate(recs)
+    assert row["seeds"] == [0, 1]
+    assert row["hr@10"][0] == pytest.approx(0.3) and row["hr@10"][1] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    (single,) = ev.aggregate(recs[:1])
+    assert single["ndcg@5"] == (0.2, 0.0)
+
+
+def test_eval_subsample_and_registry():
+    assert ev.eval_subsample(5, 0).tolist() == [0, 1, 2, 3, 4]
+    sub = ev.eval_subsample(100, 10)
+    assert len(sub) == 10 and (np.diff(sub) > 0).all() and (sub == ev.eval_subsample(100, 10)).all()
+    with pytest.raises(ValueError, match="eval_users"):
+        ev.eval_subsample(10, -1)
+    with pytest.raises(ValueError, match="already registered"):
+        ev.register("mostpop", lambda d, s: MostPopular())
+    with pytest.raises(ValueError, match="unknown model"):
+        ev.evaluate(["sim"], ["nope"], [0], 10, ev.QUICK_BUDGET, 0, None, "cmd")
+
+
+def test_cli_quick_on_small_simulator(tmp_path):
+    out = tmp_path / "res" / "grace.md"
+    cmd = [sys.executable, "-m", "evaluation.evaluate", "--datasets", "sim", "--models", "mostpop", "sasrec",
+           "--seeds", "0", "1", "--max-history", "20", "--quick", "--sim-users", "120", "--sim-items", "80",
+           "--eval-users", "50", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "python -m evaluation.evaluate --datasets sim --models mostpop sasrec" in text
+    assert "| mostpop |" in text and "| sasrec |" in text and "50 (fixed random sample)" in text
+    assert "1 thread(s)" in text and "512 examples" in text
+    raw = json.loads(out.with_suffix(".json").read_text())
+    runs = raw["runs"]
+    assert [(r["model"], r["seed"]) for r in runs] == [("mostpop", 0), ("mostpop", 1), ("sasrec", 0), ("sasrec", 1)]
+    assert all(r["eval_users"] == 50 and 0 <= r["hr@5"] <= r["hr@10"] <= 1 for r in runs)
+    assert all(r["ndcg@10"] <= r["hr@10"] for r in runs)
+    assert raw["meta"]["budget"]["max_examples_per_epoch"] == 512
+    # Most-popular is deterministic across seeds; the trained model beats it on this simulator.
+    assert runs[0]["hr@10"] == runs[1]["hr@10"]
+    assert min(r["hr@10"] for r in runs[2:]) > runs[0]["hr@10"]
+
+    # --merge adds a model to the same report; a different budget is refused (one table, one budget).
+    add = cmd[:cmd.index("--models") + 1] + ["recent"] + cmd[cmd.index("--seeds"):] + ["--merge"]
+    proc = subprocess.run(add, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads(out.with_suffix(".json").read_text())
+    assert [r["model"] for r in merged["runs"]] == ["mostpop"] * 2 + ["sasrec"] * 2 + ["recent"] * 2
+    assert len(merged["meta"]["commands"]) == 2 and "| recent |" in out.read_text()
+    assert "| sasrec |" in out.read_text()
+    other = dataclasses.replace(ev.QUICK_BUDGET, epochs=3)
+    with pytest.raises(ValueError, match="share the protocol"):
+        ev.evaluate(["sim"], ["recent"], [0], 20, other, 50, out, "cmd", merge=True, sim_users=120, sim_items=80)
+
+
+def test_combine_reports_made_in_parallel(tmp_path):
+    """Two runs of the same protocol (different models) become one table; a different budget is refused."""
+    kw = dict(sim_users=120, sim_items=80)
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    ev.evaluate(["sim"], ["mostpop"], [0], 20, ev.QUICK_BUDGET, 50, a, "cmd a", **kw)
+    ev.evaluate(["sim"], ["recent"], [0, 1], 20, ev.QUICK_BUDGET, 50, b, "cmd b", **kw)
+    meta, rows = ev.combine([a.with_suffix(".json"), b.with_suffix(".json")], tmp_path / "all.md", "cmd all")
+    assert {r["model"] for r in rows} == {"mostpop", "recent"}
+    assert meta["seeds"] == [0, 1] and meta["commands"][-1] == "cmd all"
+    text = (tmp_path / "all.md").read_text()
+    assert "| mostpop |" in text and "| recent |" in text and "cmd a" in text and "cmd b" in text
+    other = tmp_path / "other.md"
+    ev.evaluate(["sim"], ["mostpop"], [0], 20, dataclasses.replace(ev.QUICK_BUDGET, epochs=3), 50, other, "c", **kw)
+    with pytest.raises(ValueError, match="budget"):
+        ev.combine([a.with_suffix(".json"), other.with_suffix(".json")], tmp_path / "bad.md", "c")

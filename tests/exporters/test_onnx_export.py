@@ -1,0 +1,222 @@
+"""ONNX export of tiny, untrained models: the exporter's own parity figures, and an independent check of
+ONNX Runtime against torch on shapes the exporter did not use."""
+
+from __future__ import annotations
+
+import dataclasses
+import numpy as np
+import pytest
+import torch
+
+from data.simulator import SimConfig, simulate
+from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker, sample_encoder_inputs
+from serving.ort import session
+from models.grace.model import GraceConfig, GraceModel
+from models.ranking.model import Ranker, RankerConfig
+from serving.grace.tokenizer import BOS
+
+GRACE_CFG = GraceConfig(vocab_size=50, max_tokens=60, d_model=16, num_heads=2)
+MAX_HISTORY, NUM_CANDIDATES = 6, 9
+
+
+# The served default uses journey-aware sparse attention; small blocks so that 60 tokens are really sparse.
+JSA_CFG = dataclasses.replace(GRACE_CFG, attention="jsa", jsa={"block": 16, "compress_block": 16,
+                                                                "compress_stride": 16, "window": 16, "top_n": 1})
+
+
+@pytest.fixture(scope="module", params=["dense", "jsa"])
+def grace_export(tmp_path_factory, request):
+    torch.manual_seed(0)
+    model = GraceModel(GRACE_CFG if request.param == "dense" else JSA_CFG).eval()
+    out = tmp_path_factory.mktemp("grace")
+    parity = export_grace(model, out, seed=0)
+    return model, out, parity
+
+
+@pytest.fixture(scope="module")
+def ranker_export(tmp_path_factory):
+    sim = SimConfig(num_items=60, num_users=10, num_campaigns=10)
+    cat = simulate(sim).catalog
+    torch.manual_seed(0)
+    model = Ranker(RankerConfig(num_items=cat.num_items, num_leaf_categories=sim.num_leaf_categories,
+                                num_brands=sim.num_brands, num_price_buckets=sim.num_price_buckets,
+                                d_model=8, hidden=16),
+                   cat.leaf_category, cat.brand, cat.price_bucket).eval()
+    out = tmp_path_factory.mktemp("ranker")
+    parity = export_ranker(model, out, MAX_HISTORY, NUM_CANDIDATES, seed=0)
+    return model, out, parity
+
+
+def test_export_grace_parity_figures(grace_export):
+    _, out, parity = grace_export
+    assert set(parity) == {"grace_encoder.onnx", "grace_decoder_step.onnx"}
+    for name, diff in parity.items():
+        assert (out / name).is_file()
+        assert 0.0 <= diff <= PARITY_TOLERANCE, (name, diff)
+
+
+def test_export_ranker_parity_figures(ranker_export):
+    _, out, parity = ranker_export
+    assert set(parity) == {"ranker.onnx"}
+    assert (out / "ranker.onnx").is_file()
+    assert 0.0 <= parity["ranker.onnx"] <= PARITY_TOLERANCE
+
+
+def _encoder_inputs(events_per_row: list[int], seed: int) -> dict[str, np.ndarray]:
+    return sample_encoder_inputs(np.random.default_rng(seed), GRACE_CFG.vocab_size, GRACE_CFG.tokens_per_event,
+                                 events_per_row)
+
+
+def _torch(feeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+
+@pytest.mark.parametrize("events_per_row", [[1], [3, 1, 2, 3], [10, 10], [2] * 6])
+def test_grace_encoder_matches_torch_on_new_shapes(grace_export, events_per_row):
+    model, out, _ = grace_export
+    feeds = _encoder_inputs(events_per_row, sum(events_per_row))
+    got = session(out / "grace_encoder.onnx").run(None, feeds)[0]
+    with torch.no_grad():
+        expected = model.cross_kv(model.encode(**_torch(feeds))).numpy()
+    assert got.shape == expected.shape == (GRACE_CFG.decoder_layers, 2, len(events_per_row), GRACE_CFG.num_heads,
+                                           feeds["tokens"].shape[1], GRACE_CFG.d_model // GRACE_CFG.num_heads)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE, rtol=0)
+
+
+def _encode_one(out, events: int, seed: int):
+    feeds = _encoder_inputs([events], seed)
+    cross_kv = session(out / "grace_encoder.onnx").run(None, feeds)[0]
+    return feeds, cross_kv
+
+
+@pytest.mark.parametrize("beams, past_len, events", [(1, 0, 2), (7, 0, 5), (2, 4, 1), (11, 2, 8), (4, 3, 3)])
+def test_grace_decoder_step_matches_torch_on_new_shapes(grace_export, beams, past_len, events):
+    """As served: one request's encoder output (batch 1) shared by every beam, plus each beam's KV cache."""
+    model, out, _ = grace_export
+    rng = np.random.default_rng(beams * 100 + past_len)
+    feeds, cross_kv = _encode_one(out, events, beams)
+    heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
+    step_feeds = {"last_tokens": rng.integers(2, GRACE_CFG.vocab_size, size=beams).astype(np.int64),
+                  "past_kv": rng.normal(size=(GRACE_CFG.decoder_layers, 2, beams, heads, past_len, hd)).astype(np.float32),
+                  "cross_kv": cross_kv, "memory_valid": feeds["valid"]}
+    got_lp, got_present = session(out / "grace_decoder_step.onnx").run(None, step_feeds)
+    with torch.no_grad():
+        lp, present = model.decode_step(*_torch(step_feeds).values())
+    assert got_lp.shape == lp.shape == (beams, GRACE_CFG.vocab_size)
+    assert got_present.shape == present.shape == (GRACE_CFG.decoder_layers, 2, beams, heads, past_len + 1, hd)
+    np.testing.assert_allclose(got_lp, lp.numpy(), atol=PARITY_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(got_present, present.numpy(), atol=PARITY_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.exp(got_lp).sum(-1), 1.0, atol=1e-4)  # log-probabilities
+
+
+def test_kv_cached_decoding_equals_full_prefix_decoding(grace_export):
+    """Feeding a path token by token through the cache gives the same next-token distributions as decoding
+    the whole prefix at once (teacher forcing), in ORT as in torch."""
+    model, out, _ = grace_export
+    rng = np.random.default_rng(3)
+    feeds, cross_kv = _encode_one(out, 4, 3)
+    prefix = np.concatenate([np.full((3, 1), BOS), rng.integers(2, GRACE_CFG.vocab_size, size=(3, 4))], 1)
+    with torch.no_grad():
+        full = model.decode(torch.from_numpy(prefix), torch.from_numpy(cross_kv),
+                            torch.from_numpy(feeds["valid"])).log_softmax(-1).numpy()
+    step = session(out / "grace_decoder_step.onnx")
+    past = model.empty_cache(3).numpy()
+    for s in range(prefix.shape[1]):
+        lp, past = step.run(None, {"last_tokens": prefix[:, s].astype(np.int64), "past_kv": past,
+                                   "cross_kv": cross_kv, "memory_valid": feeds["valid"]})
+        np.testing.assert_allclose(lp, full[:, s], atol=PARITY_TOLERANCE, rtol=0)
+
+
+def test_grace_decoder_step_respects_memory_mask(grace_export):
+    """Masked memory positions must not influence the output, in ORT as in torch."""
+    model, out, _ = grace_export
+    rng = np.random.default_rng(5)
+    tpe = GRACE_CFG.tokens_per_event
+    t = 4 * tpe
+    heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
+    cross_kv = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 1, heads, t, hd)).astype(np.float32)
+    valid = np.ones((1, t), np.float32)
+    valid[0, :tpe] = 0.0
+    other = cross_kv.copy()
+    other[..., :tpe, :] = rng.normal(size=other[..., :tpe, :].shape) * 10
+    past = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 2, heads, 2, hd)).astype(np.float32)
+    last = np.array([7, 3], np.int64)
+    step = session(out / "grace_decoder_step.onnx")
+    a = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": cross_kv, "memory_valid": valid})[0]
+    b = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": other, "memory_valid": valid})[0]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _ranker_inputs(rng, n_items, batch, history_lengths, padded_candidates):
+    hist = np.zeros((batch, MAX_HISTORY), np.int64)
+    for r, n in enumerate(history_lengths):
+        if n:
+            hist[r, -n:] = rng.integers(1, n_items + 1, size=n)
+    behs = np.where(hist > 0, rng.integers(1, 5, size=hist.shape), 0).astype(np.int64)
+    cand = rng.integers(1, n_items + 1, size=(batch, NUM_CANDIDATES)).astype(np.int64)
+    if padded_candidates:
+        cand[:, -padded_candidates:] = 0
+    return hist, behs, cand
+
+
+@pytest.mark.parametrize("history_lengths, padded",
+                         [([6], 0), ([0, 1, 6], 4), ([3] * 8, 1), ([2, 5, 0, 6, 1, 4, 3], 9)])
+def test_ranker_matches_torch_on_new_shapes(ranker_export, history_lengths, padded):
+    model, out, _ = ranker_export
+    rng = np.random.default_rng(len(history_lengths) * 10 + padded)
+    hist, behs, cand = _ranker_inputs(rng, model.cfg.num_items, len(history_lengths), history_lengths, padded)
+    got = session(out / "ranker.onnx").run(None, {"hist_items": hist, "hist_behaviors": behs, "cand_items": cand})[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(hist), torch.from_numpy(behs), torch.from_numpy(cand)).numpy()
+    assert got.shape == expected.shape == (len(history_lengths), NUM_CANDIDATES)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE, rtol=0)
+
+
+def test_ranker_rows_are_independent_in_onnx(ranker_export):
+    """Batching (Triton's dynamic batcher) must not change a request's scores."""
+    model, out, _ = ranker_export
+    rng = np.random.default_rng(9)
+    hist, behs, cand = _ranker_inputs(rng, model.cfg.num_items, 5, [1, 2, 3, 4, 6], 2)
+    sess = session(out / "ranker.onnx")
+    batched = sess.run(None, {"hist_items": hist, "hist_behaviors": behs, "cand_items": cand})[0]
+    for r in range(5):
+        single = sess.run(None, {"hist_items": hist[r:r + 1], "hist_behaviors": behs[r:r + 1],
+                                 "cand_items": cand[r:r + 1]})[0]
+        np.testing.assert_allclose(single[0], batched[r], atol=1e-5)
+
+
+def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
+    """The served retrieval path (ORT encoder + cached ORT step inside the shared beam search) returns the same
+    items as the in-process torch reference."""
+    from serving.grace.beam_search import CachedStep, constrained_beam_search
+    from models.grace.recommender import grace_retrieve
+    from serving.grace.tokenizer import ItemTokenizer
+
+    model, out, _ = grace_export
+    rng = np.random.default_rng(11)
+    n = 40
+    leaf = np.r_[0, rng.integers(0, 6, size=n)]
+    tok = ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
+                                     np.r_[0, rng.integers(0, 3, size=n)])
+    assert tok.vocab_size <= GRACE_CFG.vocab_size and tok.path_length == GRACE_CFG.path_length
+    trie, p2i = tok.build_trie(), tok.path_to_item()
+    enc = tok.event_tokens(rng.integers(1, n + 1, size=4), rng.integers(1, 5, size=4))
+    journey_ids = np.repeat(np.array([0, 0, 1, 2]), tok.tokens_per_event)
+    journey_pos = np.arange(len(enc)) - np.searchsorted(journey_ids, journey_ids)
+    feeds = {"tokens": enc[None], "valid": np.ones((1, len(enc)), np.float32), "journey_ids": journey_ids[None],
+             "journey_pos": journey_pos[None]}
+    cross_kv = session(out / "grace_encoder.onnx").run(None, feeds)[0]
+    step_sess = session(out / "grace_decoder_step.onnx")
+
+    def run(last_tokens, past):
+        return tuple(step_sess.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
+                                          "memory_valid": feeds["valid"]}))
+
+    for width in (1, 6):
+        items, scores = constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, p2i, width)
+        ref_items, ref_scores = grace_retrieve(model, trie, p2i, enc, journey_ids, journey_pos, width)
+        np.testing.assert_array_equal(items, ref_items)
+        np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
+        assert len(items) == width

@@ -1,0 +1,180 @@
+"""Unit tests of the trie-constrained beam search with synthetic step functions (no model)."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from data.simulator import SimConfig, simulate
+from serving.grace.beam_search import constrained_beam_search
+from serving.grace.tokenizer import BOS, PATH_LENGTH, ItemTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok() -> ItemTokenizer:
+    cat = simulate(SimConfig(num_items=200, num_users=120)).catalog
+    return ItemTokenizer.from_catalog(cat.top_category, cat.leaf_category, cat.brand, cat.price_bucket)
+
+
+@pytest.fixture(scope="module")
+def trie(tok):
+    return tok.build_trie()
+
+
+@pytest.fixture(scope="module")
+def p2i(tok):
+    return tok.path_to_item()
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def random_log_probs(vocab: int, seed: int):
+    """A deterministic function prefix(tuple, starting with BOS) -> log-probs [V]."""
+
+    def f(prefix: tuple[int, ...]) -> np.ndarray:
+        key = zlib.crc32(np.asarray(prefix, np.int64).tobytes()) ^ seed
+        return _log_softmax(3.0 * np.random.default_rng(key).normal(size=vocab)).astype(np.float32)
+
+    return f
+
+
+def make_step(f, calls: list | None = None):
+    previous: list[np.ndarray] = []
+
+    def step(prefix: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
+        assert prefix.ndim == 2 and prefix.dtype == np.int64
+        assert np.all(prefix[:, 0] == BOS)
+        # The parents protocol a KV-cached decoder relies on: beam i extends row parents[i] of the last call.
+        if parents is None:
+            assert prefix.shape[1] == 1 and not previous
+        else:
+            np.testing.assert_array_equal(prefix[:, :-1], previous[-1][parents])
+        previous.append(prefix.copy())
+        if calls is not None:
+            calls.append(prefix.copy())
+        return np.stack([f(tuple(row)) for row in prefix.tolist()])
+
+    return step
+
+
+def path_score(f, path) -> float:
+    """Independent computation: sum of step log-probs along BOS + path."""
+    prefix = (BOS,)
+    total = 0.0
+    for t in path:
+        total += float(f(prefix)[t])
+        prefix = prefix + (int(t),)
+    return total
+
+
+def _check_result(items, scores, tok, beam_width):
+    assert items.dtype == np.int64 and scores.dtype == np.float32
+    assert len(items) == len(scores) <= beam_width
+    assert len(items) == min(beam_width, tok.num_items)  # enough real items: the beam is always full
+    assert np.all((items >= 1) & (items <= tok.num_items))
+    assert len(np.unique(items)) == len(items)
+    assert np.all(np.diff(scores) <= 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("beam_width", [1, 5, 20])
+def test_random_step_gives_real_unique_sorted_items_with_exact_scores(tok, trie, p2i, seed, beam_width):
+    f = random_log_probs(tok.vocab_size, seed)
+    calls: list = []
+    items, scores = constrained_beam_search(make_step(f, calls), trie, p2i, beam_width)
+    _check_result(items, scores, tok, beam_width)
+    for item, score in zip(items.tolist(), scores.tolist()):
+        assert score == pytest.approx(path_score(f, tok.item_paths[item]), abs=1e-4)
+    # One call per path level, with growing prefixes and at most beam_width beams.
+    assert len(calls) == PATH_LENGTH
+    for depth, prefix in enumerate(calls):
+        assert prefix.shape[1] == depth + 1 and 1 <= len(prefix) <= beam_width
+    assert len(calls[0]) == 1
+
+
+def test_wide_beam_is_exhaustive_and_matches_brute_force(tok, trie, p2i):
+    f = random_log_probs(tok.vocab_size, seed=7)
+    items, scores = constrained_beam_search(make_step(f), trie, p2i, beam_width=tok.num_items + 50)
+    _check_result(items, scores, tok, tok.num_items + 50)
+    brute = np.array([path_score(f, tok.item_paths[i]) for i in range(1, tok.num_items + 1)])
+    np.testing.assert_allclose(np.sort(scores)[::-1], np.sort(brute)[::-1], atol=1e-4)
+    assert items[0] == 1 + int(np.argmax(brute))
+    # Exhaustive search: the first ten results are exactly the ten best paths.
+    top10 = set((1 + np.argsort(-brute)[:10]).tolist())
+    assert set(items[:10].tolist()) == top10
+
+
+def test_adversarial_mass_off_trie_still_gives_real_items(tok, trie, p2i):
+    """Nearly all probability on tokens no real path allows at that prefix."""
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=(PATH_LENGTH + 1, tok.vocab_size))
+
+    def f(prefix):
+        depth = len(prefix) - 1
+        logits = np.full(tok.vocab_size, 20.0) + noise[depth]
+        logits[trie[prefix[1:]]] = -20.0 + noise[depth, trie[prefix[1:]]]
+        return _log_softmax(logits).astype(np.float32)
+
+    for beam_width in (1, 8, 40):
+        items, scores = constrained_beam_search(make_step(f), trie, p2i, beam_width)
+        _check_result(items, scores, tok, beam_width)
+        assert np.all(scores < -150)  # only low-mass (allowed) tokens were taken
+        for item, score in zip(items.tolist(), scores.tolist()):
+            assert score == pytest.approx(path_score(f, tok.item_paths[item]), rel=1e-5)
+
+
+def test_adversarial_infinite_mass_off_trie(tok, trie, p2i):
+    """+inf (then large) scores outside the trie, uniform inside: still real items, all finite scores."""
+
+    def f(prefix):
+        out = np.zeros(tok.vocab_size, np.float32)
+        out[trie[prefix[1:]]] = -1.0
+        mask = np.ones(tok.vocab_size, bool)
+        mask[trie[prefix[1:]]] = False
+        out[mask] = np.inf if prefix == (BOS,) else 5.0  # "better" than any allowed token
+        return out
+
+    items, scores = constrained_beam_search(make_step(f), trie, p2i, beam_width=10)
+    _check_result(items, scores, tok, 10)
+    np.testing.assert_allclose(scores, -float(PATH_LENGTH))
+
+
+@pytest.mark.parametrize("target", [1, 17, 123, 200])
+def test_peaked_step_ranks_target_first(tok, trie, p2i, target):
+    path = tok.item_paths[target].tolist()
+    base = random_log_probs(tok.vocab_size, seed=target)
+
+    def f(prefix):
+        depth = len(prefix) - 1
+        logits = base(prefix).astype(np.float64)
+        if list(prefix[1:]) == path[:depth]:
+            logits[path[depth]] += 30.0  # all mass on the target's next token
+        return _log_softmax(logits).astype(np.float32)
+
+    for beam_width in (1, 4, 20):
+        items, scores = constrained_beam_search(make_step(f), trie, p2i, beam_width)
+        _check_result(items, scores, tok, beam_width)
+        assert items[0] == target
+        assert scores[0] == pytest.approx(0.0, abs=1e-3)
+        if beam_width > 1:
+            assert scores[1] < scores[0] - 10
+
+
+def test_ties_are_broken_deterministically(tok, trie, p2i):
+    """Uniform log-probs: every path ties; the result must not depend on anything but the trie."""
+
+    def f(prefix):
+        return np.full(tok.vocab_size, -np.log(tok.vocab_size), np.float32)
+
+    a = constrained_beam_search(make_step(f), trie, p2i, beam_width=12)
+    b = constrained_beam_search(make_step(f), trie, p2i, beam_width=12)
+    np.testing.assert_array_equal(a[0], b[0])
+    _check_result(*a, tok, 12)
+    # Stable ties in trie order: the lexicographically smallest paths win.
+    smallest = sorted(map(tuple, tok.item_paths[1:].tolist()))[:12]
+    assert sorted(map(tuple, tok.item_paths[a[0]].tolist())) == smallest

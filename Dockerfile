@@ -15,8 +15,8 @@ WORKDIR /opt/recserve
 # The container's python backend runs Python 3.10: its own pins, serving-only (no torch).
 COPY requirements-serving.txt .
 RUN python3 -m pip install --no-cache-dir -r requirements-serving.txt
-COPY --from=build /src/models ./models
-COPY --from=build /src/exporters ./exporters
+# The served steps import only the torch-free serving room (serving/); models/ and exporters/ stay in stage 1.
+COPY --from=build /src/serving ./serving
 COPY --from=build /src/model_repository ./model_repository
 ENV PYTHONPATH=/opt/recserve
 # 8000 HTTP, 8001 gRPC (KServe v2), 8002 Prometheus metrics.

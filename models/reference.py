@@ -16,12 +16,11 @@ from models.grace.model import load_checkpoint as load_grace
 from models.grace.recommender import grace_retrieve
 from models.ranking.model import load_checkpoint as load_ranker
 from serving import graph
-from serving.ads.scorer import CtrScorer
 from serving.backend import StepModel
 from serving.contract import ServingLimits
 from serving.grace.history import TOKENIZER_FILE
 from serving.grace.tokenizer import ItemTokenizer
-from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank
+from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds
 
 MANIFEST = "build_manifest.json"
 CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
@@ -74,7 +73,7 @@ class ReferencePipeline:
         self.top_category = self.steps[graph.MERGE.name].top_category
         # The torch CLIP checkpoint (clip_embed serves its ONNX export) and the campaign CTR scorer.
         self.clip = ClipEmbedder.load(repository / graph.CLIP_EMBED.name / "1" / CLIP_CHECKPOINT_DIR)
-        self.ads = CtrScorer.load(repository / graph.SCORE_ADS.name / "1")
+        self.ads = ScoreAds.create(repository / graph.SCORE_ADS.name / "1", self.limits).scorer
 
     def recommend(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None
                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:

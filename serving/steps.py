@@ -118,6 +118,8 @@ class ScoreAds(StepModel):
 
     def load(self):
         self.scorer = CtrScorer.load(self.version_dir)
+        # The published limits are the enforced ones (one build configuration).
+        self.scorer.max_campaigns, self.scorer.max_history = self.limits.max_campaigns, self.limits.ads_max_history
         self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
 
     def run(self, item_ids, behaviors, timestamps, campaign_ids):

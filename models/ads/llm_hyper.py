@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.ads.features import FEATURE_NAMES, NUM_FEATURES, FeatureTables, build_profiles, pair_features
+from serving.ads.scorer import META_FILE, WEIGHTS_FILE
 from models.ads.features import log_features, padded_histories
 
 ARTIFACT_FORMAT = "llm-hyper-ctr"
@@ -388,7 +389,7 @@ def save_artifact(out_dir: Path, tables: FeatureTables, models: CtrModels, calib
         h.update(np.ascontiguousarray(arrays[k]).tobytes())
     version = f"{FORMAT_VERSION}.{h.hexdigest()[:12]}"
     arrays["version"] = np.array(version)
-    np.savez(out_dir / "ctr_weights.npz", **arrays)
+    np.savez(out_dir / WEIGHTS_FILE, **arrays)
     meta = {"format": ARTIFACT_FORMAT, "format_version": FORMAT_VERSION, "version": version,
             "feature_names": list(FEATURE_NAMES), "sources": list(SOURCES), "max_campaigns": max_campaigns,
             "calibrators": {n: {"kind": c["kind"], "n_logs": c["n_logs"]} for n, c in calibrators.items()},
@@ -400,7 +401,7 @@ def save_artifact(out_dir: Path, tables: FeatureTables, models: CtrModels, calib
                            **({"llm_error": models.llm_failures[c]} if c in models.llm_failures else {})}
                           for c in range(len(models.source))],
             **meta_extra}
-    (out_dir / "ctr_meta.json").write_text(json.dumps(meta, indent=1))
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=1))
     return meta
 
 

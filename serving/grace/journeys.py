@@ -6,7 +6,7 @@ when the intent attribute (e.g. leaf category) differs from the previous event's
 
 Defaults, chosen on the simulator (data/simulator.py; timestamps in seconds): events inside a journey are
 5-300 s apart and journeys are separated by 1 h - 3 days, so a 30-minute gap (the classic web-session cut)
-plus a leaf-category change recovers the ground-truth journeys (tests/test_journeys.py measures it).
+plus a leaf-category change recovers the ground-truth journeys (tests/serving/test_journeys.py measures it).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ VARIANTS = ("attr", "sid", "cot")
 # token_level() values for tokens outside the item path.
 SPECIAL_LEVEL, BEHAVIOR_LEVEL = -2, -1
 
-# Layout of the default "attr" tokenizer (`ItemTokenizer.from_catalog`). Kept while models/beam_search.py,
-# models/grace.py, models/train.py and the exporters still use them; new code must use the instance
+# Layout of the default "attr" tokenizer (`ItemTokenizer.from_catalog`). Kept while tests/serving/test_tokenizer.py
+# and tests/serving/test_beam_search.py still use them; new code must use the instance
 # properties (tokenizer.path_length, tokenizer.tokens_per_event, tokenizer.level_names), which are right for
 # every variant. To be removed once those users are migrated.
 PATH_LEVELS = ("top_category", "leaf_category", "brand", "price_bucket", DISAMBIGUATION)

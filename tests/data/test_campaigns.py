@@ -1,4 +1,5 @@
-"""Campaign simulation (data/campaigns.py) and the user x campaign features (models/ctr_features.py)."""
+"""Campaign simulation (data/campaigns.py) and the user x campaign features (serving/ads/features.py,
+models/ads/features.py)."""
 
 from __future__ import annotations
 

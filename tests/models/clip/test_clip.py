@@ -197,7 +197,8 @@ def test_image_pixels():
 
 
 def test_model_dir_embedder_and_onnx_parity(tmp_path):
-    from exporters.clip_export import PARITY_TOLERANCE, OnnxClipEmbedder, export_clip
+    from exporters.clip_export import PARITY_TOLERANCE, export_clip
+    from serving.clip.embedder import OnnxClipEmbedder
     tok = WordTokenizer.build(["slim tops t-shirt", "soft bags bag"], context_length=8)
     m = _model(seed=3, vocab_size=tok.vocab_size, image_resolution=28, vision_patch_size=7)
     save_model_dir(m, tok, tmp_path / "clip")
@@ -228,7 +229,7 @@ def test_train_smoke_is_deterministic(tmp_path):
     """Two tiny runs of the real training loop on a fake IDX dataset write identical weights and metrics."""
     from data.simulator import SimConfig
     from models.clip.train import TrainConfig, train
-    from tests.test_fashion_mnist import _fake_dataset
+    from tests.data.test_fashion_mnist import _fake_dataset
     _fake_dataset(tmp_path, n_train=64, n_test=30)
     tcfg = TrainConfig(steps=2, batch_size=16, warmup=1, eval_images=30, threads=1)
     sim = SimConfig(num_items=300, num_users=20)

@@ -77,7 +77,7 @@ def test_dense_and_gather_agree(pattern, cfg, chunking):
 
 
 def _naive_jsa(model: JourneySparseAttention, x, jid, valid):
-    """Per-query loops over the branch rules of models/jsa.py's docstring (end-aligned blocks)."""
+    """Per-query loops over the branch rules of models/grace/jsa.py's docstring (end-aligned blocks)."""
     cfg, h, hd = model.cfg, model.heads, model.head_dim
     extra = (-x.shape[1]) % math.lcm(cfg.block, cfg.compress_stride)
     x = torch.nn.functional.pad(x, (0, 0, extra, 0))

@@ -150,8 +150,8 @@ def ads_stage(b: Build) -> dict:
 
 # In order: a stage may use what an earlier one handed on (recent evaluates on GRACE's users, ads embeds
 # its creatives with the CLIP model).
-STAGES = (("catalog", catalog_stage), ("ranker", ranker_stage), ("grace", grace_stage), ("recent", recent_stage),
-          ("clip", clip_stage), ("score_ads", ads_stage))
+STAGES = (("catalog", catalog_stage), ("ranking", ranker_stage), ("grace", grace_stage), ("recent", recent_stage),
+          ("clip", clip_stage), ("ads", ads_stage))
 
 
 def missing_artifacts(out: Path) -> list[str]:
@@ -207,7 +207,7 @@ def main() -> None:
                  "serving.max_history": args.max_history}
     assignments = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + args.set
     manifest = build(args.out, load_config(args.config, assignments))
-    print(json.dumps({k: manifest[k] for k in ("world", "grace", "recent", "ranker", "onnx_parity_max_abs_diff",
+    print(json.dumps({k: manifest[k] for k in ("world", "grace", "recent", "ranking", "onnx_parity_max_abs_diff",
                                                "build_seconds")}, indent=2))
     print(f"model repository ready: {args.out}")
 

@@ -116,3 +116,8 @@ def load_config(path: Path | None = None, assignments: list[str] = (), base: Bui
     for text in assignments:
         config = _replace(config, parse_assignment(text), "")
     return BuildConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+
+def from_dict(settings: dict) -> BuildConfig:
+    """The BuildConfig that `BuildConfig.to_dict()` recorded (e.g. in a build manifest)."""
+    return load_config(base=_replace(BuildConfig(), settings, ""))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from serving.ads.scorer import META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
+from serving.ads import META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
 from serving.calibration import CALIBRATOR_FILE
 from serving.catalog import CATEGORY_FILE
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE

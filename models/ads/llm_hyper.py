@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.ads.features import FEATURE_NAMES, NUM_FEATURES, FeatureTables, build_profiles, pair_features
-from serving.ads.scorer import META_FILE, WEIGHTS_FILE
+from serving.ads import META_FILE, WEIGHTS_FILE
 from models.ads.features import log_features, padded_histories
 
 ARTIFACT_FORMAT = "llm-hyper-ctr"

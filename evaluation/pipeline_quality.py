@@ -1,0 +1,95 @@
+"""Quality of the whole served `recommend` pipeline (retrieval -> merge -> ranker -> calibrated top-k) on the
+held-out users of a built repository, and what each retrieval source contributes: the same users again with
+one source's candidates taken away at a time.
+
+    python -m evaluation.pipeline_quality --repository model_repository [--users 300] [--out result.json]
+
+It runs the in-process reference (models.reference: the served step classes in graph order, the torch
+models in place of their ONNX exports, which the build checks to 1e-4), on the build's own leave-last-out
+split of the simulator it was built from (the configuration is read from build_manifest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from data.sequences import from_world, leave_last_out
+from data.simulator import simulate
+from evaluation.metrics import topk_metrics
+from exporters.config import from_dict
+from kernels.machine import cpu_description
+from models.reference import MANIFEST, ReferencePipeline, run_ensemble
+from serving import graph
+
+
+class NoCandidates:
+    """Stands in for one retrieval step in an ablation: the source returns no candidates."""
+
+    def __init__(self, step: graph.Step):
+        self.step = step
+
+    def __call__(self, **inputs):
+        return {t.name: np.zeros(0, np.int64 if t.dtype == "INT64" else np.float32) for t in self.step.outputs}
+
+
+def evaluate_pipeline(reference: ReferencePipeline, examples, k: int = 10, without: str | None = None) -> dict:
+    steps = dict(reference.steps)
+    if without is not None:
+        source = next(s for s in graph.RETRIEVAL_SOURCES if s.name == without)
+        steps[source.step.name] = NoCandidates(source.step)
+    ranked = np.zeros((len(examples), k), np.int64)
+    credited = {name: 0 for name in graph.SOURCE_NAMES}
+    started = time.perf_counter()
+    for i in range(len(examples)):
+        values = (examples.histories[i], examples.behaviors[i], examples.timestamps[i].astype(np.int64), [k])
+        request = {t.name: np.asarray(v) for t, v in zip(graph.RECOMMEND.inputs, values)}
+        out = run_ensemble(graph.RECOMMEND, steps, request)
+        items = out[graph.TOP_ITEM_IDS.name]
+        ranked[i, :len(items)] = items
+        for name in out[graph.RETRIEVAL_SOURCE.name]:
+            credited[name.decode()] += 1
+    total = max(1, sum(credited.values()))
+    return {"users": len(examples), **{m: round(v, 4) for m, v in topk_metrics(ranked, examples.targets).items()},
+            "top_k_share_by_source": {n: round(c / total, 4) for n, c in credited.items()},
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--users", type=int, help="held-out users (default: the build's eval_users)")
+    parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = parser.parse_args()
+    manifest = json.loads((args.repository / MANIFEST).read_text())
+    config = from_dict(manifest["config"])
+    world = simulate(config.simulator)
+    split = leave_last_out(from_world(world), config.serving.max_history)
+    users = args.users or config.grace.eval_users
+    examples = split.test.subset(np.arange(min(users, len(split.test))))
+    reference = ReferencePipeline(args.repository)
+    result = {"command": "python -m evaluation.pipeline_quality " + " ".join(sys.argv[1:]),
+              "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": cpu_description(), "build_seconds": manifest.get("build_seconds"),
+              "all_sources": evaluate_pipeline(reference, examples)}
+    for source in graph.SOURCE_NAMES:
+        result[f"without_{source}"] = evaluate_pipeline(reference, examples, without=source)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent)
+    return proc.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    main()

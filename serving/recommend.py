@@ -10,9 +10,10 @@ import dataclasses
 
 import numpy as np
 
-from serving.contract import VALID_BEHAVIORS, RequestError, ServingLimits
-from serving.graph import BEHAVIORS, CATEGORY_IDS, EXCLUDE_ITEM_IDS, ITEM_IDS, K, TIMESTAMPS
+from serving.contract import RequestError, ServingLimits
+from serving.graph import CATEGORY_IDS, EXCLUDE_ITEM_IDS, K
 from serving.grace.history import HistoryEncoder
+from serving.validation import check_ids, integer_array, validate_history
 
 @dataclasses.dataclass(frozen=True)
 class HistoryFeatures:
@@ -25,38 +26,13 @@ class HistoryFeatures:
     allowed_categories: np.ndarray  # int64 [>=1]; every category when the request names none
 
 
-def _check_dtype(field: str, value: np.ndarray, kind: str) -> None:
-    if value.dtype.kind not in kind:
-        raise RequestError(field, f"expected an integer tensor, got dtype {value.dtype}")
-
-
 def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimits, item_ids, behaviors, timestamps, k,
                            exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
     """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features."""
-    items = np.asarray(item_ids).reshape(-1)
-    behs = np.asarray(behaviors).reshape(-1)
-    ts = np.asarray(timestamps).reshape(-1)
+    items, behs, ts = validate_history(item_ids, behaviors, timestamps, max_history=limits.max_history,
+                                       num_items=limits.num_items)
     n = len(items)
-    if n == 0:
-        raise RequestError(ITEM_IDS.name, "history is empty; at least 1 event is required")
-    for field, value in ((ITEM_IDS.name, items), (BEHAVIORS.name, behs), (TIMESTAMPS.name, ts)):
-        _check_dtype(field, value, "iu")
-    if n > limits.max_history:
-        raise RequestError(ITEM_IDS.name, f"history has {n} events; the maximum is {limits.max_history}")
-    if len(behs) != n or len(ts) != n:
-        raise RequestError(f"{BEHAVIORS.name}/{TIMESTAMPS.name}",
-                           f"lengths must equal item_ids ({n}); got behaviors={len(behs)}, timestamps={len(ts)}")
-    bad = items[(items < 1) | (items > limits.num_items)]
-    if len(bad):
-        raise RequestError(ITEM_IDS.name, f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
-    bad = behs[~np.isin(behs, VALID_BEHAVIORS)]
-    if len(bad):
-        raise RequestError(BEHAVIORS.name, f"unknown behavior {int(bad[0])}; valid values are {list(VALID_BEHAVIORS)}"
-                           " (1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase)")
-    if n > 1 and np.any(np.diff(ts) < 0):
-        raise RequestError(TIMESTAMPS.name, "must be non-decreasing (oldest event first)")
-    k_arr = np.asarray(k).reshape(-1)
-    _check_dtype(K.name, k_arr, "iu")
+    k_arr = integer_array(K.name, k)
     if len(k_arr) != 1:
         raise RequestError(K.name, f"expected exactly one value, got {len(k_arr)}")
     if not 1 <= int(k_arr[0]) <= limits.max_k:
@@ -64,29 +40,19 @@ def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimit
 
     exclude = np.zeros(1, np.int64)
     if exclude_item_ids is not None:
-        ex = np.asarray(exclude_item_ids).reshape(-1)
-        _check_dtype(EXCLUDE_ITEM_IDS.name, ex, "iu")
+        ex = integer_array(EXCLUDE_ITEM_IDS.name, exclude_item_ids)
         if len(ex) > limits.max_exclude:
             raise RequestError(EXCLUDE_ITEM_IDS.name, f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
-        bad = ex[(ex < 1) | (ex > limits.num_items)]
-        if len(bad):
-            raise RequestError(EXCLUDE_ITEM_IDS.name,
-                               f"unknown item id {int(bad[0])}; valid ids are 1..{limits.num_items}")
+        check_ids(EXCLUDE_ITEM_IDS.name, ex, 1, limits.num_items, "item id")
         exclude = np.unique(np.concatenate([exclude, ex.astype(np.int64)]))
     allowed = np.arange(limits.num_categories, dtype=np.int64)
     if category_ids is not None:
-        cats = np.asarray(category_ids).reshape(-1)
-        _check_dtype(CATEGORY_IDS.name, cats, "iu")
+        cats = integer_array(CATEGORY_IDS.name, category_ids)
         if len(cats) == 0:
             raise RequestError(CATEGORY_IDS.name, "is empty; omit it to allow every category")
-        bad = cats[(cats < 0) | (cats >= limits.num_categories)]
-        if len(bad):
-            raise RequestError(CATEGORY_IDS.name,
-                               f"unknown category {int(bad[0])}; valid ids are 0..{limits.num_categories - 1}")
+        check_ids(CATEGORY_IDS.name, cats, 0, limits.num_categories - 1, "category")
         allowed = np.unique(cats.astype(np.int64))
 
-    items = items.astype(np.int64)
-    behs = behs.astype(np.int64)
     hist_items = np.zeros(limits.max_history, np.int64)
     hist_behaviors = np.zeros(limits.max_history, np.int64)
     hist_items[-n:], hist_behaviors[-n:] = items, behs

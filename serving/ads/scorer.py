@@ -15,10 +15,10 @@ import numpy as np
 from serving.ads import META_FILE, WEIGHTS_FILE
 from serving.ads.features import FEATURE_NAMES, MAX_HISTORY, FeatureTables, build_profiles, pair_features
 from serving.contract import RequestError
-from serving.graph import BEHAVIORS, CAMPAIGN_IDS, ITEM_IDS, TIMESTAMPS
+from serving.graph import CAMPAIGN_IDS
+from serving.validation import integer_array, validate_history
 
 SOURCES = ("warm", "hyper", "llm", "median")  # same order as models.ads.llm_hyper.SOURCES
-VALID_BEHAVIORS = (1, 2, 3, 4)
 
 
 class CtrScorer:
@@ -59,26 +59,9 @@ class CtrScorer:
                        version=meta["version"])
 
     def _validate(self, items, behaviors, timestamps, campaign_ids):
-        items, behs, ts = (np.asarray(a).reshape(-1) for a in (items, behaviors, timestamps))
-        cids = np.asarray(campaign_ids).reshape(-1)
-        fields = (ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS)
-        for field, v in zip((t.name for t in fields), (items, behs, ts, cids)):
-            if v.dtype.kind not in "iu":
-                raise RequestError(field, f"expected an integer tensor, got dtype {v.dtype}")
-        n = len(items)
-        if n == 0:
-            raise RequestError(ITEM_IDS.name, "history is empty; at least 1 event is required")
-        if n > self.max_history:
-            raise RequestError(ITEM_IDS.name, f"history has {n} events; the maximum is {self.max_history}")
-        if len(behs) != n or len(ts) != n:
-            raise RequestError("behaviors/timestamps",
-                               f"lengths must equal item_ids ({n}); got behaviors={len(behs)}, timestamps={len(ts)}")
-        if items.min() < 1 or items.max() > self.tables.num_items:
-            raise RequestError(ITEM_IDS.name, f"item ids must be in [1, {self.tables.num_items}]")
-        if not np.isin(behs, VALID_BEHAVIORS).all():
-            raise RequestError(BEHAVIORS.name, f"behaviour codes must be in {VALID_BEHAVIORS}")
-        if n > 1 and np.any(np.diff(ts) < 0):
-            raise RequestError(TIMESTAMPS.name, "timestamps must be non-decreasing (oldest event first)")
+        items, behs, ts = validate_history(items, behaviors, timestamps, max_history=self.max_history,
+                                           num_items=self.tables.num_items)
+        cids = integer_array(CAMPAIGN_IDS.name, campaign_ids)
         if len(cids) == 0:
             raise RequestError(CAMPAIGN_IDS.name, "at least 1 campaign is required")
         if len(cids) > self.max_campaigns:
@@ -86,8 +69,8 @@ class CtrScorer:
         bad = cids[(cids < 0) | (cids >= self.tables.num_campaigns)]
         if len(bad):
             raise RequestError(CAMPAIGN_IDS.name, f"unknown campaign ids {bad[:5].tolist()}; valid ids are "
-                                               f"0..{self.tables.num_campaigns - 1}")
-        return items.astype(np.int64), behs.astype(np.int64), ts.astype(np.int64), cids.astype(np.int64)
+                                                  f"0..{self.tables.num_campaigns - 1}")
+        return items, behs, ts, cids.astype(np.int64)
 
     def logits(self, history_items, history_behaviors, history_timestamps, campaign_ids) -> np.ndarray:
         items, behs, ts, cids = self._validate(history_items, history_behaviors, history_timestamps, campaign_ids)

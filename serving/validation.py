@@ -1,0 +1,51 @@
+"""Request validation shared by every service: a clear RequestError (served as INVALID_ARGUMENT) that names
+the field and the limit, for the event history every user-facing model takes and for id lists."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving.contract import VALID_BEHAVIORS, RequestError
+from serving.graph import BEHAVIORS, ITEM_IDS, TIMESTAMPS
+
+BEHAVIOR_NAMES = "1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase"
+
+
+def integer_array(field: str, value) -> np.ndarray:
+    """The value as a 1-D array; refused unless it holds integers."""
+    array = np.asarray(value).reshape(-1)
+    if array.dtype.kind not in "iu":
+        raise RequestError(field, f"expected an integer tensor, got dtype {array.dtype}")
+    return array
+
+
+def check_ids(field: str, ids: np.ndarray, low: int, high: int, noun: str) -> None:
+    """Every id within low..high (inclusive)."""
+    bad = ids[(ids < low) | (ids > high)]
+    if len(bad):
+        raise RequestError(field, f"unknown {noun} {int(bad[0])}; valid ids are {low}..{high}")
+
+
+def validate_history(item_ids, behaviors, timestamps, *, max_history: int, num_items: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A user's events, oldest first -> (items, behaviors, timestamps) as int64 arrays of equal length."""
+    items = np.asarray(item_ids).reshape(-1)
+    n = len(items)
+    if n == 0:
+        raise RequestError(ITEM_IDS.name, "history is empty; at least 1 event is required")
+    items = integer_array(ITEM_IDS.name, items)
+    behs = integer_array(BEHAVIORS.name, behaviors)
+    ts = integer_array(TIMESTAMPS.name, timestamps)
+    if n > max_history:
+        raise RequestError(ITEM_IDS.name, f"history has {n} events; the maximum is {max_history}")
+    if len(behs) != n or len(ts) != n:
+        raise RequestError(f"{BEHAVIORS.name}/{TIMESTAMPS.name}", f"lengths must equal {ITEM_IDS.name} ({n}); got "
+                           f"{BEHAVIORS.name}={len(behs)}, {TIMESTAMPS.name}={len(ts)}")
+    check_ids(ITEM_IDS.name, items, 1, num_items, "item id")
+    bad = behs[~np.isin(behs, VALID_BEHAVIORS)]
+    if len(bad):
+        raise RequestError(BEHAVIORS.name, f"unknown behavior {int(bad[0])}; valid values are "
+                           f"{list(VALID_BEHAVIORS)} ({BEHAVIOR_NAMES})")
+    if n > 1 and np.any(np.diff(ts) < 0):
+        raise RequestError(TIMESTAMPS.name, "must be non-decreasing (oldest event first)")
+    return items.astype(np.int64), behs.astype(np.int64), ts.astype(np.int64)

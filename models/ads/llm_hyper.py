@@ -32,6 +32,7 @@ import numpy as np
 
 from serving.ads.features import FEATURE_NAMES, NUM_FEATURES, FeatureTables, build_profiles, pair_features
 from serving.ads import META_FILE, WEIGHTS_FILE
+from serving.contract import default_limit
 from models.ads.features import log_features, padded_histories
 
 ARTIFACT_FORMAT = "llm-hyper-ctr"
@@ -370,7 +371,7 @@ def fit_family_calibrators(prep: Prepared, models: CtrModels) -> tuple[dict, dic
 
 # -------------------------------------------------------------------------------------------- artifact
 def save_artifact(out_dir: Path, tables: FeatureTables, models: CtrModels, calibrators: dict, meta_extra: dict,
-                  max_campaigns: int = 256) -> dict:
+                  max_campaigns: int = default_limit("max_campaigns")) -> dict:
     """DIR/ctr_weights.npz (what serving reads) + DIR/ctr_meta.json (version, features, per-campaign weights,
     sources, calibrators, provenance). The version is a hash of the npz contents."""
     out_dir = Path(out_dir)

@@ -1,0 +1,1 @@
+"""CLIP training side: the open_clip-compatible model and its training. Serving side: serving/clip/."""

@@ -24,13 +24,15 @@ import dataclasses
 
 import numpy as np
 
+from serving.contract import default_limit
+
 FEATURE_NAMES = ("leaf_affinity", "top_affinity", "brand_affinity", "item_interacted", "intent_leaf",
                  "intent_top", "price_match", "audience_category", "audience_price", "carted_leaf", "activity")
 NUM_FEATURES = len(FEATURE_NAMES)
 # Behaviour code -> weight (0 = padding; a removal still signals interest, weakly).
 BEHAVIOR_WEIGHTS = np.array([0.0, 1.0, 2.0, 0.5, 3.0])
 RECENCY_HALF_LIFE_S = 3 * 86_400.0
-MAX_HISTORY = 50
+MAX_HISTORY = default_limit("ads_max_history")  # the feature window; `activity` is normalised by it
 
 
 @dataclasses.dataclass(frozen=True)

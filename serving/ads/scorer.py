@@ -14,7 +14,7 @@ import numpy as np
 
 from serving.ads import META_FILE, WEIGHTS_FILE
 from serving.ads.features import FEATURE_NAMES, MAX_HISTORY, FeatureTables, build_profiles, pair_features
-from serving.contract import RequestError
+from serving.contract import RequestError, default_limit
 from serving.graph import CAMPAIGN_IDS
 from serving.validation import integer_array, validate_history
 
@@ -23,7 +23,7 @@ SOURCES = ("warm", "hyper", "llm", "median")  # same order as models.ads.llm_hyp
 
 class CtrScorer:
     def __init__(self, tables: FeatureTables, weights: np.ndarray, bias: np.ndarray, source: np.ndarray,
-                 calibrators: dict[str, dict], max_campaigns: int = 256, max_history: int = MAX_HISTORY,
+                 calibrators: dict[str, dict], max_campaigns: int = default_limit("max_campaigns"), max_history: int = MAX_HISTORY,
                  version: str = "unversioned"):
         c = tables.num_campaigns
         if weights.shape != (c, len(FEATURE_NAMES)) or bias.shape != (c,) or source.shape != (c,):

@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--users", type=int, help="held-out users (default: the build's eval_users)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--md", type=Path, help="also render it as a markdown table here")
     args = parser.parse_args()
     manifest = json.loads((args.repository / MANIFEST).read_text())
     config = from_dict(manifest["config"])
@@ -83,6 +84,26 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.md:
+        args.md.write_text(render_markdown(result))
+
+
+def render_markdown(result: dict) -> str:
+    """The result file as a table: one row per configuration, with each source's share of the served top-10."""
+    sources = list(result["all_sources"]["top_k_share_by_source"])
+    lines = ["# Served pipeline quality by retrieval source", "",
+             f"`{result['command']}` at commit {result['commit']}, {result['date']}, {result['machine']}. "
+             "Leave-last-out on the build's held-out users, the whole served pipeline (retrieval, merge, ranker, "
+             "calibrated top-10) run in process; each `without_*` row takes one source's candidates away.", "",
+             "| configuration | users | HR@10 | NDCG@10 | HR@5 | " + " | ".join(f"{s} share of top-10" for s in sources)
+             + " |", "|---" * (5 + len(sources)) + "|"]
+    for name, row in result.items():
+        if not isinstance(row, dict) or "hr@10" not in row:
+            continue
+        shares = " | ".join(f"{row['top_k_share_by_source'][s]:.3f}" for s in sources)
+        lines.append(f"| {name} | {row['users']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['hr@5']:.4f} | "
+                     f"{shares} |")
+    return "\n".join(lines) + "\n"
 
 
 def _commit() -> str:

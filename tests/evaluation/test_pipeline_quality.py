@@ -35,3 +35,14 @@ def test_every_source_ablation_removes_exactly_that_source(reference, examples):
         ablated = evaluate_pipeline(reference, examples, without=name)
         assert ablated["top_k_share_by_source"][name] == 0.0
         assert 0.0 <= ablated["hr@10"] <= 1.0
+
+
+def test_markdown_has_one_row_per_configuration(reference, examples):
+    from evaluation.pipeline_quality import render_markdown
+
+    row = evaluate_pipeline(reference, examples.subset(np.arange(3)))
+    result = {"command": "cmd", "commit": "abc", "date": "today", "machine": "cpu", "all_sources": row,
+              "without_recent": row}
+    text = render_markdown(result)
+    assert "| all_sources | 3 |" in text and "| without_recent | 3 |" in text
+    assert all(f"{name} share of top-10" in text for name in graph.SOURCE_NAMES)

@@ -6,10 +6,14 @@ outside the repository (default ~/.cache/recserve/ml-100k). recbole itself is ne
 Attributes (coarse -> fine): genre (first listed genre), genres (the item's whole genre combination, which
 determines `genre`), year_bucket (release year, coarse buckets; unknown years get their own bucket).
 Behaviours: the star rating, "rating_1".."rating_5" (ids 1..5), or a single "rate" behaviour.
+
+`python -m data.movielens --out DIR [--cache DIR]` writes MovieLens-100k as a dataset directory
+(docs/dataset.md) with `write_movielens`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -162,3 +166,107 @@ def load_movielens_100k(cache_dir: Path = DEFAULT_CACHE, min_user_events: int = 
     folder = fetch_movielens_100k(cache_dir)
     return build_movielens(parse_atomic_file(folder / "ml-100k.inter"), parse_atomic_file(folder / "ml-100k.item"),
                            min_user_events=min_user_events, behaviors=behaviors)
+
+
+DATASET_NAME = "movielens-100k"
+RATING_EVENTS = tuple(f"rating_{r}" for r in range(1, 6))
+
+
+def _canonical_int(token: str) -> bool:
+    """True when int64 keeps the token as it is ("42"; not "042", "+4" or "4.0")."""
+    return token.isascii() and token.isdigit() and str(int(token)) == token and int(token) < 2 ** 63
+
+
+def movie_title(title: str, year: str) -> str:
+    """Title and year ("Toy Story (1995)"); the bare title when the release year is missing or malformed."""
+    return f"{title} ({year})" if len(year) == 4 and year.isdigit() else title
+
+
+def genre_category(genres: str) -> str:
+    """Category path of a movie: first listed genre > the whole genre combination ("Comedy > Comedy, Drama",
+    "Drama > Drama"), the two levels of build_movielens' `genre` and `genres` attributes; a movie without a
+    genre is "unknown > unknown"."""
+    gl = genres.split() or ["unknown"]
+    return f"{gl[0]} > {', '.join(gl)}"
+
+
+def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str | Path, *,
+                    name: str = DATASET_NAME, overwrite: bool = False) -> dict:
+    """Write a RecBole atomic .inter/.item pair (MovieLens-100k) as the dataset contract (docs/dataset.md) into
+    `out_dir`; returns the row counts.
+
+    items.parquet: every movie of the item file (item_id, title "Title (year)", category `genre_category`),
+    no images. events.parquet: every rating (no filtering: that is the build's job), event "rating_<stars>"
+    (stars rounded, clipped to 1..5), timestamp int64 seconds, sorted by (user, timestamp) with file order
+    breaking ties; user_id int64 when every user token is a plain integer (as in ML-100k), else the tokens
+    as strings. dataset.json declares "rating_1".."rating_5" with "rating_5" the conversion event."""
+    import pyarrow as pa
+
+    from data.simulator import _staged_dataset_dir, _write_dataset_json, _write_parquet
+
+    inter, item = parse_atomic_file(Path(inter_path)), parse_atomic_file(Path(item_path))
+    for cols, need, path in ((inter, ("user_id", "item_id", "rating", "timestamp"), inter_path),
+                             (item, ("item_id", "movie_title", "release_year", "class"), item_path)):
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing} (has {list(cols)})")
+    for token in item["item_id"] + inter["item_id"]:
+        if not _canonical_int(token):
+            raise ValueError(f"item id {token!r} is not an integer; the dataset contract needs int64 item ids")
+    item_ids = np.array([int(x) for x in item["item_id"]], np.int64)
+    uniq, counts = np.unique(item_ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{item_path}: duplicate item ids, e.g. {uniq[counts > 1][:5].tolist()}")
+    ev_items = np.array([int(x) for x in inter["item_id"]], np.int64)
+    unknown = np.setdiff1d(ev_items, item_ids)
+    if len(unknown):
+        raise ValueError(f"{len(unknown)} rated items have no row in the item file, e.g. {unknown[:5].tolist()}")
+
+    users_raw = inter["user_id"]
+    int_users = all(_canonical_int(u) for u in users_raw)
+    users = np.array([int(u) for u in users_raw], np.int64) if int_users else np.array(users_raw, dtype=object)
+    ratings = np.clip(np.rint(np.array(inter["rating"], np.float64)), 1, 5).astype(np.int64)
+    ts = np.rint(np.array(inter["timestamp"], np.float64)).astype(np.int64)
+    _, user_rank = np.unique(users, return_inverse=True)
+    order = np.lexsort((ts, user_rank))  # stable: file order breaks ties
+
+    order_items = np.argsort(item_ids, kind="stable")
+    with _staged_dataset_dir(Path(out_dir), overwrite) as d:
+        n_items = _write_parquet(d / "items.parquet", {
+            "item_id": item_ids[order_items],
+            "title": [movie_title(item["movie_title"][i], item["release_year"][i]) for i in order_items.tolist()],
+            "category": [genre_category(item["class"][i]) for i in order_items.tolist()],
+        }, pa.schema([("item_id", pa.int64()), ("title", pa.string()), ("category", pa.string())]))
+        n_events = _write_parquet(d / "events.parquet", {
+            "user_id": users[order] if int_users else [str(u) for u in users[order]],
+            "item_id": ev_items[order],
+            "event": [RATING_EVENTS[r - 1] for r in ratings[order].tolist()],
+            "timestamp": ts[order],
+        }, pa.schema([("user_id", pa.int64() if int_users else pa.string()), ("item_id", pa.int64()),
+                      ("event", pa.string()), ("timestamp", pa.int64())]))
+        _write_dataset_json(d / "dataset.json", name, RATING_EVENTS, RATING_EVENTS[-1])
+    return {"items": n_items, "events": n_events, "users": int(user_rank.max() + 1) if len(users) else 0,
+            "rated_items": int(len(np.unique(ev_items)))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write MovieLens-100k (from the recbole wheel) as a dataset "
+                                                 "directory (docs/dataset.md).")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="dataset directory to write; must be absent or empty")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
+                        help=f"where the downloaded ml-100k files are cached (default {DEFAULT_CACHE})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DIR when it holds a dataset written before")
+    args = parser.parse_args()
+    folder = fetch_movielens_100k(args.cache)
+    try:
+        counts = write_movielens(folder / "ml-100k.inter", folder / "ml-100k.item", args.out,
+                                 overwrite=args.overwrite)
+    except (FileExistsError, NotADirectoryError) as e:
+        parser.error(str(e))
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

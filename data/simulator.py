@@ -8,8 +8,12 @@ hidden ground-truth CTR model. Item id 0 is reserved for padding, so real items 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -283,18 +287,176 @@ def summary(world: World) -> dict:
     }
 
 
+# The dataset contract (docs/dataset.md): behaviour code = 1 + index in this vocabulary.
+DATASET_EVENTS = tuple(BEHAVIOR_NAMES[b] for b in sorted(BEHAVIOR_NAMES))
+CATEGORY_SEPARATOR = " > "
+IMAGE_DIR = "images"
+
+
+def top_name(cfg: SimConfig, top: int) -> str:
+    """Display name of a top category id (the name the titles use; names repeat past the list's length)."""
+    return _TOP_CATEGORIES[int(top) % len(_TOP_CATEGORIES)]
+
+
+def category_path(cfg: SimConfig, leaf: int) -> str:
+    """The category path ("top > leaf") of a global leaf category id, as written to items.parquet."""
+    return f"{top_name(cfg, int(leaf) // cfg.subcategories_per_top)}{CATEGORY_SEPARATOR}{leaf_name(cfg, leaf)}"
+
+
+@contextlib.contextmanager
+def _staged_dataset_dir(out_dir: Path, overwrite: bool):
+    """Yield a fresh sibling folder to write into; on success it replaces `out_dir`, so a failed or interrupted
+    run never leaves a half-written dataset. `out_dir` must be absent or empty, or (with `overwrite`) a
+    dataset folder written before (one holding dataset.json)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise NotADirectoryError(f"{out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not (overwrite and (out_dir / "dataset.json").is_file()):
+            raise FileExistsError(f"{out_dir} is not empty; choose a new directory"
+                                  + ("" if overwrite else " or pass overwrite=True (--overwrite) to replace a "
+                                     "dataset written before"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    stage.replace(out_dir)
+
+
+def _write_parquet(path: Path, columns: dict, schema) -> int:
+    """Write columns with an explicit Arrow schema (so dtypes never depend on pandas' inference)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pydict(columns, schema=schema)
+    pq.write_table(table, path)
+    return table.num_rows
+
+
+def _write_dataset_json(path: Path, name: str, events: tuple[str, ...] | list[str], conversion_event: str) -> None:
+    meta = {"name": name, "events": list(events), "conversion_event": conversion_event, "time_zone": "UTC"}
+    Path(path).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_mnist_root=None,
+                  train_images: tuple[np.ndarray, np.ndarray] | None = None,
+                  campaign_impressions: tuple[int, int, int] = (1200, 400, 500),
+                  overwrite: bool = False) -> dict:
+    """Write `world` as the dataset contract (docs/dataset.md) into `out_dir`; returns the row counts.
+
+    items.parquet (item_id 1..N, title, category "top > leaf", brand "brandNNN", price, image), images/<id>.png
+    (each item's Fashion-MNIST TRAIN image, data/creatives.catalog_images(seed=seed)), events.parquet
+    (behaviour codes as the default names), impressions.parquet (organic exposures, clicked), campaigns.parquet
+    (data/campaigns.build_campaigns(world, seed): ad copy, promoted item and its image, targeting: top
+    categories and the price range of the targeted price buckets), ad_impressions.parquet (that campaign log),
+    dataset.json and summary.json. `train_images` replaces the Fashion-MNIST train split (tests)."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from data.campaigns import build_campaigns
+    from data.creatives import catalog_images
+
+    cfg, cat = world.config, world.catalog
+    n = cat.num_items
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    images = catalog_images(cat, cfg, seed=seed, root=fashion_mnist_root, train=train_images).item_images
+    cs = build_campaigns(world, seed=seed, impressions=campaign_impressions)
+    image_path = [f"{IMAGE_DIR}/{i}.png" for i in ids.tolist()]
+
+    # Targeted price range: from the cheapest item of the lowest targeted bucket to the dearest of the highest.
+    bucket_lo = np.array([cat.price[1:][cat.price_bucket[1:] == b].min(initial=np.inf)
+                          for b in range(cfg.num_price_buckets)], np.float64)
+    bucket_hi = np.array([cat.price[1:][cat.price_bucket[1:] == b].max(initial=-np.inf)
+                          for b in range(cfg.num_price_buckets)], np.float64)
+    price_min = [float(bucket_lo[row].min()) for row in cs.audience_price]
+    price_max = [float(bucket_hi[row].max()) for row in cs.audience_price]
+
+    counts: dict = {}
+    with _staged_dataset_dir(Path(out_dir), overwrite) as d:
+        (d / IMAGE_DIR).mkdir()
+        for i, path in zip(ids.tolist(), image_path):
+            Image.fromarray(images[i], mode="L").save(d / path, format="PNG")
+        counts["images"] = n
+        counts["items"] = _write_parquet(d / "items.parquet", {
+            "item_id": ids,
+            "title": list(cat.titles[1:]),
+            "category": [category_path(cfg, lf) for lf in cat.leaf_category[1:].tolist()],
+            "brand": [f"brand{b:03d}" for b in cat.brand[1:].tolist()],
+            "price": cat.price[1:].astype(np.float64),
+            "image": image_path,
+        }, pa.schema([("item_id", pa.int64()), ("title", pa.string()), ("category", pa.string()),
+                      ("brand", pa.string()), ("price", pa.float64()), ("image", pa.string())]))
+        counts["events"] = _write_parquet(d / "events.parquet", {
+            "user_id": world.event_user.astype(np.int64),
+            "item_id": world.event_item.astype(np.int64),
+            "event": [BEHAVIOR_NAMES[b] for b in world.event_behavior.tolist()],
+            "timestamp": world.event_timestamp.astype(np.int64),
+        }, pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("event", pa.string()),
+                      ("timestamp", pa.int64())]))
+        counts["impressions"] = _write_parquet(d / "impressions.parquet", {
+            "user_id": world.impression_user.astype(np.int64),
+            "item_id": world.impression_item.astype(np.int64),
+            "timestamp": world.impression_time.astype(np.int64),
+            "clicked": world.impression_click.astype(bool),
+        }, pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("timestamp", pa.int64()),
+                      ("clicked", pa.bool_())]))
+        counts["campaigns"] = _write_parquet(d / "campaigns.parquet", {
+            "campaign_id": np.arange(cs.num_campaigns, dtype=np.int64),
+            "title": list(cs.text),
+            "image": [image_path[i - 1] for i in cs.item.tolist()],
+            "item_id": cs.item.astype(np.int64),
+            "target_categories": [[top_name(cfg, t) for t in np.flatnonzero(row).tolist()]
+                                  for row in cs.audience_top],
+            "target_price_min": price_min,
+            "target_price_max": price_max,
+        }, pa.schema([("campaign_id", pa.int64()), ("title", pa.string()), ("image", pa.string()),
+                      ("item_id", pa.int64()), ("target_categories", pa.list_(pa.string())),
+                      ("target_price_min", pa.float64()), ("target_price_max", pa.float64())]))
+        counts["ad_impressions"] = _write_parquet(d / "ad_impressions.parquet", {
+            "user_id": cs.log_user.astype(np.int64),
+            "campaign_id": cs.log_campaign.astype(np.int64),
+            "timestamp": cs.log_time.astype(np.int64),
+            "clicked": cs.log_click.astype(bool),
+        }, pa.schema([("user_id", pa.int64()), ("campaign_id", pa.int64()), ("timestamp", pa.int64()),
+                      ("clicked", pa.bool_())]))
+        _write_dataset_json(d / "dataset.json", f"simulator-seed{seed}", DATASET_EVENTS, "purchase")
+        (d / "summary.json").write_text(json.dumps(summary(world), indent=2) + "\n")
+    counts["users"] = int(len(np.unique(world.event_user)))
+    return counts
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Print a summary of the simulated world.")
+    parser = argparse.ArgumentParser(description="Simulate a world: print its summary and optionally write it as "
+                                                 "a dataset (docs/dataset.md).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-items", type=int, default=SimConfig.num_items)
     parser.add_argument("--num-users", type=int, default=SimConfig.num_users)
-    parser.add_argument("--out", type=Path, help="write the summary as JSON here")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write the world as a dataset directory (Parquet files, images, dataset.json, "
+                             "summary.json); DIR must be absent or empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --out: replace DIR when it holds a dataset written before")
+    parser.add_argument("--summary", type=Path, metavar="FILE", help="write the summary as JSON here")
     args = parser.parse_args()
     world = simulate(SimConfig(seed=args.seed, num_items=args.num_items, num_users=args.num_users))
     text = json.dumps(summary(world), indent=2)
     print(text)
+    if args.summary:
+        args.summary.write_text(text)
     if args.out:
-        args.out.write_text(text)
+        try:
+            counts = write_dataset(world, args.out, seed=args.seed, overwrite=args.overwrite)
+        except (FileExistsError, NotADirectoryError) as e:
+            parser.error(str(e))
+        print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,13 @@ CLI: ``python -m data.dataset DIR`` validates and prints the summary as JSON (ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -625,6 +629,50 @@ def load_dataset(directory: str | Path, check_images: bool = True) -> Dataset:
     files = {base: p.name for base, p in paths.items() if p is not None}
     return Dataset(directory=directory, meta=meta, items=items, events=events, impressions=impressions,
                    campaigns=campaigns, ad_impressions=ad_impressions, files=files)
+
+
+# --- writing the contract (the simulator and MovieLens writers use these) ---------------------------------
+@contextlib.contextmanager
+def staged_dataset_dir(out_dir: Path, overwrite: bool):
+    """Yield a fresh sibling folder to write into; on success it replaces `out_dir`, so a failed or interrupted
+    run never leaves a half-written dataset. `out_dir` must be absent or empty, or (with `overwrite`) a
+    dataset folder written before (one holding dataset.json)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise NotADirectoryError(f"{out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()) and not (overwrite and (out_dir / META_FILE).is_file()):
+            raise FileExistsError(f"{out_dir} is not empty; choose a new directory"
+                                  + ("" if overwrite else " or pass overwrite=True (--overwrite) to replace a "
+                                     "dataset written before"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    stage.replace(out_dir)
+
+
+def write_parquet(path: Path, columns: dict, schema) -> int:
+    """Write columns with an explicit Arrow schema (so dtypes never depend on pandas' inference)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pydict(columns, schema=schema)
+    pq.write_table(table, path)
+    return table.num_rows
+
+
+def write_dataset_json(path: Path, name: str, events: tuple[str, ...] | list[str], conversion_event: str) -> None:
+    meta = {"name": name, "events": list(events), "conversion_event": conversion_event, "time_zone": "UTC"}
+    Path(path).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

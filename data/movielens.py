@@ -202,7 +202,7 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
     as strings. dataset.json declares "rating_1".."rating_5" with "rating_5" the conversion event."""
     import pyarrow as pa
 
-    from data.simulator import _staged_dataset_dir, _write_dataset_json, _write_parquet
+    from data.dataset import staged_dataset_dir, write_dataset_json, write_parquet
 
     inter, item = parse_atomic_file(Path(inter_path)), parse_atomic_file(Path(item_path))
     for cols, need, path in ((inter, ("user_id", "item_id", "rating", "timestamp"), inter_path),
@@ -231,20 +231,20 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
     order = np.lexsort((ts, user_rank))  # stable: file order breaks ties
 
     order_items = np.argsort(item_ids, kind="stable")
-    with _staged_dataset_dir(Path(out_dir), overwrite) as d:
-        n_items = _write_parquet(d / "items.parquet", {
+    with staged_dataset_dir(Path(out_dir), overwrite) as d:
+        n_items = write_parquet(d / "items.parquet", {
             "item_id": item_ids[order_items],
             "title": [movie_title(item["movie_title"][i], item["release_year"][i]) for i in order_items.tolist()],
             "category": [genre_category(item["class"][i]) for i in order_items.tolist()],
         }, pa.schema([("item_id", pa.int64()), ("title", pa.string()), ("category", pa.string())]))
-        n_events = _write_parquet(d / "events.parquet", {
+        n_events = write_parquet(d / "events.parquet", {
             "user_id": users[order] if int_users else [str(u) for u in users[order]],
             "item_id": ev_items[order],
             "event": [RATING_EVENTS[r - 1] for r in ratings[order].tolist()],
             "timestamp": ts[order],
         }, pa.schema([("user_id", pa.int64() if int_users else pa.string()), ("item_id", pa.int64()),
                       ("event", pa.string()), ("timestamp", pa.int64())]))
-        _write_dataset_json(d / "dataset.json", name, RATING_EVENTS, RATING_EVENTS[-1])
+        write_dataset_json(d / "dataset.json", name, RATING_EVENTS, RATING_EVENTS[-1])
     return {"items": n_items, "events": n_events, "users": int(user_rank.max() + 1) if len(users) else 0,
             "rated_items": int(len(np.unique(ev_items)))}
 

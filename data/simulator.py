@@ -8,15 +8,13 @@ hidden ground-truth CTR model. Item id 0 is reserved for padding, so real items 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from data.dataset import CATEGORY_SEPARATOR, staged_dataset_dir, write_dataset_json, write_parquet
 
 # Behaviour codes shared with the serving protocol (0 is padding).
 VIEW, ADD_TO_CART, REMOVE_FROM_CART, PURCHASE = 1, 2, 3, 4
@@ -289,7 +287,6 @@ def summary(world: World) -> dict:
 
 # The dataset contract (docs/dataset.md): behaviour code = 1 + index in this vocabulary.
 DATASET_EVENTS = tuple(BEHAVIOR_NAMES[b] for b in sorted(BEHAVIOR_NAMES))
-CATEGORY_SEPARATOR = " > "
 IMAGE_DIR = "images"
 
 
@@ -301,49 +298,6 @@ def top_name(cfg: SimConfig, top: int) -> str:
 def category_path(cfg: SimConfig, leaf: int) -> str:
     """The category path ("top > leaf") of a global leaf category id, as written to items.parquet."""
     return f"{top_name(cfg, int(leaf) // cfg.subcategories_per_top)}{CATEGORY_SEPARATOR}{leaf_name(cfg, leaf)}"
-
-
-@contextlib.contextmanager
-def _staged_dataset_dir(out_dir: Path, overwrite: bool):
-    """Yield a fresh sibling folder to write into; on success it replaces `out_dir`, so a failed or interrupted
-    run never leaves a half-written dataset. `out_dir` must be absent or empty, or (with `overwrite`) a
-    dataset folder written before (one holding dataset.json)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise NotADirectoryError(f"{out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()) and not (overwrite and (out_dir / "dataset.json").is_file()):
-            raise FileExistsError(f"{out_dir} is not empty; choose a new directory"
-                                  + ("" if overwrite else " or pass overwrite=True (--overwrite) to replace a "
-                                     "dataset written before"))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    stage.replace(out_dir)
-
-
-def _write_parquet(path: Path, columns: dict, schema) -> int:
-    """Write columns with an explicit Arrow schema (so dtypes never depend on pandas' inference)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pydict(columns, schema=schema)
-    pq.write_table(table, path)
-    return table.num_rows
-
-
-def _write_dataset_json(path: Path, name: str, events: tuple[str, ...] | list[str], conversion_event: str) -> None:
-    meta = {"name": name, "events": list(events), "conversion_event": conversion_event, "time_zone": "UTC"}
-    Path(path).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_mnist_root=None,
@@ -380,12 +334,12 @@ def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_m
     price_max = [float(bucket_hi[row].max()) for row in cs.audience_price]
 
     counts: dict = {}
-    with _staged_dataset_dir(Path(out_dir), overwrite) as d:
+    with staged_dataset_dir(Path(out_dir), overwrite) as d:
         (d / IMAGE_DIR).mkdir()
         for i, path in zip(ids.tolist(), image_path):
             Image.fromarray(images[i], mode="L").save(d / path, format="PNG")
         counts["images"] = n
-        counts["items"] = _write_parquet(d / "items.parquet", {
+        counts["items"] = write_parquet(d / "items.parquet", {
             "item_id": ids,
             "title": list(cat.titles[1:]),
             "category": [category_path(cfg, lf) for lf in cat.leaf_category[1:].tolist()],
@@ -394,21 +348,21 @@ def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_m
             "image": image_path,
         }, pa.schema([("item_id", pa.int64()), ("title", pa.string()), ("category", pa.string()),
                       ("brand", pa.string()), ("price", pa.float64()), ("image", pa.string())]))
-        counts["events"] = _write_parquet(d / "events.parquet", {
+        counts["events"] = write_parquet(d / "events.parquet", {
             "user_id": world.event_user.astype(np.int64),
             "item_id": world.event_item.astype(np.int64),
             "event": [BEHAVIOR_NAMES[b] for b in world.event_behavior.tolist()],
             "timestamp": world.event_timestamp.astype(np.int64),
         }, pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("event", pa.string()),
                       ("timestamp", pa.int64())]))
-        counts["impressions"] = _write_parquet(d / "impressions.parquet", {
+        counts["impressions"] = write_parquet(d / "impressions.parquet", {
             "user_id": world.impression_user.astype(np.int64),
             "item_id": world.impression_item.astype(np.int64),
             "timestamp": world.impression_time.astype(np.int64),
             "clicked": world.impression_click.astype(bool),
         }, pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("timestamp", pa.int64()),
                       ("clicked", pa.bool_())]))
-        counts["campaigns"] = _write_parquet(d / "campaigns.parquet", {
+        counts["campaigns"] = write_parquet(d / "campaigns.parquet", {
             "campaign_id": np.arange(cs.num_campaigns, dtype=np.int64),
             "title": list(cs.text),
             "image": [image_path[i - 1] for i in cs.item.tolist()],
@@ -420,14 +374,14 @@ def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_m
         }, pa.schema([("campaign_id", pa.int64()), ("title", pa.string()), ("image", pa.string()),
                       ("item_id", pa.int64()), ("target_categories", pa.list_(pa.string())),
                       ("target_price_min", pa.float64()), ("target_price_max", pa.float64())]))
-        counts["ad_impressions"] = _write_parquet(d / "ad_impressions.parquet", {
+        counts["ad_impressions"] = write_parquet(d / "ad_impressions.parquet", {
             "user_id": cs.log_user.astype(np.int64),
             "campaign_id": cs.log_campaign.astype(np.int64),
             "timestamp": cs.log_time.astype(np.int64),
             "clicked": cs.log_click.astype(bool),
         }, pa.schema([("user_id", pa.int64()), ("campaign_id", pa.int64()), ("timestamp", pa.int64()),
                       ("clicked", pa.bool_())]))
-        _write_dataset_json(d / "dataset.json", f"simulator-seed{seed}", DATASET_EVENTS, "purchase")
+        write_dataset_json(d / "dataset.json", f"simulator-seed{seed}", DATASET_EVENTS, "purchase")
         (d / "summary.json").write_text(json.dumps(summary(world), indent=2) + "\n")
     counts["users"] = int(len(np.unique(world.event_user)))
     return counts

@@ -96,7 +96,12 @@ def load_dataset(name: str, *, sim_users: int | None = None, sim_items: int | No
         from data.movielens import DEFAULT_CACHE, load_movielens_100k
 
         return load_movielens_100k(ml_cache_dir or DEFAULT_CACHE)
-    raise ValueError(f"unknown dataset {name!r}; choose from sim, ml100k")
+    if Path(name).is_dir():  # a dataset directory of the contract (docs/dataset.md)
+        from data.dataset import load_dataset as load_contract
+        from data.sequences import from_dataset
+
+        return from_dataset(load_contract(Path(name), check_images=False))
+    raise ValueError(f"unknown dataset {name!r}; choose from sim, ml100k or a dataset directory (docs/dataset.md)")
 
 
 def eval_subsample(num_test: int, eval_users: int) -> np.ndarray:
@@ -288,7 +293,8 @@ def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[di
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["sim", "ml100k"], choices=["sim", "ml100k"])
+    p.add_argument("--datasets", nargs="+", default=["sim", "ml100k"],
+                   help="sim, ml100k, or dataset directories of the contract (docs/dataset.md)")
     p.add_argument("--models", nargs="+", default=["mostpop", "sasrec"], help=f"registered: {sorted(REGISTRY)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--max-history", type=int, default=50)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data.sequences import leave_last_out
 from evaluation import evaluate as ev
 from evaluation.baselines import MostPopular
 from evaluation.metrics import hit_rate_at_k, ndcg_at_k, target_ranks, topk_metrics
@@ -124,3 +125,18 @@ def test_combine_reports_made_in_parallel(tmp_path):
     ev.evaluate(["sim"], ["mostpop"], [0], 20, dataclasses.replace(ev.QUICK_BUDGET, epochs=3), 50, other, "c", **kw)
     with pytest.raises(ValueError, match="budget"):
         ev.combine([a.with_suffix(".json"), other.with_suffix(".json")], tmp_path / "bad.md", "c")
+
+
+def test_harness_reads_a_dataset_directory(tmp_path):
+    """Any dataset of the contract (docs/dataset.md) is a harness dataset; unknown names are refused."""
+    from tests.data.fixture_dataset import write_fixture
+
+    directory = write_fixture(tmp_path / "shop")
+    seq = ev.load_dataset(str(directory))
+    assert seq.num_items == 12 and seq.external_item_ids is not None
+    split = leave_last_out(seq, 5)
+    recs = MostPopular()
+    recs.fit(seq, split.train, seed=0)
+    assert recs.recommend(split.test, 3).shape == (len(split.test), 3)
+    with pytest.raises(ValueError, match="dataset directory"):
+        ev.load_dataset(str(tmp_path / "missing"))

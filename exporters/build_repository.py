@@ -87,6 +87,8 @@ def grace_stage(b: Build) -> dict:
                             budget=TrainingBudget(epochs=cfg.epochs, max_examples_per_epoch=cfg.examples_per_epoch,
                                                   batch_size=cfg.batch_size, lr=cfg.lr))
     metrics.update(evaluate_recommender(retriever, test))
+    # The encoder's input length limit follows the tokenizer: every step checks it (serving.graph ENC_TOKENS).
+    b.limits = dataclasses.replace(b.limits, tokens_per_event=retriever.encoder.tokenizer.tokens_per_event)
     retriever.encoder.save(b.dir(graph.FEATURES))
     retriever.encoder.tokenizer.save(b.dir(graph.GRACE_RETRIEVE) / TOKENIZER_FILE)
     b.parity.update(export_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE), seed=b.config.seed))
@@ -177,11 +179,12 @@ def build(out: Path, config: BuildConfig = BuildConfig()) -> dict:
     worst = max(b.parity.values())
     if worst > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX Runtime disagrees with torch: {b.parity} (tolerance {PARITY_TOLERANCE})")
+    write_configs(out, b.limits)  # again, with the limits the stages settled (the GRACE tokens per event)
     missing = missing_artifacts(out)
     if missing:
         raise RuntimeError(f"the serving graph declares artifacts that no stage wrote: {missing}")
     manifest = {
-        "config": config.to_dict(), "limits": dataclasses.asdict(limits), "world": summary(world), **metrics,
+        "config": config.to_dict(), "limits": dataclasses.asdict(b.limits), "world": summary(world), **metrics,
         "onnx_parity_max_abs_diff": b.parity, "build_seconds": round(time.perf_counter() - started, 1),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -21,7 +21,7 @@ from models.ranking.train import RankerTrainConfig
 from serving.contract import ServingLimits
 
 
-DATA_DECIDED = ("num_items", "num_categories", "num_campaigns")  # limits the data sets, not the config
+DATA_DECIDED = ("num_items", "num_categories", "num_campaigns", "tokens_per_event")  # set by the data/models
 
 
 def _limits(self, num_items: int, num_categories: int, num_campaigns: int) -> ServingLimits:

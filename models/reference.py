@@ -30,6 +30,7 @@ class TorchGraceRetrieve(GraceRetrieve):
     def load(self):
         tokenizer = ItemTokenizer.load(self.version_dir / TOKENIZER_FILE)
         self.trie, self.path_to_item = tokenizer.build_trie(), tokenizer.path_to_item()
+        self.vocab_size = tokenizer.vocab_size
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()
@@ -53,14 +54,15 @@ class TorchRank(Rank):
 TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchRank)}
 
 
-def run_ensemble(ensemble: graph.Ensemble, steps: dict[str, StepModel], request: dict[str, np.ndarray]
-                 ) -> dict[str, np.ndarray]:
-    """Runs the ensemble's steps in graph order over named tensors, as Triton's ensemble scheduler does."""
+def run_ensemble(ensemble: graph.Ensemble, steps: dict[str, StepModel], request: dict[str, np.ndarray],
+                 every_tensor: bool = False) -> dict[str, np.ndarray]:
+    """Runs the ensemble's steps in graph order over named tensors, as Triton's ensemble scheduler does; returns
+    the ensemble's outputs, or every tensor it made (the inputs of each step, for tests)."""
     tensors = dict(request)
     for step in ensemble.steps:
         inputs = {t.name: tensors[t.name] for t in step.inputs if t.name in tensors}
         tensors.update(steps[step.name](**inputs))
-    return {t.name: tensors[t.name] for t in ensemble.outputs}
+    return tensors if every_tensor else {t.name: tensors[t.name] for t in ensemble.outputs}
 
 
 class ReferencePipeline:

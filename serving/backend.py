@@ -14,12 +14,20 @@ from __future__ import annotations
 import inspect
 import json
 import traceback
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from serving.contract import RequestError, ServingLimits
 from serving.graph import Step
+
+
+class InternalError(RuntimeError):
+    """What a client sees of a bug: an id to quote, never a traceback or a path."""
+
+    def __init__(self, incident: str):
+        super().__init__(f"internal error {incident}; the server log has the details")
 
 
 class StepModel:
@@ -48,8 +56,31 @@ class StepModel:
         return [self.run(**inputs) for inputs in batch]
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """One request in process: inputs and outputs named by the graph."""
+        """One request in process: inputs and outputs named by the graph, checked as when served."""
+        self.check_inputs(inputs)
         return self.name_outputs(self.run(**inputs))
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        """What the graph declares a request may send: value ranges, lengths, finite floats. Every step runs
+        this, so a step called directly (any client can) refuses what its neighbours would never send."""
+        for tensor in self.STEP.inputs:
+            value = inputs.get(tensor.name)
+            if value is None or not isinstance(value, np.ndarray):
+                continue
+            limit = tensor.length_limit(self.limits)
+            if limit is not None and value.ndim >= 1 and value.shape[0] > limit:
+                raise RequestError(tensor.name, f"has {value.shape[0]} values; the maximum is {limit}")
+            bounds = tensor.value_range(self.limits)
+            if bounds is not None and value.size:
+                if value.dtype.kind not in "iu":
+                    raise RequestError(tensor.name, f"expected an integer tensor, got dtype {value.dtype}")
+                low, high = bounds
+                bad = value[(value < low) | (value > high)]
+                if len(bad):
+                    raise RequestError(tensor.name,
+                                       f"value {int(bad[0])} is out of range; valid range is {low}..{high}")
+            if tensor.dtype == "FP32" and value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise RequestError(tensor.name, "values must be finite (no NaN or infinity)")
 
     def name_outputs(self, result: tuple) -> dict[str, np.ndarray]:
         outputs = self.STEP.outputs
@@ -92,7 +123,9 @@ class StepModel:
         batch, slots = [], []
         for i, request in enumerate(requests):
             try:
-                batch.append(self.read_request(request))
+                inputs = self.read_request(request)
+                self.check_inputs(inputs)
+                batch.append(inputs)
                 slots.append(i)
             except RequestError as err:
                 responses[i] = self._error(str(err), self.pb.TritonError.INVALID_ARG)
@@ -107,15 +140,16 @@ class StepModel:
                 except RequestError as err:
                     results.append(err)
         except Exception:  # a bug, not the client's fault: INTERNAL, and the server keeps serving
-            message = traceback.format_exc()
-            self.pb.Logger.log_error(message)
-            results = [RuntimeError(message.strip().splitlines()[-1])] * len(batch)
+            # The client gets an opaque id; the server log carries it with the full traceback.
+            incident = uuid.uuid4().hex[:12]
+            self.pb.Logger.log_error(f"{self.STEP.name} internal error {incident}:\n{traceback.format_exc()}")
+            results = [InternalError(incident)] * len(batch)
         add_batch_dim = not self.STEP.batching.rows_are_batch
         for i, result in zip(slots, results):
             if isinstance(result, RequestError):
                 responses[i] = self._error(str(result), self.pb.TritonError.INVALID_ARG)
             elif isinstance(result, Exception):
-                responses[i] = self._error(f"internal error: {result}", self.pb.TritonError.INTERNAL)
+                responses[i] = self._error(str(result), self.pb.TritonError.INTERNAL)
             else:
                 responses[i] = self.pb.InferenceResponse(output_tensors=[
                     self.pb.Tensor(name, value[None] if add_batch_dim else value)

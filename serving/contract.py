@@ -24,6 +24,16 @@ class ServingLimits:
     max_campaigns: int = 256  # score_ads: campaigns per request
     ads_max_history: int = 50  # score_ads: events per request (the CTR features' window)
     max_clip_rows: int = 64  # clip_embed: images/texts per request
+    tokens_per_event: int = 9  # GRACE tokens per history event (behaviour + item path); the build sets it
+
+    @property
+    def num_behaviors(self) -> int:
+        return len(VALID_BEHAVIORS)
+
+    @property
+    def max_history_tokens(self) -> int:
+        """The longest GRACE encoder input a request can produce."""
+        return self.max_history * self.tokens_per_event
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -7,6 +7,11 @@ steps from it in the same order. A tensor name or a step name is written here an
 
 Dims are ints, or names of `serving.contract.ServingLimits` fields resolved when a build renders its configs.
 Every tensor of a step carries a leading batch dimension when served; the dims here exclude it.
+
+A tensor also declares what a request may put in it: `values` (inclusive low..high of an integer tensor) and
+`max_len` (of a variable-length one), as ints or limit expressions ("num_items", "num_categories-1",
+"max_exclude+1"). Every served step checks its inputs against them before it runs (serving.backend), so an
+internal step called directly answers INVALID_ARGUMENT naming the tensor and the limit, like the ensemble.
 """
 
 from __future__ import annotations
@@ -25,12 +30,24 @@ from serving.ranking import RANKER_FILE
 DTYPES = ("INT32", "INT64", "FP32", "UINT8", "STRING")  # Triton's TYPE_* names used here
 
 
+def resolve(expression: int | str, limits) -> int:
+    """An int, or a ServingLimits field (or a graph constant such as num_sources) with an optional "+n" / "-n"
+    ("num_categories-1")."""
+    if isinstance(expression, int):
+        return expression
+    field, sign, offset = expression.partition("+") if "+" in expression else expression.partition("-")
+    value = getattr(limits, field) if hasattr(limits, field) else GRAPH_CONSTANTS[field]
+    return value + (int(offset) if sign == "+" else -int(offset) if sign == "-" else 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tensor:
     name: str
     dtype: str
     dims: tuple[int | str, ...] = (-1,)
     optional: bool = False
+    values: tuple[int | str, int | str] | None = None  # inclusive range of an integer tensor's values
+    max_len: int | str | None = None  # most elements of a variable-length (-1) dimension
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -38,7 +55,13 @@ class Tensor:
 
     def shape(self, limits) -> list[int]:
         """Dims with the limit names replaced by their values."""
-        return [getattr(limits, d) if isinstance(d, str) else d for d in self.dims]
+        return [resolve(d, limits) for d in self.dims]
+
+    def value_range(self, limits) -> tuple[int, int] | None:
+        return None if self.values is None else (resolve(self.values[0], limits), resolve(self.values[1], limits))
+
+    def length_limit(self, limits) -> int | None:
+        return None if self.max_len is None else resolve(self.max_len, limits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,28 +110,28 @@ class Ensemble:
 ITEM_IDS = Tensor("item_ids", "INT64")
 BEHAVIORS = Tensor("behaviors", "INT32")
 TIMESTAMPS = Tensor("timestamps", "INT64")
-K = Tensor("k", "INT32", (1,))
+K = Tensor("k", "INT32", (1,), values=(1, "max_k"))
 EXCLUDE_ITEM_IDS = Tensor("exclude_item_ids", "INT64", optional=True)
 CATEGORY_IDS = Tensor("category_ids", "INT32", optional=True)
 TOP_ITEM_IDS = Tensor("top_item_ids", "INT64")
 PCTR = Tensor("pctr", "FP32")
 RETRIEVAL_SOURCE = Tensor("retrieval_source", "STRING")
 # between the steps of recommend
-ENC_TOKENS = Tensor("enc_tokens", "INT64")
-ENC_JOURNEY_IDS = Tensor("enc_journey_ids", "INT64")
-ENC_JOURNEY_POS = Tensor("enc_journey_pos", "INT64")
-HIST_ITEMS = Tensor("hist_items", "INT64", ("max_history",))
-HIST_BEHAVIORS = Tensor("hist_behaviors", "INT64", ("max_history",))
-EXCLUDE_IDS = Tensor("exclude_ids", "INT64")
-ALLOWED_CATEGORIES = Tensor("allowed_categories", "INT64")
-GRACE_ITEMS = Tensor("grace_items", "INT64", ("beam_width",))
+ENC_TOKENS = Tensor("enc_tokens", "INT64", max_len="max_history_tokens")
+ENC_JOURNEY_IDS = Tensor("enc_journey_ids", "INT64", values=(0, "max_history-1"), max_len="max_history_tokens")
+ENC_JOURNEY_POS = Tensor("enc_journey_pos", "INT64", values=(0, "max_history_tokens-1"), max_len="max_history_tokens")
+HIST_ITEMS = Tensor("hist_items", "INT64", ("max_history",), values=(0, "num_items"))
+HIST_BEHAVIORS = Tensor("hist_behaviors", "INT64", ("max_history",), values=(0, "num_behaviors"))
+EXCLUDE_IDS = Tensor("exclude_ids", "INT64", values=(0, "num_items"), max_len="max_exclude+1")
+ALLOWED_CATEGORIES = Tensor("allowed_categories", "INT64", values=(0, "num_categories-1"), max_len="num_categories")
+GRACE_ITEMS = Tensor("grace_items", "INT64", ("beam_width",), values=(1, "num_items"))
 GRACE_SCORES = Tensor("grace_scores", "FP32", ("beam_width",))
-RECENT_ITEMS = Tensor("recent_items", "INT64")
+RECENT_ITEMS = Tensor("recent_items", "INT64", values=(1, "num_items"), max_len="recent_candidates")
 RECENT_SCORES = Tensor("recent_scores", "FP32")
-KNN_ITEMS = Tensor("knn_items", "INT64")
+KNN_ITEMS = Tensor("knn_items", "INT64", values=(1, "num_items"), max_len="knn_candidates")
 KNN_SCORES = Tensor("knn_scores", "FP32")
-CAND_ITEMS = Tensor("cand_items", "INT64", ("max_candidates",))
-CAND_SOURCES = Tensor("cand_sources", "INT32", ("max_candidates",))
+CAND_ITEMS = Tensor("cand_items", "INT64", ("max_candidates",), values=(0, "num_items"))
+CAND_SOURCES = Tensor("cand_sources", "INT32", ("max_candidates",), values=(-1, "num_sources-1"))
 LOGITS = Tensor("logits", "FP32", ("max_candidates",))
 # score_ads and clip_embed
 CAMPAIGN_IDS = Tensor("campaign_ids", "INT64")
@@ -177,3 +200,4 @@ ENSEMBLES = (RECOMMEND,)
 SERVED_STEPS = RECOMMEND.steps + (SCORE_ADS, CLIP_EMBED)  # python-backend models, each with a 1/model.py
 STEPS = {step.name: step for step in SERVED_STEPS}
 SOURCE_NAMES = tuple(source.name for source in RETRIEVAL_SOURCES)  # cand_sources indexes this
+GRAPH_CONSTANTS = {"num_sources": len(RETRIEVAL_SOURCES)}

@@ -43,6 +43,20 @@ class GraceRetrieve(StepModel):
 
     def load(self):
         self.retriever = OnnxGraceRetriever(self.version_dir)
+        self.vocab_size = self.retriever.vocab_size
+
+    def check_inputs(self, inputs):
+        """Beyond the graph's limits: token ids inside the model's vocabulary, three aligned non-empty inputs."""
+        super().check_inputs(inputs)
+        tokens = inputs[graph.ENC_TOKENS.name]
+        lengths = {t.name: len(inputs[t.name]) for t in self.STEP.inputs}
+        if len(set(lengths.values())) != 1 or len(tokens) == 0:
+            raise RequestError(graph.ENC_TOKENS.name,
+                               f"the three inputs must be non-empty and of one length, got {lengths}")
+        bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)]
+        if len(bad):
+            raise RequestError(graph.ENC_TOKENS.name,
+                               f"token {int(bad[0])} is out of range; valid range is 0..{self.vocab_size - 1}")
 
     def run(self, enc_tokens, enc_journey_ids, enc_journey_pos):
         return self.retriever(enc_tokens, enc_journey_ids, enc_journey_pos, self.limits.beam_width)

@@ -23,7 +23,8 @@ SOURCES = ("warm", "hyper", "llm", "median")  # same order as models.ads.llm_hyp
 
 class CtrScorer:
     def __init__(self, tables: FeatureTables, weights: np.ndarray, bias: np.ndarray, source: np.ndarray,
-                 calibrators: dict[str, dict], max_campaigns: int = default_limit("max_campaigns"), max_history: int = MAX_HISTORY,
+                 calibrators: dict[str, dict], max_campaigns: int = default_limit("max_campaigns"),
+                 max_history: int = MAX_HISTORY,
                  version: str = "unversioned"):
         c = tables.num_campaigns
         if weights.shape != (c, len(FEATURE_NAMES)) or bias.shape != (c,) or source.shape != (c,):

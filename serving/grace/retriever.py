@@ -20,6 +20,7 @@ class OnnxGraceRetriever:
         directory = Path(directory)
         tokenizer = ItemTokenizer.load(directory / TOKENIZER_FILE)
         self.trie, self.path_to_item = tokenizer.build_trie(), tokenizer.path_to_item()
+        self.vocab_size = tokenizer.vocab_size
         self.encoder = session(directory / ENCODER_FILE)
         self.decoder_step = session(directory / DECODER_STEP_FILE)
         past = next(i for i in self.decoder_step.get_inputs() if i.name == "past_kv").shape

@@ -1,0 +1,103 @@
+"""Every internal step of `recommend` answers direct calls from any client: what its neighbours would never
+send (ids out of range, oversized lists, NaN, foreign tokens) is INVALID_ARGUMENT naming the tensor and the
+limit, never a traceback, an engine's internals or a path; the server keeps serving."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients import RecommendClient
+from clients.recommend_client import build_inputs_from_arrays
+from models.reference import run_ensemble
+from serving import graph
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+WIRE = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+@pytest.fixture(scope="module")
+def tensors(reference):
+    """Every tensor the ensemble makes for one good request (the valid inputs of every step)."""
+    values = ([5, 9, 9, 31], [1, 1, 2, 1], [1_700_000_000, 1_700_000_060, 1_700_000_100, 1_700_000_300], [10])
+    request = {t.name: np.asarray(v, WIRE[t.dtype]) for t, v in zip(graph.RECOMMEND.inputs, values)}
+    return run_ensemble(graph.RECOMMEND, reference.steps, request, every_tensor=True)
+
+
+def _call(url: str, step: graph.Step, feeds: dict[str, np.ndarray]):
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        inputs = []
+        for tensor in step.inputs:
+            value = np.ascontiguousarray(np.asarray(feeds[tensor.name], WIRE[tensor.dtype])[None])
+            item = grpcclient.InferInput(tensor.name, list(value.shape), tensor.dtype)
+            item.set_data_from_numpy(value)
+            inputs.append(item)
+        return client.infer(step.name, inputs, client_timeout=60)
+    finally:
+        client.close()
+
+
+def _cases(limits, vocab):
+    big = 10 ** 5
+    return {
+        "injected item": (graph.CALIBRATE, graph.CAND_ITEMS, lambda v: _set(v, 0, 999_999_999),
+                          ["cand_items", f"0..{limits.num_items}"]),
+        "negative history id": (graph.RANKER, graph.HIST_ITEMS, lambda v: _set(v, -1, -5), ["hist_items", "-5"]),
+        "NaN logit": (graph.CALIBRATE, graph.LOGITS, lambda v: _set(v.astype(np.float32), 0, np.nan),
+                      ["logits", "finite"]),
+        "k zero": (graph.CALIBRATE, graph.K, lambda v: np.zeros_like(v), ["k", f"1..{limits.max_k}"]),
+        "k huge": (graph.CALIBRATE, graph.K, lambda v: np.full_like(v, 10 ** 9), ["k", f"1..{limits.max_k}"]),
+        "foreign source": (graph.CALIBRATE, graph.CAND_SOURCES, lambda v: _set(v, 0, 7), ["cand_sources", "7"]),
+        "oversized knn list": (graph.MERGE, graph.KNN_ITEMS, lambda v: np.ones(big, np.int64),
+                               ["knn_items", f"the maximum is {limits.knn_candidates}"]),
+        "unknown category": (graph.RECENT_RETRIEVE, graph.ALLOWED_CATEGORIES, lambda v: np.array([99]),
+                             ["allowed_categories", f"0..{limits.num_categories - 1}"]),
+        "negative exclude": (graph.CLIP_RETRIEVE, graph.EXCLUDE_IDS, lambda v: np.array([-1]), ["exclude_ids", "-1"]),
+        "token outside the vocabulary": (graph.GRACE_RETRIEVE, graph.ENC_TOKENS, lambda v: _set(v, 0, vocab),
+                                         ["enc_tokens", f"0..{vocab - 1}"]),
+    }
+
+
+def _set(values: np.ndarray, index: int, value) -> np.ndarray:
+    out = values.copy()
+    out[index] = value
+    return out
+
+
+CASES = ["injected item", "negative history id", "NaN logit", "k zero", "k huge", "foreign source",
+         "oversized knn list", "unknown category", "negative exclude", "token outside the vocabulary"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_internal_step_refuses_what_no_neighbour_sends(triton_server, reference, tensors, case):
+    vocab = reference.steps[graph.GRACE_RETRIEVE.name].vocab_size
+    step, tensor, corrupt, words = _cases(reference.limits, vocab)[case]
+    feeds = {t.name: tensors[t.name] for t in step.inputs}
+    _call(triton_server.grpc_url, step, feeds)  # the good call is answered
+    feeds[tensor.name] = corrupt(np.asarray(feeds[tensor.name]))
+    with pytest.raises(InferenceServerException) as err:
+        _call(triton_server.grpc_url, step, feeds)
+    message = err.value.message()
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT", message
+    for word in words:
+        assert word in message, message
+    assert "Traceback" not in message and "/" not in message.split(":", 1)[-1]
+
+
+def test_huge_token_request_is_refused_fast_and_server_keeps_serving(triton_server, reference):
+    n = 100_000
+    feeds = {graph.ENC_TOKENS.name: np.ones(n, np.int64), graph.ENC_JOURNEY_IDS.name: np.zeros(n, np.int64),
+             graph.ENC_JOURNEY_POS.name: np.zeros(n, np.int64)}
+    started = time.perf_counter()
+    with pytest.raises(InferenceServerException) as err:
+        _call(triton_server.grpc_url, graph.GRACE_RETRIEVE, feeds)
+    assert time.perf_counter() - started < 10
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"the maximum is {reference.limits.max_history_tokens}" in err.value.message()
+    with RecommendClient(triton_server.grpc_url, timeout_s=60) as client:
+        assert len(client.infer(build_inputs_from_arrays([1, 2], [1, 1], [1, 2], 3, None, None)).items) == 3

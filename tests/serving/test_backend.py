@@ -1,0 +1,74 @@
+"""The scaffold checks every step's inputs against the graph before the step runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving import graph
+from serving.backend import InternalError, StepModel
+from serving.contract import RequestError, ServingLimits
+
+LIMITS = ServingLimits(num_items=100, num_categories=4)
+
+
+class EchoCalibrate(StepModel):
+    STEP = graph.CALIBRATE
+
+    def run(self, logits, cand_items, cand_sources, k):
+        return cand_items, logits, cand_sources
+
+
+def _good():
+    c = LIMITS.max_candidates
+    return dict(logits=np.zeros(c, np.float32), cand_items=np.arange(c, dtype=np.int64),
+                cand_sources=np.zeros(c, np.int32), k=np.array([5], np.int32))
+
+
+@pytest.fixture
+def step(tmp_path):
+    return EchoCalibrate.create(tmp_path, LIMITS)
+
+
+def test_good_inputs_pass_and_outputs_are_named(step):
+    out = step(**_good())
+    assert list(out) == [t.name for t in graph.CALIBRATE.outputs]
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("cand_items", 101, "valid range is 0..100"),
+    ("cand_items", -1, "value -1 is out of range"),
+    ("cand_sources", 3, f"valid range is -1..{len(graph.RETRIEVAL_SOURCES) - 1}"),
+    ("k", 0, f"1..{LIMITS.max_k}"),
+    ("logits", np.inf, "finite"),
+])
+def test_out_of_range_values_name_the_tensor_and_the_limit(step, name, value, words):
+    inputs = _good()
+    inputs[name] = inputs[name].copy()
+    inputs[name][0] = value
+    with pytest.raises(RequestError, match=words) as err:
+        step(**inputs)
+    assert err.value.field == name
+
+
+def test_lengths_and_dtypes(tmp_path):
+    class EchoMerge(StepModel):
+        STEP = graph.MERGE
+
+        def run(self, exclude_ids, allowed_categories, **sources):
+            return np.zeros(LIMITS.max_candidates, np.int64), np.zeros(LIMITS.max_candidates, np.int32)
+
+    merge = EchoMerge.create(tmp_path, LIMITS)
+    good = {graph.GRACE_ITEMS.name: np.arange(1, 21), graph.RECENT_ITEMS.name: np.arange(1, 4),
+            graph.KNN_ITEMS.name: np.arange(1, 65), graph.EXCLUDE_IDS.name: np.array([0]),
+            graph.ALLOWED_CATEGORIES.name: np.arange(4)}
+    merge(**good)
+    with pytest.raises(RequestError, match=f"has 65 values; the maximum is {LIMITS.knn_candidates}"):
+        merge(**{**good, graph.KNN_ITEMS.name: np.arange(1, 66)})
+    with pytest.raises(RequestError, match="integer"):
+        merge(**{**good, graph.EXCLUDE_IDS.name: np.array([0.5])})
+
+
+def test_internal_error_is_opaque():
+    message = str(InternalError("abc123"))
+    assert "abc123" in message and "Traceback" not in message and "/" not in message

@@ -38,14 +38,15 @@ def build_score_ads_inputs(item_ids: Iterable[int], behaviors: Iterable[int], ti
             _infer_input("campaign_ids", _row("campaign_ids", campaign_ids, np.int64), "INT64")]
 
 
-def build_clip_embed_inputs(images: np.ndarray | None = None, texts: Sequence[str] | None = None
+def build_clip_embed_inputs(images: np.ndarray | None = None, texts: Sequence[str | bytes] | None = None
                             ) -> list[grpcclient.InferInput]:
     """images uint8 [n, 28, 28] and/or n texts; one row per creative."""
     inputs = []
     if images is not None:
         inputs.append(_infer_input("image", np.ascontiguousarray(images, np.uint8), "UINT8"))
     if texts is not None:
-        data = np.array([[t.encode("utf-8")] for t in texts], dtype=object).reshape(len(texts), 1)
+        data = np.array([[t if isinstance(t, bytes) else t.encode("utf-8")] for t in texts],
+                        dtype=object).reshape(len(texts), 1)
         inputs.append(_infer_input("text", data, "BYTES"))
     return inputs
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 VALID_BEHAVIORS = (1, 2, 3, 4)  # 1 view, 2 add_to_cart, 3 remove_from_cart, 4 purchase
+MAX_TIMESTAMP = 4_102_444_800  # event timestamps are unix seconds in 0..MAX_TIMESTAMP (2100-01-01T00:00:00Z)
 
 
 @dataclasses.dataclass(frozen=True)

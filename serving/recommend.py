@@ -50,6 +50,8 @@ def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimit
         cats = integer_array(CATEGORY_IDS.name, category_ids)
         if len(cats) == 0:
             raise RequestError(CATEGORY_IDS.name, "is empty; omit it to allow every category")
+        if len(cats) > limits.num_categories:
+            raise RequestError(CATEGORY_IDS.name, f"has {len(cats)} ids; the maximum is {limits.num_categories}")
         check_ids(CATEGORY_IDS.name, cats, 0, limits.num_categories - 1, "category")
         allowed = np.unique(cats.astype(np.int64))
 

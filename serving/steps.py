@@ -158,7 +158,8 @@ class ClipEmbed(StepModel):
         if len(set(rows.values())) != 1:
             raise RequestError("image/text", f"image and text must have the same number of rows, got {rows}")
         if graph.TEXT.name in inputs:
-            inputs[graph.TEXT.name] = decode_texts(inputs[graph.TEXT.name])
+            inputs[graph.TEXT.name] = decode_texts(inputs[graph.TEXT.name], self.embedder.tokenizer,
+                                                   int(self.embedder.manifest["context_length"]))
         return inputs
 
     def run_batch(self, batch):
@@ -188,12 +189,23 @@ class ClipEmbed(StepModel):
         return self.run_batch([inputs])[0]
 
 
-def decode_texts(column: np.ndarray) -> list[str]:
-    texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
-             for t in column.reshape(len(column), -1)[:, 0]]
-    long = [len(t.encode()) for t in texts if len(t.encode()) > MAX_TEXT_BYTES]
-    if long:
-        raise RequestError(graph.TEXT.name, f"a text has {long[0]} bytes; the maximum is {MAX_TEXT_BYTES}")
+def decode_texts(column: np.ndarray, tokenizer, context_length: int) -> list[str]:
+    """UTF-8 texts within the byte limit and the text tower's context (its tokenizer would cut the rest off
+    silently: two texts differing only past the context would get one embedding)."""
+    texts = []
+    for row, value in enumerate(column.reshape(len(column), -1)[:, 0]):
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        if len(raw) > MAX_TEXT_BYTES:
+            raise RequestError(graph.TEXT.name, f"row {row} has {len(raw)} bytes; the maximum is {MAX_TEXT_BYTES}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(graph.TEXT.name, f"row {row} is not valid UTF-8 (byte {err.start})") from None
+        tokens = len(tokenizer.encode(text))
+        if tokens > context_length:
+            raise RequestError(graph.TEXT.name, f"row {row} has {tokens} tokens (with start and end); the maximum is "
+                                                f"{context_length}")
+        texts.append(text)
     return texts
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.contract import VALID_BEHAVIORS, RequestError
+from serving.contract import MAX_TIMESTAMP, VALID_BEHAVIORS, RequestError
 from serving.graph import BEHAVIORS, ITEM_IDS, TIMESTAMPS
 
 BEHAVIOR_NAMES = "1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase"
@@ -46,6 +46,10 @@ def validate_history(item_ids, behaviors, timestamps, *, max_history: int, num_i
     if len(bad):
         raise RequestError(BEHAVIORS.name, f"unknown behavior {int(bad[0])}; valid values are "
                            f"{list(VALID_BEHAVIORS)} ({BEHAVIOR_NAMES})")
+    bad = ts[(ts < 0) | (ts > MAX_TIMESTAMP)]
+    if len(bad):
+        raise RequestError(TIMESTAMPS.name, f"value {int(bad[0])} is out of range; valid range is 0..{MAX_TIMESTAMP} "
+                           "(unix seconds up to 2100-01-01)")
     if n > 1 and np.any(np.diff(ts) < 0):
         raise RequestError(TIMESTAMPS.name, "must be non-decreasing (oldest event first)")
     return items.astype(np.int64), behs.astype(np.int64), ts.astype(np.int64)

@@ -107,3 +107,30 @@ def test_clip_embed_bad_input_is_invalid_argument(ads, reference):
         ads.embed(texts=["x" * 5000])
     assert "INVALID_ARGUMENT" in err.value.code and "text" in err.value.message
     assert ads.embed(texts=["still serving"]).shape[0] == 1
+
+
+def test_clip_embed_refuses_what_it_would_rewrite(ads, model_repository):
+    """A text past the text tower's context would be cut silently, invalid UTF-8 replaced: both are refused."""
+    import json
+
+    from serving.clip.embedder import MANIFEST_FILE
+
+    context = json.loads((model_repository / "clip_embed" / "1" / MANIFEST_FILE).read_text())["context_length"]
+    long_text = " ".join(["sneaker"] * context)  # fits the byte limit, not the context (+ start and end tokens)
+    with pytest.raises(RecommendError) as err:
+        ads.embed(texts=[long_text])
+    assert "INVALID_ARGUMENT" in err.value.code and f"the maximum is {context}" in err.value.message
+    assert "tokens" in err.value.message
+    with pytest.raises(RecommendError) as err:
+        ads.embed(texts=[b"caf\xe9 latte"])
+    assert "INVALID_ARGUMENT" in err.value.code and "UTF-8" in err.value.message
+    words = " ".join(["sneaker"] * (context - 2))  # exactly the context: accepted
+    assert ads.embed(texts=[words]).shape[0] == 1
+
+
+def test_score_ads_refuses_timestamps_out_of_range(ads):
+    for ts in ([-1, 10], [10, 2**62]):
+        with pytest.raises(RecommendError) as err:
+            ads.score_ads([1, 2], [1, 1], ts, [0])
+        assert "INVALID_ARGUMENT" in err.value.code and "timestamps" in err.value.message
+        assert "0..4102444800" in err.value.message

@@ -43,7 +43,9 @@ def clip_retrieve(index: faiss.Index, item_embeddings: np.ndarray, hist_items: n
     scores, items = index.search(query, n, params=params)
     keep = items[0] >= 0
     if keep.sum() == n:
-        return items[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+        found, found_scores = items[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+        order = np.lexsort((found, -found_scores))  # score desc, then id asc: the exact fallback's order too
+        return found[order], found_scores[order]
     # The probed lists held fewer than n eligible items (a selective filter, e.g. categories far from the
     # history): search the eligible items exactly. Selective filters make that set small.
     exact = item_embeddings[ids] @ query[0]

@@ -73,12 +73,27 @@ def test_nothing_eligible_gives_empty(catalog):
     assert len(items) == len(scores) == 0
 
 
-def test_exact_fallback_breaks_ties_by_item_id():
-    """Every eligible item scores the same and the probed lists cannot fill n: ids come out ascending."""
+def test_index_path_breaks_ties_by_item_id():
+    """Every eligible item scores the same and the index fills n itself: ids come out ascending, in order."""
     emb = np.zeros((11, 2), np.float32)
     emb[1:] = [1.0, 0.0]
     index = build_index(emb[1:], IndexConfig(kind="flat"), np.arange(1, 11))
     eligible = np.zeros(11, bool)
     eligible[[9, 3, 7, 5]] = True
     items, scores = clip_retrieve(index, emb, np.array([2]), np.array([1]), eligible, 4)
-    assert sorted(items.tolist()) == [3, 5, 7, 9] and np.all(scores == scores[0])
+    assert items.tolist() == [3, 5, 7, 9] and np.all(scores == scores[0])
+
+
+def test_exact_fallback_breaks_ties_by_item_id():
+    """The probed IVF list holds no eligible item, so only the exact fallback can answer; its ties (every eligible
+    item scores the same) come out by ascending id, like the index path's."""
+    emb = np.zeros((21, 2), np.float32)
+    emb[1:11] = [1.0, 0.0]  # cluster A: the history's side
+    emb[11:] = [0.0, 1.0]  # cluster B: the eligible items, all tied against the query
+    index = build_index(emb[1:], IndexConfig(kind="ivf", nlist=2, nprobe=1), np.arange(1, 21))
+    eligible = np.zeros(21, bool)
+    eligible[[19, 12, 16, 14]] = True
+    probed = index.search(emb[[2]], 10)[1][0]
+    assert not set(probed.tolist()) & {12, 14, 16, 19}  # the index alone cannot return them
+    items, scores = clip_retrieve(index, emb, np.array([2]), np.array([1]), eligible, 4)
+    assert items.tolist() == [12, 14, 16, 19] and np.all(scores == scores[0])

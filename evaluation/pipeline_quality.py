@@ -3,6 +3,8 @@ held-out users of a built repository, and what each retrieval source contributes
 one source's candidates taken away at a time.
 
     python -m evaluation.pipeline_quality --repository model_repository [--users 300] [--out result.json]
+    python -m evaluation.pipeline_quality --from-result docs/results/pipeline_quality.json \
+        --md docs/results/pipeline_quality.md --benchmarks BENCHMARKS.md      # re-render only
 
 It runs the in-process reference (models.reference: the served step classes in graph order, the torch
 models in place of their ONNX exports, which the build checks to 1e-4), on the build's own leave-last-out
@@ -67,7 +69,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, help="held-out users (default: the build's eval_users)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--md", type=Path, help="also render it as a markdown table here")
+    parser.add_argument("--benchmarks", type=Path, help="also replace (or add) its section in this BENCHMARKS.md")
+    parser.add_argument("--from-result", type=Path, help="render this committed result file instead of running")
     args = parser.parse_args()
+    if args.from_result:
+        write_renderings(json.loads(args.from_result.read_text()), args.md, args.benchmarks)
+        return
     manifest = json.loads((args.repository / MANIFEST).read_text())
     config = from_dict(manifest["config"])
     world = simulate(config.simulator)
@@ -84,8 +91,26 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.md:
-        args.md.write_text(render_markdown(result))
+    write_renderings(result, args.md, args.benchmarks)
+
+
+SECTION_BEGIN, SECTION_END = "<!-- pipeline_quality: begin -->", "<!-- pipeline_quality: end -->"
+
+
+def write_renderings(result: dict, md: Path | None, benchmarks: Path | None) -> None:
+    if md:
+        md.write_text(render_markdown(result))
+    if benchmarks:
+        benchmarks.write_text(with_section(benchmarks.read_text(), render_markdown(result)))
+
+
+def with_section(text: str, table: str) -> str:
+    """BENCHMARKS.md with its pipeline-quality section (between the markers) replaced, or appended."""
+    section = f"{SECTION_BEGIN}\n#{table}{SECTION_END}\n"  # one heading level down inside BENCHMARKS.md
+    if SECTION_BEGIN in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        return head + section + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    return text.rstrip("\n") + "\n\n" + section
 
 
 def render_markdown(result: dict) -> str:
@@ -94,7 +119,9 @@ def render_markdown(result: dict) -> str:
     lines = ["# Served pipeline quality by retrieval source", "",
              f"`{result['command']}` at commit {result['commit']}, {result['date']}, {result['machine']}. "
              "Leave-last-out on the build's held-out users, the whole served pipeline (retrieval, merge, ranker, "
-             "calibrated top-10) run in process; each `without_*` row takes one source's candidates away.", "",
+             "calibrated top-10) run in process; each `without_*` row takes one source's candidates away. The "
+             "models are the build's, at its default budget (not trained to convergence): the table shows what each "
+             "source adds to the served answer, not how the models compare.", "",
              "| configuration | users | HR@10 | NDCG@10 | HR@5 | " + " | ".join(f"{s} share of top-10" for s in sources)
              + " |", "|---" * (5 + len(sources)) + "|"]
     for name, row in result.items():

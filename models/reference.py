@@ -18,8 +18,7 @@ from models.ranking.model import load_checkpoint as load_ranker
 from serving import graph
 from serving.backend import StepModel
 from serving.contract import ServingLimits
-from serving.grace.history import TOKENIZER_FILE
-from serving.grace.tokenizer import ItemTokenizer
+from serving.grace.retriever import load_decoding
 from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds
 
 MANIFEST = "build_manifest.json"
@@ -28,9 +27,7 @@ CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed
 
 class TorchGraceRetrieve(GraceRetrieve):
     def load(self):
-        tokenizer = ItemTokenizer.load(self.version_dir / TOKENIZER_FILE)
-        self.trie, self.path_to_item = tokenizer.build_trie(), tokenizer.path_to_item()
-        self.vocab_size = tokenizer.vocab_size
+        self.trie, self.path_to_item, self.vocab_size = load_decoding(self.version_dir)
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()

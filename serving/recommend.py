@@ -1,5 +1,5 @@
 """Request-level steps of `recommend`, in numpy, shared by the served Triton models and the in-process
-reference: validation and features, embedding kNN retrieval, candidate merge, calibrated top-k.
+reference: validation and features, the eligibility mask, candidate merge, calibrated top-k.
 
 Only the neural parts differ between the two (ONNX Runtime when served, torch in the reference).
 """

@@ -15,12 +15,17 @@ from serving.ort import session
 ENCODER_FILE, DECODER_STEP_FILE = "grace_encoder.onnx", "grace_decoder_step.onnx"
 
 
+def load_decoding(directory: Path) -> tuple[dict, dict, int]:
+    """The tokenizer's prefix trie, path -> item map and vocabulary size: what constrained decoding needs (the
+    served retriever and the torch reference alike)."""
+    tokenizer = ItemTokenizer.load(Path(directory) / TOKENIZER_FILE)
+    return tokenizer.build_trie(), tokenizer.path_to_item(), tokenizer.vocab_size
+
+
 class OnnxGraceRetriever:
     def __init__(self, directory: Path):
         directory = Path(directory)
-        tokenizer = ItemTokenizer.load(directory / TOKENIZER_FILE)
-        self.trie, self.path_to_item = tokenizer.build_trie(), tokenizer.path_to_item()
-        self.vocab_size = tokenizer.vocab_size
+        self.trie, self.path_to_item, self.vocab_size = load_decoding(directory)
         self.encoder = session(directory / ENCODER_FILE)
         self.decoder_step = session(directory / DECODER_STEP_FILE)
         past = next(i for i in self.decoder_step.get_inputs() if i.name == "past_kv").shape

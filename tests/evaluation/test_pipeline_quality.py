@@ -46,3 +46,16 @@ def test_markdown_has_one_row_per_configuration(reference, examples):
     text = render_markdown(result)
     assert "| all_sources | 3 |" in text and "| without_recent | 3 |" in text
     assert all(f"{name} share of top-10" in text for name in graph.SOURCE_NAMES)
+
+
+def test_published_tables_are_rendered_from_the_committed_result():
+    """docs/results/pipeline_quality.md and BENCHMARKS.md's section equal what the result file renders."""
+    from pathlib import Path
+
+    from evaluation.pipeline_quality import render_markdown, with_section
+
+    root = Path(__file__).resolve().parents[2]
+    result = json.loads((root / "docs/results/pipeline_quality.json").read_text())
+    assert (root / "docs/results/pipeline_quality.md").read_text() == render_markdown(result)
+    benchmarks = (root / "BENCHMARKS.md").read_text()
+    assert with_section(benchmarks, render_markdown(result)) == benchmarks

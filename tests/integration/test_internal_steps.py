@@ -15,6 +15,7 @@ from clients import RecommendClient
 from clients.recommend_client import build_inputs_from_arrays
 from models.reference import run_ensemble
 from serving import graph
+from serving.contract import ServingLimits
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 WIRE = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
@@ -69,8 +70,7 @@ def _set(values: np.ndarray, index: int, value) -> np.ndarray:
     return out
 
 
-CASES = ["injected item", "negative history id", "NaN logit", "k zero", "k huge", "foreign source",
-         "oversized knn list", "unknown category", "negative exclude", "token outside the vocabulary"]
+CASES = list(_cases(ServingLimits(num_items=1, num_categories=1), vocab=2))  # the case names
 
 
 @pytest.mark.parametrize("case", CASES)

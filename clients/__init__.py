@@ -2,6 +2,7 @@
 
 from clients.recommend_client import (
     CLIENT_ERROR_CODE,
+    DEFAULT_BEHAVIORS,
     DEFAULT_MODEL_NAME,
     DEFAULT_URL,
     Behavior,
@@ -15,11 +16,14 @@ from clients.recommend_client import (
     build_inputs_from_arrays,
     parse_limits,
     parse_outputs,
+    resolve_behaviors,
+    resolve_categories,
     synthetic_history,
 )
 
 __all__ = [
     "CLIENT_ERROR_CODE",
+    "DEFAULT_BEHAVIORS",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_URL",
     "Behavior",
@@ -33,5 +37,7 @@ __all__ = [
     "build_inputs_from_arrays",
     "parse_limits",
     "parse_outputs",
+    "resolve_behaviors",
+    "resolve_categories",
     "synthetic_history",
 ]

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-DEFAULT_EVENTS = ("view", "add_to_cart", "remove_from_cart", "purchase")
+from serving.contract import DEFAULT_EVENT_NAMES
+
+DEFAULT_EVENTS = DEFAULT_EVENT_NAMES  # the serving contract's default vocabulary
 CATEGORY_SEPARATOR = " > "
 META_FILE = "dataset.json"
 META_KEYS = ("name", "events", "conversion_event", "time_zone")

@@ -191,7 +191,7 @@ def genre_category(genres: str) -> str:
 
 
 def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str | Path, *,
-                    name: str = DATASET_NAME, overwrite: bool = False) -> dict:
+                    name: str = DATASET_NAME, overwrite: bool = False, max_users: int | None = None) -> dict:
     """Write a RecBole atomic .inter/.item pair (MovieLens-100k) as the dataset contract (docs/dataset.md) into
     `out_dir`; returns the row counts.
 
@@ -199,7 +199,9 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
     no images. events.parquet: every rating (no filtering: that is the build's job), event "rating_<stars>"
     (stars rounded, clipped to 1..5), timestamp int64 seconds, sorted by (user, timestamp) with file order
     breaking ties; user_id int64 when every user token is a plain integer (as in ML-100k), else the tokens
-    as strings. dataset.json declares "rating_1".."rating_5" with "rating_5" the conversion event."""
+    as strings. dataset.json declares "rating_1".."rating_5" with "rating_5" the conversion event.
+    `max_users`: only the ratings of the first max_users users in id order (a subset for quick builds and CI;
+    every movie stays in the catalog)."""
     import pyarrow as pa
 
     from data.dataset import staged_dataset_dir, write_dataset_json, write_parquet
@@ -229,6 +231,8 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
     ts = np.rint(np.array(inter["timestamp"], np.float64)).astype(np.int64)
     _, user_rank = np.unique(users, return_inverse=True)
     order = np.lexsort((ts, user_rank))  # stable: file order breaks ties
+    if max_users is not None:
+        order = order[user_rank[order] < max_users]
 
     order_items = np.argsort(item_ids, kind="stable")
     with staged_dataset_dir(Path(out_dir), overwrite) as d:
@@ -245,8 +249,8 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
         }, pa.schema([("user_id", pa.int64() if int_users else pa.string()), ("item_id", pa.int64()),
                       ("event", pa.string()), ("timestamp", pa.int64())]))
         write_dataset_json(d / "dataset.json", name, RATING_EVENTS, RATING_EVENTS[-1])
-    return {"items": n_items, "events": n_events, "users": int(user_rank.max() + 1) if len(users) else 0,
-            "rated_items": int(len(np.unique(ev_items)))}
+    return {"items": n_items, "events": n_events, "users": int(len(np.unique(user_rank[order]))),
+            "rated_items": int(len(np.unique(ev_items[order])))}
 
 
 def main() -> None:
@@ -258,11 +262,13 @@ def main() -> None:
                         help=f"where the downloaded ml-100k files are cached (default {DEFAULT_CACHE})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace DIR when it holds a dataset written before")
+    parser.add_argument("--max-users", type=int, metavar="N",
+                        help="only the ratings of the first N users (by id): a subset for a quick build")
     args = parser.parse_args()
     folder = fetch_movielens_100k(args.cache)
     try:
         counts = write_movielens(folder / "ml-100k.inter", folder / "ml-100k.item", args.out,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, max_users=args.max_users)
     except (FileExistsError, NotADirectoryError) as e:
         parser.error(str(e))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -99,56 +99,13 @@ def from_world(world) -> SequenceDataset:
     )
 
 
-PRICE_BUCKETS = 8  # quantile buckets of a dataset's prices (items without a price get their own bucket)
-
-
 def from_dataset(dataset) -> SequenceDataset:
-    """Adapter for a dataset of the contract (data.dataset.Dataset): items get internal ids 1..N in the order of
-    their own ids (kept in `external_item_ids`); the attributes, coarse -> fine, are the category path's levels
-    (a level's value is its whole prefix, so "a > x" and "b > x" differ; shorter paths repeat their last level),
-    then brand and price bucket when the items have them; the item text is title, category path and brand;
-    behaviours follow the dataset's event vocabulary."""
-    items = dataset.items.sort_values("item_id", kind="stable").reset_index(drop=True)
-    n = len(items)
-    external = np.concatenate([[0], items["item_id"].to_numpy(np.int64)])
-    paths = [str(c).split(" > ") for c in items["category"]]
-    depth = max(len(p) for p in paths)
-    attributes = {}
-    for level in range(depth):
-        prefixes = [" > ".join(p[:min(level + 1, len(p))]) for p in paths]
-        attributes[f"category_{level + 1}"] = _codes(prefixes)
-    brands = items["brand"] if "brand" in items else None
-    if brands is not None and brands.notna().any():
-        attributes["brand"] = _codes([b if isinstance(b, str) and b else "" for b in brands])
-    if "price" in items and items["price"].notna().any():
-        price = items["price"].to_numpy(np.float64)
-        known = ~np.isnan(price)
-        edges = np.unique(np.quantile(price[known], np.linspace(0, 1, PRICE_BUCKETS + 1)[1:-1]))
-        attributes["price_bucket"] = np.concatenate([[0], np.where(known, np.searchsorted(edges, price, "right") + 1,
-                                                                   0)]).astype(np.int64)
-    texts = [""] + [" ".join(part for part in (str(t), str(c), b if isinstance(b, str) else "") if part)
-                    for t, c, b in zip(items["title"], items["category"],
-                                       brands if brands is not None else [None] * n)]
-    index = dict(zip(external[1:].tolist(), range(1, n + 1)))
-    events = dataset.events
-    internal = np.array([index[i] for i in events["item_id"].tolist()], np.int64)
-    users = events["user_id"].to_numpy()
-    starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))  # events are sorted by user
-    bounds = np.append(starts, len(users))
-    behaviors = events["behavior"].to_numpy(np.int64)
-    timestamps = events["timestamp"].to_numpy(np.float64)
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    return SequenceDataset(
-        name=dataset.meta.name, num_items=n, item_attributes=attributes, item_texts=texts,
-        user_items=[internal[a:b] for a, b in spans], user_behaviors=[behaviors[a:b] for a, b in spans],
-        user_timestamps=[timestamps[a:b] for a, b in spans], behavior_names=("pad",) + tuple(dataset.meta.events),
-        external_item_ids=external)
+    """Adapter for a dataset of the contract (data.dataset.Dataset), through its encoding for the build
+    (data.build_data): internal item ids 1..N in the order of the dataset's ids (kept in `external_item_ids`),
+    the category path's levels then brand and price bucket as attributes, the dataset's event vocabulary."""
+    from data.build_data import encode
 
-
-def _codes(values: list[str]) -> np.ndarray:
-    """Row 0 (padding) then each item's 0-based code among the sorted distinct values."""
-    vocabulary = {v: i for i, v in enumerate(sorted(set(values)))}
-    return np.array([0] + [vocabulary[v] for v in values], np.int64)
+    return encode(dataset).sequences()
 
 
 @dataclasses.dataclass

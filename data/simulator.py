@@ -288,6 +288,7 @@ def summary(world: World) -> dict:
 # The dataset contract (docs/dataset.md): behaviour code = 1 + index in this vocabulary.
 DATASET_EVENTS = tuple(BEHAVIOR_NAMES[b] for b in sorted(BEHAVIOR_NAMES))
 IMAGE_DIR = "images"
+COLD_LAUNCH_QUANTILE = 0.85
 
 
 def top_name(cfg: SimConfig, top: int) -> str:
@@ -310,7 +311,8 @@ def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_m
     (each item's Fashion-MNIST TRAIN image, data/creatives.catalog_images(seed=seed)), events.parquet
     (behaviour codes as the default names), impressions.parquet (organic exposures, clicked), campaigns.parquet
     (data/campaigns.build_campaigns(world, seed): ad copy, promoted item and its image, targeting: top
-    categories and the price range of the targeted price buckets), ad_impressions.parquet (that campaign log),
+    categories and the price range of the targeted price buckets), ad_impressions.parquet (that campaign log;
+    cold-start campaigns only after its 85% time point),
     dataset.json and summary.json. `train_images` replaces the Fashion-MNIST train split (tests)."""
     import pyarrow as pa
     from PIL import Image
@@ -374,11 +376,14 @@ def write_dataset(world: World, out_dir: str | Path, seed: int = 0, *, fashion_m
         }, pa.schema([("campaign_id", pa.int64()), ("title", pa.string()), ("image", pa.string()),
                       ("item_id", pa.int64()), ("target_categories", pa.list_(pa.string())),
                       ("target_price_min", pa.float64()), ("target_price_max", pa.float64())]))
+        # Cold-start campaigns launch late: only their impressions after the 85% point of the log's time exist,
+        # so a time split of the log (models.ads.logs) sees no training impressions of theirs.
+        logged = cs.warm[cs.log_campaign] | (cs.log_time > np.quantile(cs.log_time, COLD_LAUNCH_QUANTILE))
         counts["ad_impressions"] = write_parquet(d / "ad_impressions.parquet", {
-            "user_id": cs.log_user.astype(np.int64),
-            "campaign_id": cs.log_campaign.astype(np.int64),
-            "timestamp": cs.log_time.astype(np.int64),
-            "clicked": cs.log_click.astype(bool),
+            "user_id": cs.log_user[logged].astype(np.int64),
+            "campaign_id": cs.log_campaign[logged].astype(np.int64),
+            "timestamp": cs.log_time[logged].astype(np.int64),
+            "clicked": cs.log_click[logged].astype(bool),
         }, pa.schema([("user_id", pa.int64()), ("campaign_id", pa.int64()), ("timestamp", pa.int64()),
                       ("clicked", pa.bool_())]))
         write_dataset_json(d / "dataset.json", f"simulator-seed{seed}", DATASET_EVENTS, "purchase")

@@ -8,7 +8,8 @@ one source's candidates taken away at a time.
 
 It runs the in-process reference (models.reference: the served step classes in graph order, the torch
 models in place of their ONNX exports, which the build checks to 1e-4), on the build's own leave-last-out
-split of the simulator it was built from (the configuration is read from build_manifest.json).
+split of the dataset it was built from (the configuration is read from build_manifest.json), in the dataset's
+item ids.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.sequences import from_world, leave_last_out
-from data.simulator import simulate
+from data.build_data import build_data_of
+from data.sequences import leave_last_out
 from evaluation.metrics import topk_metrics
 from exporters.config import from_dict
 from kernels.machine import cpu_description
@@ -39,6 +40,18 @@ class NoCandidates:
 
     def __call__(self, **inputs):
         return {t.name: np.zeros(0, np.int64 if t.dtype == "INT64" else np.float32) for t in self.step.outputs}
+
+
+def held_out_examples(config, users: int):
+    """The build's own leave-last-out test users (its dataset, or its simulator's), the first `users` of them,
+    with item ids in the dataset's ids (what the served API speaks)."""
+    data = build_data_of(config)
+    split = leave_last_out(data.sequences(), config.serving.max_history)
+    examples = split.test.subset(np.arange(min(users, len(split.test))))
+    ids = data.catalog.item_ids
+    examples.histories = [ids[h] for h in examples.histories]
+    examples.targets = ids[examples.targets]
+    return examples
 
 
 def evaluate_pipeline(reference: ReferencePipeline, examples, k: int = 10, without: str | None = None) -> dict:
@@ -77,10 +90,7 @@ def main() -> None:
         return
     manifest = json.loads((args.repository / MANIFEST).read_text())
     config = from_dict(manifest["config"])
-    world = simulate(config.simulator)
-    split = leave_last_out(from_world(world), config.serving.max_history)
-    users = args.users or config.grace.eval_users
-    examples = split.test.subset(np.arange(min(users, len(split.test))))
+    examples = held_out_examples(config, args.users or config.grace.eval_users)
     reference = ReferencePipeline(args.repository)
     result = {"command": "python -m evaluation.pipeline_quality " + " ".join(sys.argv[1:]),
               "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -21,12 +21,13 @@ from models.ranking.train import RankerTrainConfig
 from serving.contract import ServingLimits
 
 
-DATA_DECIDED = ("num_items", "num_categories", "num_campaigns", "tokens_per_event")  # set by the data/models
+# Set by the data or the models, never by the config.
+DATA_DECIDED = ("num_items", "num_categories", "num_campaigns", "tokens_per_event", "event_names", "category_names",
+                "example_item_ids")
 
 
-def _limits(self, num_items: int, num_categories: int, num_campaigns: int) -> ServingLimits:
-    return ServingLimits(num_items=num_items, num_categories=num_categories, num_campaigns=num_campaigns,
-                         **dataclasses.asdict(self))
+def _limits(self, **decided) -> ServingLimits:
+    return ServingLimits(**decided, **dataclasses.asdict(self))
 
 
 # ServingLimits minus what the data decides, with ServingLimits' own defaults (not repeated here).
@@ -52,6 +53,7 @@ class GraceBuildConfig:
 @dataclasses.dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0
+    dataset: str = ""  # a dataset directory (docs/dataset.md); empty: the simulator's, from the section below
     simulator: SimConfig = dataclasses.field(default_factory=SimConfig)
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
     grace: GraceBuildConfig = dataclasses.field(default_factory=GraceBuildConfig)

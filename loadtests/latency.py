@@ -5,6 +5,8 @@ for the sub-millisecond models: `score_ads` (one user against C campaigns) and `
 
 Each run sends seeded requests back to back after a warm-up and reports p50/p90/p99 of the client-observed
 gRPC latency; the median over runs of each percentile is printed last (and written with --json-out).
+score_ads histories are drawn from the item ids and the event vocabulary the server publishes
+(example_item_ids, behaviors; a dataset's ids need not be 1..num_items), behaviours uniformly.
 """
 
 from __future__ import annotations
@@ -16,26 +18,26 @@ import time
 
 import numpy as np
 
-from clients.ads_client import AdsClient, build_clip_embed_inputs, build_score_ads_inputs
+from clients.ads_client import AdsClient, AdsLimits, build_clip_embed_inputs, build_score_ads_inputs
 
 WARMUP = 50
 
 
-def _limits(client: AdsClient, model: str) -> dict[str, int]:
-    config = client._client.get_model_config(model, as_json=True)["config"]
-    return {k: int(v["string_value"]) for k, v in config.get("parameters", {}).items() if k != "limits"}
-
-
-def _requests(args, limits: dict[str, int], n: int, seed: int) -> list:
+def _requests(args, limits: AdsLimits | None, n: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     out = []
+    if args.model == "score_ads":
+        if limits is None or not limits.example_item_ids:
+            raise SystemExit("score_ads published no example_item_ids to draw histories from")
+        example_ids = np.asarray(limits.example_item_ids, dtype=np.int64)
+        codes = np.arange(1, len(limits.behaviors) + 1)
     for _ in range(n):
         if args.model == "score_ads":
             length = int(rng.integers(5, 21))
-            items = rng.integers(1, limits["num_items"] + 1, size=length)
+            items = rng.choice(example_ids, size=length)
             ts = 1_700_000_000 + np.cumsum(rng.integers(0, 600, size=length))
-            campaigns = rng.choice(limits["num_campaigns"], size=args.campaigns, replace=False)
-            out.append(build_score_ads_inputs(items, rng.choice([1, 2, 4], size=length), ts, campaigns))
+            campaigns = rng.choice(limits.num_campaigns, size=args.campaigns, replace=False)
+            out.append(build_score_ads_inputs(items, rng.choice(codes, size=length), ts, campaigns))
         else:
             out.append(build_clip_embed_inputs(texts=[f"a photo of a sneaker {i}" for i in range(args.rows)]))
     return out
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     with AdsClient(args.host, timeout_s=30) as client:
-        limits = _limits(client, args.model) if args.model == "score_ads" else {}
+        limits = client.limits() if args.model == "score_ads" else None
         runs = []
         for r in range(args.repeat):
             stats = run_once(client, args, _requests(args, limits, args.requests + WARMUP, args.seed + r))

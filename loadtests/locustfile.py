@@ -3,8 +3,10 @@
     locust -f loadtests/locustfile.py --headless -u 4 -r 4 -t 20s --host 127.0.0.1:8001
 
 Or via `python -m loadtests.run`. Each user sends seeded random histories of
-5..max_history//2 events with valid item ids (from the server's limits), k=10,
-with no think time. Set RECSERVE_LOADTEST_SEED to change the request stream.
+5..max_history//2 events drawn from the item ids and the event vocabulary the
+server publishes (example_item_ids, behaviors; a dataset's ids need not be
+1..num_items), k=10, with no think time. Set RECSERVE_LOADTEST_SEED to change
+the request stream.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class RecommendUser(User):
     @task
     def recommend(self) -> None:
         length = self.rng.randint(MIN_HISTORY, self.max_len)
-        events = synthetic_history(self.limits.num_items, length, self.rng, self.t0)
+        events = synthetic_history(self.limits, length, self.rng, self.t0)
         # Tensors are built before the clock starts: we measure the RPC, not numpy.
         inputs = build_inputs(events, self.k)
         start = time.perf_counter()

@@ -17,11 +17,10 @@ from models.grace.recommender import grace_retrieve
 from models.ranking.model import load_checkpoint as load_ranker
 from serving import graph
 from serving.backend import StepModel
-from serving.contract import ServingLimits
+from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.retriever import load_decoding
 from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds
 
-MANIFEST = "build_manifest.json"
 CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
 
 
@@ -72,7 +71,9 @@ class ReferencePipeline:
         self.top_category = self.steps[graph.MERGE.name].top_category
         # The torch CLIP checkpoint (clip_embed serves its ONNX export) and the campaign CTR scorer.
         self.clip = ClipEmbedder.load(repository / graph.CLIP_EMBED.name / "1" / CLIP_CHECKPOINT_DIR)
-        self.ads = ScoreAds.create(repository / graph.SCORE_ADS.name / "1", self.limits).scorer
+        ads_dir = repository / graph.SCORE_ADS.name / "1"
+        # score_ads is not built when the dataset has no campaigns (then it has no config).
+        self.ads = ScoreAds.create(ads_dir, self.limits) if (ads_dir.parent / "config.pbtxt").exists() else None
 
     def recommend(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None
                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -86,8 +87,11 @@ class ReferencePipeline:
 
     def score_ads(self, item_ids, behaviors, timestamps, campaign_ids) -> np.ndarray:
         """Calibrated pCTR per campaign; raises RequestError as the server answers INVALID_ARGUMENT."""
-        return self.ads.score(np.asarray(item_ids), np.asarray(behaviors), np.asarray(timestamps),
-                              np.asarray(campaign_ids))
+        if self.ads is None:
+            raise RuntimeError("score_ads was not built for this dataset (no campaigns)")
+        pctr, _ = self.ads.run(np.asarray(item_ids), np.asarray(behaviors), np.asarray(timestamps),
+                               np.asarray(campaign_ids))
+        return pctr
 
     def clip_embed(self, images: np.ndarray | None = None, texts: list[str] | None = None) -> np.ndarray:
         """The torch CLIP model's embeddings (image, text, or both -> their normalised mean)."""

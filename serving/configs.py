@@ -7,6 +7,7 @@ The ensemble's wiring comes from the graph: a step input is bound to the ensembl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -26,9 +27,11 @@ def _add_tensor(field, tensor: Tensor, limits: ServingLimits, is_input: bool) ->
 
 
 def _publish(config: pb.ModelConfig, published: tuple[tuple[str, str], ...], limits: ServingLimits) -> None:
-    """Limits published for clients as ModelConfig parameters (values are strings by Triton's schema)."""
+    """Limits published for clients as ModelConfig parameters (values are strings by Triton's schema: an int
+    as its digits, a list as JSON)."""
     for key, field in published:
-        config.parameters[key].string_value = str(getattr(limits, field))
+        value = getattr(limits, field)
+        config.parameters[key].string_value = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
 
 
 def step_config(step: Step, limits: ServingLimits) -> pb.ModelConfig:
@@ -62,9 +65,9 @@ def ensemble_config(ensemble: Ensemble, limits: ServingLimits) -> pb.ModelConfig
     return config
 
 
-def render_configs(limits: ServingLimits) -> dict[str, str]:
-    """Model name -> config.pbtxt text, every one parsed back against the schema."""
-    messages = [step_config(step, limits) for step in SERVED_STEPS]
+def render_configs(limits: ServingLimits, skip=()) -> dict[str, str]:
+    """Model name -> config.pbtxt text, every one parsed back against the schema; `skip`: steps not built."""
+    messages = [step_config(step, limits) for step in SERVED_STEPS if step.name not in skip]
     messages += [ensemble_config(ensemble, limits) for ensemble in ENSEMBLES]
     configs = {m.name: text_format.MessageToString(m) for m in messages}
     for text in configs.values():
@@ -77,8 +80,8 @@ def validate(text: str) -> pb.ModelConfig:
     return text_format.Parse(text, pb.ModelConfig())
 
 
-def write_configs(repository: Path, limits: ServingLimits) -> None:
-    for name, text in render_configs(limits).items():
+def write_configs(repository: Path, limits: ServingLimits, skip=()) -> None:
+    for name, text in render_configs(limits, skip).items():
         model_dir = repository / name
         (model_dir / "1").mkdir(parents=True, exist_ok=True)  # an ensemble needs an (empty) version folder
         (model_dir / "config.pbtxt").write_text(text)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-VALID_BEHAVIORS = (1, 2, 3, 4)  # 1 view, 2 add_to_cart, 3 remove_from_cart, 4 purchase
+# The default event vocabulary: behaviour code = 1 + index (0 is padding). A dataset may declare its own
+# (dataset.json); the build publishes the one it served.
+DEFAULT_EVENT_NAMES = ("view", "add_to_cart", "remove_from_cart", "purchase")
+BUILD_MANIFEST = "build_manifest.json"  # what a build writes at the repository's root (its figures, what it skipped)
 MAX_TIMESTAMP = 4_102_444_800  # event timestamps are unix seconds in 0..MAX_TIMESTAMP (2100-01-01T00:00:00Z)
 
 
@@ -26,10 +29,21 @@ class ServingLimits:
     ads_max_history: int = 50  # score_ads: events per request (the CTR features' window)
     max_clip_rows: int = 64  # clip_embed: images/texts per request
     tokens_per_event: int = 9  # GRACE tokens per history event (behaviour + item path); the build sets it
+    # Set by the build from the dataset, published for clients: behaviour code i+1 is event_names[i]; category
+    # filter index i is category_names[i] (the dataset's top-level categories, sorted); a few valid item ids
+    # (the most interacted) for synthetic traffic, since a dataset's ids need not be 1..num_items.
+    event_names: tuple[str, ...] = DEFAULT_EVENT_NAMES
+    category_names: tuple[str, ...] = ()
+    example_item_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("event_names", "category_names", "example_item_ids"):  # JSON gives lists back
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def num_behaviors(self) -> int:
-        return len(VALID_BEHAVIORS)
+        """Behaviour codes 1..num_behaviors (0 is padding)."""
+        return len(self.event_names)
 
     @property
     def max_history_tokens(self) -> int:
@@ -42,6 +56,11 @@ class ServingLimits:
     @classmethod
     def from_json(cls, text: str) -> "ServingLimits":
         return cls(**json.loads(text))
+
+
+def behavior_code(event_names: tuple[str, ...], name: str) -> int | None:
+    """The behaviour code of an event name in a vocabulary, or None when the vocabulary lacks it."""
+    return 1 + event_names.index(name) if name in event_names else None
 
 
 class RequestError(ValueError):

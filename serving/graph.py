@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from serving.ads import META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
+from serving.ads import CAMPAIGN_IDS_FILE, META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
 from serving.calibration import CALIBRATOR_FILE
-from serving.catalog import CATEGORY_FILE
+from serving.catalog import CATEGORY_FILE, ITEM_IDS_FILE
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.grace.history import HISTORY_FILES
@@ -146,7 +146,7 @@ FEATURES = Step(
     "features", "validates a recommend request; CoT tokens with journey ids and positions, padded histories",
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, K, EXCLUDE_ITEM_IDS, CATEGORY_IDS),
     outputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, HIST_ITEMS, HIST_BEHAVIORS) + FILTERS,
-    artifacts=HISTORY_FILES)
+    artifacts=HISTORY_FILES + (ITEM_IDS_FILE,))
 GRACE_RETRIEVE = Step(
     "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step",
     inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS), outputs=(GRACE_ITEMS, GRACE_SCORES),
@@ -177,12 +177,13 @@ RANKER = Step(
 CALIBRATE = Step(
     "calibrate", "isotonic logit -> pCTR, then the top-k with their retrieval sources",
     inputs=(LOGITS, CAND_ITEMS, CAND_SOURCES, K), outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
-    artifacts=(CALIBRATOR_FILE,))
+    artifacts=(CALIBRATOR_FILE, ITEM_IDS_FILE))
 SCORE_ADS = Step(
     "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),
-    artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE),
-    published=(("num_items", "num_items"), ("max_history", "ads_max_history"),
+    artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE, ITEM_IDS_FILE, CAMPAIGN_IDS_FILE),
+    published=(("num_items", "num_items"), ("max_history", "ads_max_history"), ("behaviors", "event_names"),
+               ("example_item_ids", "example_item_ids"),
                ("num_campaigns", "num_campaigns"), ("max_campaigns", "max_campaigns")))
 CLIP_EMBED = Step(
     "clip_embed", "CLIP embeddings of images and/or texts, one creative per row",
@@ -194,7 +195,8 @@ RECOMMEND = Ensemble(
     inputs=FEATURES.inputs, outputs=CALIBRATE.outputs,
     steps=(FEATURES, *(source.step for source in RETRIEVAL_SOURCES), MERGE, RANKER, CALIBRATE),
     published=(("num_items", "num_items"), ("max_history", "max_history"), ("max_k", "max_k"),
-               ("num_categories", "num_categories"), ("max_exclude", "max_exclude")))
+               ("num_categories", "num_categories"), ("max_exclude", "max_exclude"), ("behaviors", "event_names"),
+               ("categories", "category_names"), ("example_item_ids", "example_item_ids")))
 
 ENSEMBLES = (RECOMMEND,)
 SERVED_STEPS = RECOMMEND.steps + (SCORE_ADS, CLIP_EMBED)  # python-backend models, each with a 1/model.py

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from typing import IO
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from serving.contract import BUILD_MANIFEST
 
 # Passing this as `log_file` lets the server write straight to the launcher's stdout/stderr.
 INHERIT_OUTPUT = "-"
@@ -417,6 +420,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def not_built_notes(repository: Path) -> list[str]:
+    """The steps the build left out because the dataset cannot feed them (build_manifest.json "not_built")."""
+    try:
+        not_built = json.loads((repository / BUILD_MANIFEST).read_text()).get("not_built", {})
+    except (OSError, ValueError):
+        return []
+    return [f"  not built: {name}: {why}" for name, why in sorted(not_built.items())]
+
+
 def _exit_code(returncode: int) -> int:
     # Popen reports death by signal as -N; shells report it as 128+N.
     return 128 - returncode if returncode < 0 else returncode
@@ -458,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\n".join(
             [
                 f"tritonserver (pid {server.pid}) ready",
+                *not_built_notes(args.model_repository),
                 f"  gRPC:    {server.grpc_url}",
                 f"  HTTP:    http://{server.http_url}",
                 f"  metrics: {server.metrics_url}",

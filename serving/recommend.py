@@ -12,6 +12,7 @@ import numpy as np
 
 from serving.contract import RequestError, ServingLimits
 from serving.graph import CATEGORY_IDS, EXCLUDE_ITEM_IDS, K
+from serving.catalog import ItemIds
 from serving.grace.history import HistoryEncoder
 from serving.validation import check_ids, integer_array, validate_history
 
@@ -26,11 +27,12 @@ class HistoryFeatures:
     allowed_categories: np.ndarray  # int64 [>=1]; every category when the request names none
 
 
-def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimits, item_ids, behaviors, timestamps, k,
-                           exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
-    """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features."""
+def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimits, catalog: ItemIds, item_ids,
+                           behaviors, timestamps, k, exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
+    """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features; the
+    request's item ids are the dataset's, the features' internal."""
     items, behs, ts = validate_history(item_ids, behaviors, timestamps, max_history=limits.max_history,
-                                       num_items=limits.num_items)
+                                       catalog=catalog, event_names=limits.event_names)
     n = len(items)
     k_arr = integer_array(K.name, k)
     if len(k_arr) != 1:
@@ -43,8 +45,7 @@ def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimit
         ex = integer_array(EXCLUDE_ITEM_IDS.name, exclude_item_ids)
         if len(ex) > limits.max_exclude:
             raise RequestError(EXCLUDE_ITEM_IDS.name, f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
-        check_ids(EXCLUDE_ITEM_IDS.name, ex, 1, limits.num_items, "item id")
-        exclude = np.unique(np.concatenate([exclude, ex.astype(np.int64)]))
+        exclude = np.unique(np.concatenate([exclude, catalog.to_internal(EXCLUDE_ITEM_IDS.name, ex)]))
     allowed = np.arange(limits.num_categories, dtype=np.int64)
     if category_ids is not None:
         cats = integer_array(CATEGORY_IDS.name, category_ids)

@@ -8,19 +8,21 @@ import faiss
 import numpy as np
 
 from serving import graph
+from serving.ads import CAMPAIGN_IDS_FILE
 from serving.ads.scorer import SOURCES as AD_SOURCES, CtrScorer
 from serving.backend import StepModel
 from serving.calibration import CALIBRATOR_FILE, IsotonicCalibrator
-from serving.catalog import load_top_category
+from serving.catalog import IdMap, ItemIds, load_top_category
 from serving.clip.ann_index import load_index
 from serving.clip.embedder import OnnxClipEmbedder
-from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE, clip_retrieve
-from serving.contract import RequestError
+from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE, clip_retrieve, query_weights
+from serving.contract import RequestError, behavior_code
 from serving.grace.history import HistoryEncoder
 from serving.grace.retriever import OnnxGraceRetriever
 from serving.ranking import OnnxRanker
-from serving.recent import recent_items
+from serving.recent import REMOVAL_EVENT, recent_items
 from serving.recommend import calibrated_top_k, eligible_mask, merge_candidates, validate_and_featurize
+from serving.validation import integer_array, validate_history
 
 MAX_TEXT_BYTES = 1024
 
@@ -30,10 +32,11 @@ class Features(StepModel):
 
     def load(self):
         self.history_encoder = HistoryEncoder.load(self.version_dir)
+        self.catalog = ItemIds.load(self.version_dir)
 
     def run(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None):
-        f = validate_and_featurize(self.history_encoder, self.limits, item_ids, behaviors, timestamps, k,
-                                   exclude_item_ids, category_ids)
+        f = validate_and_featurize(self.history_encoder, self.limits, self.catalog, item_ids, behaviors, timestamps,
+                                   k, exclude_item_ids, category_ids)
         return (f.enc_tokens, f.enc_journey_ids, f.enc_journey_pos, f.hist_items, f.hist_behaviors, f.exclude_ids,
                 f.allowed_categories)
 
@@ -75,9 +78,13 @@ class FilteredStep(StepModel):
 class RecentRetrieve(FilteredStep):
     STEP = graph.RECENT_RETRIEVE
 
+    def load(self):
+        super().load()
+        self.removal_code = behavior_code(self.limits.event_names, REMOVAL_EVENT)
+
     def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
         return recent_items(hist_items, hist_behaviors, self.eligible(exclude_ids, allowed_categories),
-                            self.limits.recent_candidates)
+                            self.limits.recent_candidates, self.removal_code)
 
 
 class ClipRetrieve(FilteredStep):
@@ -88,10 +95,12 @@ class ClipRetrieve(FilteredStep):
         faiss.omp_set_num_threads(1)  # Triton runs the models side by side on few cores
         self.index = load_index(self.version_dir / ITEM_INDEX_FILE)
         self.item_embeddings = np.load(self.version_dir / ITEM_EMBEDDINGS_FILE)
+        self.behavior_weights = query_weights(self.limits.event_names)
 
     def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
         return clip_retrieve(self.index, self.item_embeddings, hist_items, hist_behaviors,
-                             self.eligible(exclude_ids, allowed_categories), self.limits.knn_candidates)
+                             self.eligible(exclude_ids, allowed_categories), self.limits.knn_candidates,
+                             self.behavior_weights)
 
 
 class Merge(FilteredStep):
@@ -122,9 +131,12 @@ class Calibrate(StepModel):
 
     def load(self):
         self.calibrator = IsotonicCalibrator.load(self.version_dir / CALIBRATOR_FILE)
+        self.catalog = ItemIds.load(self.version_dir)
 
     def run(self, logits, cand_items, cand_sources, k):
-        return calibrated_top_k(logits, cand_items, cand_sources, self.calibrator, int(k[0]), graph.SOURCE_NAMES)
+        items, pctr, sources = calibrated_top_k(logits, cand_items, cand_sources, self.calibrator, int(k[0]),
+                                                graph.SOURCE_NAMES)
+        return self.catalog.to_external(items), pctr, sources  # the response speaks the dataset's ids
 
 
 class ScoreAds(StepModel):
@@ -135,10 +147,20 @@ class ScoreAds(StepModel):
         # The published limits are the enforced ones (one build configuration).
         self.scorer.max_campaigns, self.scorer.max_history = self.limits.max_campaigns, self.limits.ads_max_history
         self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
+        self.catalog = ItemIds.load(self.version_dir)
+        self.campaigns = IdMap(np.load(self.version_dir / CAMPAIGN_IDS_FILE), "campaign", first=0)
 
     def run(self, item_ids, behaviors, timestamps, campaign_ids):
-        pctr = self.scorer.score(item_ids, behaviors, timestamps, campaign_ids)
-        return pctr, self.source_names[self.scorer.source[np.asarray(campaign_ids, np.int64).reshape(-1)]]
+        """The request speaks the dataset's item and campaign ids; the scorer its internal ones."""
+        items, behs, ts = validate_history(item_ids, behaviors, timestamps, max_history=self.limits.ads_max_history,
+                                           catalog=self.catalog, event_names=self.limits.event_names)
+        cids = integer_array(graph.CAMPAIGN_IDS.name, campaign_ids)
+        if len(cids) > self.limits.max_campaigns:
+            raise RequestError(graph.CAMPAIGN_IDS.name, f"{len(cids)} campaigns; the maximum is "
+                                                        f"{self.limits.max_campaigns}")
+        internal = self.campaigns.to_internal(graph.CAMPAIGN_IDS.name, cids)
+        pctr = self.scorer.score(items, behs, ts, internal)
+        return pctr, self.source_names[self.scorer.source[internal]]
 
 
 class ClipEmbed(StepModel):

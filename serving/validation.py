@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.contract import MAX_TIMESTAMP, VALID_BEHAVIORS, RequestError
+from serving.contract import DEFAULT_EVENT_NAMES, MAX_TIMESTAMP, RequestError
 from serving.graph import BEHAVIORS, ITEM_IDS, TIMESTAMPS
-
-BEHAVIOR_NAMES = "1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase"
 
 
 def integer_array(field: str, value) -> np.ndarray:
@@ -26,9 +24,13 @@ def check_ids(field: str, ids: np.ndarray, low: int, high: int, noun: str) -> No
         raise RequestError(field, f"unknown {noun} {int(bad[0])}; valid ids are {low}..{high}")
 
 
-def validate_history(item_ids, behaviors, timestamps, *, max_history: int, num_items: int
+def validate_history(item_ids, behaviors, timestamps, *, max_history: int, num_items: int | None = None,
+                     catalog=None, event_names: tuple[str, ...] = DEFAULT_EVENT_NAMES
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A user's events, oldest first -> (items, behaviors, timestamps) as int64 arrays of equal length."""
+    """A user's events, oldest first -> (items, behaviors, timestamps) as int64 arrays of equal length.
+
+    With `catalog` (serving.catalog.ItemIds) the item ids are the dataset's and come back as internal ids;
+    without, they are internal ids checked against 1..num_items."""
     items = np.asarray(item_ids).reshape(-1)
     n = len(items)
     if n == 0:
@@ -41,11 +43,15 @@ def validate_history(item_ids, behaviors, timestamps, *, max_history: int, num_i
     if len(behs) != n or len(ts) != n:
         raise RequestError(f"{BEHAVIORS.name}/{TIMESTAMPS.name}", f"lengths must equal {ITEM_IDS.name} ({n}); got "
                            f"{BEHAVIORS.name}={len(behs)}, {TIMESTAMPS.name}={len(ts)}")
-    check_ids(ITEM_IDS.name, items, 1, num_items, "item id")
-    bad = behs[~np.isin(behs, VALID_BEHAVIORS)]
+    if catalog is not None:
+        items = catalog.to_internal(ITEM_IDS.name, items)
+    else:
+        check_ids(ITEM_IDS.name, items, 1, num_items, "item id")
+    bad = behs[(behs < 1) | (behs > len(event_names))]
     if len(bad):
+        names = ", ".join(f"{i + 1}={name}" for i, name in enumerate(event_names))
         raise RequestError(BEHAVIORS.name, f"unknown behavior {int(bad[0])}; valid values are "
-                           f"{list(VALID_BEHAVIORS)} ({BEHAVIOR_NAMES})")
+                           f"1..{len(event_names)} ({names})")
     bad = ts[(ts < 0) | (ts > MAX_TIMESTAMP)]
     if len(bad):
         raise RequestError(TIMESTAMPS.name, f"value {int(bad[0])} is out of range; valid range is 0..{MAX_TIMESTAMP} "

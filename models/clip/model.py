@@ -382,7 +382,7 @@ class ClipEmbedder:
         d = Path(model_dir)
         if not (d / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{d} is not a CLIP model dir ({CONFIG_FILE} missing); train one with "
-                                    "`python -m models.clip.train --out DIR`")
+                                    "`python -m models.clip.train --data DATASET_DIR --out DIR`")
         cfg = CLIPConfig.from_dict(json.loads((d / CONFIG_FILE).read_text())["config"])
         model = build_from_state_dict(read_state_dict(d / MODEL_FILE), config=cfg)
         return cls(model, WordTokenizer.load(d / VOCAB_FILE), **kwargs)
@@ -421,6 +421,34 @@ class ClipEmbedder:
             raise ValueError(f"{len(parts[0])} images but {len(parts[1])} texts")
         e = np.mean(parts, axis=0)
         return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def embed_rows(embedder: ClipEmbedder, images: np.ndarray | None, has_image: np.ndarray | None,
+               texts: list[str]) -> np.ndarray:
+    """One embedding per row: the normalised mean of its image and text embeddings where has_image, its text
+    embedding alone otherwise (what the served clip_embed step returns for image+text / text-only requests).
+    images: uint8 [n, R, R] (rows without an image are ignored); returns float32 [n, D] unit rows."""
+    out = embedder.embed_texts(list(texts)).astype(np.float32)
+    if has_image is None or images is None:
+        return out
+    has_image = np.asarray(has_image, bool)
+    if len(has_image) != len(out) or len(images) != len(out):
+        raise ValueError(f"{len(images)} images, {len(has_image)} has_image flags and {len(out)} texts differ")
+    if has_image.any():
+        both = embedder.embed_images(images[has_image]) + out[has_image]
+        out[has_image] = both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def embed_items(embedder: ClipEmbedder, data, images: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> np.ndarray:
+    """The catalog of `data` (data.build_data.BuildData) -> float32 [N, D] unit vectors, row k-1 = internal
+    item k: image+text (normalised mean) for items with an image, the text (catalog.texts: title, category
+    path, brand) alone otherwise. `images`: data.images.load_catalog_images(catalog) when already loaded."""
+    from data.images import load_catalog_images
+    cat = data.catalog
+    pixels, has = images if images is not None else load_catalog_images(cat, embedder.model.config.image_resolution)
+    return embed_rows(embedder, pixels[1:], has[1:], cat.texts[1:])
 
 
 def embed_images(model_dir: str | os.PathLike, images: np.ndarray) -> np.ndarray:

@@ -1,21 +1,32 @@
 """The user x campaign feature vector of the per-campaign linear CTR models (numpy only, vectorised).
 
-Computable at serving time from the request's history (item ids, behaviours, timestamps), the catalog and
-the campaign table. Every event gets a weight = behaviour weight x recency decay (half-life
-RECENCY_HALF_LIFE_S, measured back from the newest event); "share" below means the weighted share of the
-history, so each affinity lies in [0, 1]. The bias is not a feature: each campaign has its own intercept.
+Computable at serving time from the request's history (internal item ids, behaviour codes, timestamps), the
+catalog and the campaign table (FeatureTables.from_data builds both from a dataset, data.build_data). Every
+event gets a weight = behaviour weight x recency decay (half-life RECENCY_HALF_LIFE_S, measured back from the
+newest event); "share" below means the weighted share of the history, so each affinity lies in [0, 1]. The bias
+is not a feature: each campaign has its own intercept.
 
   0 leaf_affinity      share of the history in the campaign item's leaf category
   1 top_affinity       share in the item's top category
-  2 brand_affinity     share on the item's brand
+  2 brand_affinity     share on the item's brand (0 when the item has no brand)
   3 item_interacted    share on the promoted item itself
   4 intent_leaf        1 if the newest event's leaf category is the item's
   5 intent_top         1 if the newest event's top category is the item's
   6 price_match        exp(-|log item price - weighted mean log price of the history|)
   7 audience_category  share in the campaign's target top categories
   8 audience_price     share in the campaign's target price buckets
-  9 carted_leaf        share of add-to-cart / purchase events in the item's leaf (strong intent)
+  9 carted_leaf        share of strong-intent events (add-to-cart, purchase, the conversion event) in the
+                       item's leaf
  10 activity           log(1 + events) / log(1 + 50), the user's activity level
+
+A campaign without a promoted item gets 0 for the item features (0-6, 9); only the audience features and the
+activity describe it. Items of unknown price (NaN) take the median log price of the priced items (all 0 when
+none has a price), so price_match stays finite and is uninformative for them. An empty history (a logged
+impression of a user without earlier events; serving refuses one) has every feature 0.
+
+Behaviour weights follow the dataset's event vocabulary (behavior_weights): view 1, add_to_cart 2,
+remove_from_cart 0.5 (a removal still signals interest, weakly), purchase 3; any other event name 1, and the
+conversion event 3 when its name is not one of those.
 """
 
 from __future__ import annotations
@@ -29,10 +40,26 @@ from serving.contract import default_limit
 FEATURE_NAMES = ("leaf_affinity", "top_affinity", "brand_affinity", "item_interacted", "intent_leaf",
                  "intent_top", "price_match", "audience_category", "audience_price", "carted_leaf", "activity")
 NUM_FEATURES = len(FEATURE_NAMES)
-# Behaviour code -> weight (0 = padding; a removal still signals interest, weakly).
-BEHAVIOR_WEIGHTS = np.array([0.0, 1.0, 2.0, 0.5, 3.0])
+# Behaviour weight by event name (the default vocabulary's); other names weigh 1, the conversion event 3.
+EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 2.0, "remove_from_cart": 0.5, "purchase": 3.0}
+STRONG_EVENTS = ("add_to_cart", "purchase")  # carted_leaf counts these and the conversion event
+DEFAULT_EVENTS = ("view", "add_to_cart", "remove_from_cart", "purchase")
 RECENCY_HALF_LIFE_S = 3 * 86_400.0
 MAX_HISTORY = default_limit("ads_max_history")  # the feature window; `activity` is normalised by it
+
+
+def behavior_weights(event_names=DEFAULT_EVENTS, conversion_event: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, strong) float64 [1 + len(event_names)] indexed by behaviour code (0 = padding: weight 0)."""
+    conversion = event_names[-1] if conversion_event is None else conversion_event
+    weight, strong = np.zeros(len(event_names) + 1), np.zeros(len(event_names) + 1)
+    for code, name in enumerate(event_names, 1):
+        weight[code] = EVENT_WEIGHTS.get(name, 3.0 if name == conversion else 1.0)
+        strong[code] = float(name in STRONG_EVENTS or name == conversion)
+    return weight, strong
+
+
+BEHAVIOR_WEIGHTS, STRONG_BEHAVIORS = behavior_weights()  # the default vocabulary: [0, 1, 2, 0.5, 3], codes 2 and 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +78,25 @@ class FeatureTables:
     num_tops: int
     num_brands: int
     num_buckets: int
+    behavior_weight: np.ndarray  # float64 [num_behaviors] by behaviour code (0 = padding)
+    behavior_strong: np.ndarray  # float64 [num_behaviors] 1 for the strong-intent codes (carted_leaf)
 
     @classmethod
-    def from_world(cls, world, campaigns) -> "FeatureTables":
-        cat, cfg = world.catalog, world.config
+    def from_data(cls, data) -> "FeatureTables":
+        """From a data.build_data.BuildData with campaigns: item columns from its catalog (internal item ids),
+        the campaign table from data.campaigns (internal campaign ids 0..C-1), sizes from the catalog."""
+        cat, cs = data.catalog, data.campaigns
+        if cs is None:
+            raise ValueError(f"dataset {data.name!r} has no campaigns (campaigns + ad_impressions); the ads "
+                             "models need them")
+        weight, strong = behavior_weights(tuple(data.meta.events), data.meta.conversion_event)
         return cls(item_leaf=cat.leaf_category.astype(np.int64), item_top=cat.top_category.astype(np.int64),
                    item_brand=cat.brand.astype(np.int64), item_bucket=cat.price_bucket.astype(np.int64),
-                   item_log_price=np.log(np.maximum(cat.price.astype(np.float64), 1e-6)),
-                   campaign_item=campaigns.item.astype(np.int64),
-                   audience_top=campaigns.audience_top.astype(np.float64),
-                   audience_price=campaigns.audience_price.astype(np.float64),
-                   num_leaves=cfg.num_leaf_categories, num_tops=cfg.num_top_categories, num_brands=cfg.num_brands,
-                   num_buckets=cfg.num_price_buckets)
+                   item_log_price=log_prices(cat.price), campaign_item=np.asarray(cs.item, np.int64),
+                   audience_top=np.asarray(cs.audience_top, np.float64),
+                   audience_price=np.asarray(cs.audience_price, np.float64),
+                   num_leaves=cat.num_leaf_categories, num_tops=cat.num_top_categories, num_brands=cat.num_brands,
+                   num_buckets=cat.num_price_buckets, behavior_weight=weight, behavior_strong=strong)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -83,11 +117,24 @@ class FeatureTables:
     def num_items(self) -> int:
         return len(self.item_leaf) - 1
 
-    # Per-campaign columns, cached once: the serving path gathers from them.
+    @property
+    def num_behaviors(self) -> int:
+        """Behaviour codes including padding (0)."""
+        return len(self.behavior_weight)
+
+    # Per-campaign columns: the serving path gathers from them.
     @property
     def campaign_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ci = self.campaign_item
         return self.item_leaf[ci], self.item_top[ci], self.item_brand[ci], self.item_log_price[ci]
+
+
+def log_prices(price: np.ndarray) -> np.ndarray:
+    """float64 log prices; unknown (NaN, including the padding row) -> the median log price of the known ones
+    (0 when none is known). Prices of 0 count as 1e-6."""
+    lp = np.log(np.maximum(np.asarray(price, np.float64), 1e-6))
+    known = ~np.isnan(lp)
+    return np.where(known, lp, float(np.median(lp[known])) if known.any() else 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,18 +168,20 @@ def build_profiles(tables: FeatureTables, items: np.ndarray, behaviors: np.ndarr
     ts = np.atleast_2d(np.asarray(timestamps, np.float64))
     valid = items > 0
     now = ts[:, -1:]
-    w = BEHAVIOR_WEIGHTS[behaviors] * np.exp2(-(now - ts) / RECENCY_HALF_LIFE_S) * valid
+    w = tables.behavior_weight[behaviors] * np.exp2(-(now - ts) / RECENCY_HALF_LIFE_S) * valid
     total = np.maximum(w.sum(1, keepdims=True), 1e-12)
     share = w / total
     leaf = tables.item_leaf[items]
-    carted = share * ((behaviors == 2) | (behaviors == 4))
+    carted = share * tables.behavior_strong[behaviors]
     return Profiles(
         leaf=_scatter(leaf, share, tables.num_leaves), top=_scatter(tables.item_top[items], share, tables.num_tops),
         brand=_scatter(tables.item_brand[items], share, tables.num_brands),
         bucket=_scatter(tables.item_bucket[items], share, tables.num_buckets),
         carted_leaf=_scatter(leaf, carted, tables.num_leaves), items=items, item_share=share,
-        mean_log_price=(share * tables.item_log_price[items]).sum(1), last_leaf=leaf[:, -1],
-        last_top=tables.item_top[items[:, -1]],
+        mean_log_price=(share * tables.item_log_price[items]).sum(1),
+        # -1 when the history is empty (a logged impression of a user without earlier events): no intent.
+        last_leaf=np.where(valid[:, -1], leaf[:, -1], -1),
+        last_top=np.where(valid[:, -1], tables.item_top[items[:, -1]], -1),
         activity=np.log1p(valid.sum(1)) / np.log1p(MAX_HISTORY))
 
 
@@ -140,19 +189,23 @@ def pair_features(tables: FeatureTables, prof: Profiles, p_idx: np.ndarray, c_id
     """Features of (profile p_idx[...], campaign c_idx[...]); the two broadcast to a shape S -> [*S, F]."""
     p_idx, c_idx = np.broadcast_arrays(np.asarray(p_idx, np.int64), np.asarray(c_idx, np.int64))
     c_leaf, c_top, c_brand, c_lp = tables.campaign_columns
-    lf, tp = c_leaf[c_idx], c_top[c_idx]
+    lf, tp, br = c_leaf[c_idx], c_top[c_idx], c_brand[c_idx]
+    item = tables.campaign_item[c_idx]
+    has_item = item > 0  # a campaign without a promoted item has no item features
     out = np.empty(p_idx.shape + (NUM_FEATURES,), np.float64)
     out[..., 0] = prof.leaf[p_idx, lf]
     out[..., 1] = prof.top[p_idx, tp]
-    out[..., 2] = prof.brand[p_idx, c_brand[c_idx]]
-    hit = prof.items[p_idx] == tables.campaign_item[c_idx][..., None]
+    out[..., 2] = prof.brand[p_idx, br] * (br > 0)  # brand 0 = no brand: sharing "no brand" is no affinity
+    hit = prof.items[p_idx] == item[..., None]
     out[..., 3] = (prof.item_share[p_idx] * hit).sum(-1)
     out[..., 4] = prof.last_leaf[p_idx] == lf
     out[..., 5] = prof.last_top[p_idx] == tp
-    out[..., 6] = np.exp(-np.abs(c_lp[c_idx] - prof.mean_log_price[p_idx]))
+    out[..., 6] = np.exp(-np.abs(c_lp[c_idx] - prof.mean_log_price[p_idx])) * (prof.activity[p_idx] > 0)
+    out[..., 9] = prof.carted_leaf[p_idx, lf]
+    out[..., :7] *= has_item[..., None]
+    out[..., 9] *= has_item
     out[..., 7] = (prof.top[p_idx] * tables.audience_top[c_idx]).sum(-1)
     out[..., 8] = (prof.bucket[p_idx] * tables.audience_price[c_idx]).sum(-1)
-    out[..., 9] = prof.carted_leaf[p_idx, lf]
     out[..., 10] = prof.activity[p_idx]
     return out
 

@@ -296,3 +296,38 @@ def write_corrupt(directory: str | Path, kind: str) -> Expected:
     if kind == "csv_and_parquet":
         write_table(directory, "items", items_table(), "csv")
     return expected
+
+
+# ------------------------------------------------------------------------------------ a fixture to build and serve
+
+SERVED_USERS = [f"shopper-{i:03d}" for i in range(48)]
+
+
+def write_served_fixture(directory: str | Path, *, ads: bool = True, impressions: bool = True) -> Path:
+    """The fixture's catalog (sparse ids, depth 1-3 categories, missing brands/prices/images, images of several
+    sizes and formats) with enough traffic for every build stage to have train, calibration and test users:
+    48 string user ids with 8-20 events each, organic impressions and (``ads``) 600 ad impressions (enough for two warm campaigns; 4242 stays cold)."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for user in SERVED_USERS:
+        # Each user favours a few items (repeat intent) and a top category: learnable, not random.
+        favourites = rng.choice(ITEM_IDS, size=3, replace=False)
+        t = T0 + int(rng.integers(0, 86400))
+        for _ in range(int(rng.integers(8, 21))):
+            item = rng.choice(favourites) if rng.random() < 0.6 else rng.choice(ITEM_IDS)
+            t += int(rng.integers(30, 4000))
+            rows.append((user, int(item), str(rng.choice(DEFAULT_EVENTS, p=[0.7, 0.15, 0.05, 0.1])), t))
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "event", "timestamp"])
+    n = 400
+    imp = pd.DataFrame({"user_id": rng.choice(SERVED_USERS, size=n), "item_id": rng.choice(ITEM_IDS, size=n),
+                        "timestamp": T0 + rng.integers(0, 5 * 86400, size=n).astype(np.int64),
+                        "clicked": rng.random(n) < 0.3})
+    m = 600
+    ad_imp = pd.DataFrame({"user_id": rng.choice(SERVED_USERS, size=m),
+                           "campaign_id": rng.choice([900, 17, 4242], size=m, p=[0.5, 0.45, 0.05]),
+                           "timestamp": T0 + rng.integers(0, 5 * 86400, size=m).astype(np.int64),
+                           "clicked": rng.random(m) < 0.25})
+    overrides = {"events": with_timestamps(events, "int"), "impressions": imp if impressions else None}
+    if ads:
+        overrides["ad_impressions"] = ad_imp
+    return write_fixture(directory, ads=ads, with_impressions=impressions, **overrides)

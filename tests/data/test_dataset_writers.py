@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from data.movielens import genre_category, movie_title, write_movielens
-from data.simulator import DATASET_EVENTS, SimConfig, category_path, simulate, summary, write_dataset
+from data.simulator import (COLD_LAUNCH_QUANTILE, DATASET_EVENTS, SimConfig, category_path, simulate, summary,
+                            write_dataset)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = SimConfig(num_items=60, num_users=40, num_campaigns=12)
@@ -56,6 +57,21 @@ def world():
 def sim_dir(world, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sim") / "dataset"
     return out, _write_sim(world, out)
+
+
+@pytest.fixture(scope="module")
+def campaigns(world):
+    """The simulator's campaigns and full ad log, as write_dataset builds them (seed 0)."""
+    from data.campaigns import build_campaigns
+    return build_campaigns(world, seed=0, impressions=AD_IMPRESSIONS)
+
+
+def _written_ad_rows(cs) -> np.ndarray:
+    """Mask over the simulator's ad log of the rows ad_impressions.parquet holds: every impression of a warm
+    campaign; a cold-start campaign launches late, so only its impressions after the COLD_LAUNCH_QUANTILE time
+    point of the whole log."""
+    cut = np.quantile(cs.log_time, COLD_LAUNCH_QUANTILE)
+    return cs.warm[cs.log_campaign] | (cs.log_time > cut)
 
 
 def _types(path: Path) -> dict[str, str]:
@@ -107,16 +123,23 @@ def _tree_digest(d: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------- simulator
 
-def test_simulator_files_and_counts(world, sim_dir):
+def test_simulator_files_and_counts(world, campaigns, sim_dir):
     d, counts = sim_dir
     names = {p.name for p in d.iterdir()}
     assert names == {"items.parquet", "events.parquet", "impressions.parquet", "campaigns.parquet",
                      "ad_impressions.parquet", "dataset.json", "summary.json", "images"}
     assert not list(d.parent.glob(".*partial*"))  # the staging folder was renamed into place
     n_campaigns = min(SMALL.num_campaigns, SMALL.num_items)
+    # Ad impressions: all of the warm campaigns' + the cold-start campaigns' after the launch point.
+    cs = campaigns
+    n_warm = int(cs.warm.sum())
+    cut = np.quantile(cs.log_time, COLD_LAUNCH_QUANTILE)
+    late_cold = int((~cs.warm[cs.log_campaign] & (cs.log_time > cut)).sum())
+    assert 0 < n_warm < n_campaigns and 0 < late_cold < (n_campaigns - n_warm) * sum(AD_IMPRESSIONS)
     assert counts == {"images": SMALL.num_items, "items": SMALL.num_items, "events": len(world.event_item),
                       "impressions": len(world.impression_item), "campaigns": n_campaigns,
-                      "ad_impressions": n_campaigns * sum(AD_IMPRESSIONS), "users": SMALL.num_users}
+                      "ad_impressions": n_warm * sum(AD_IMPRESSIONS) + late_cold, "users": SMALL.num_users}
+    assert pq.read_metadata(d / "ad_impressions.parquet").num_rows == counts["ad_impressions"]
     assert json.loads((d / "summary.json").read_text()) == summary(world)
 
 
@@ -158,7 +181,7 @@ def test_simulator_images_open(world, sim_dir):
     assert len(list((d / "images").iterdir())) == len(items)
 
 
-def test_simulator_impressions_and_campaigns(world, sim_dir):
+def test_simulator_impressions_and_campaigns(world, campaigns, sim_dir):
     d, _ = sim_dir
     _check_schema(d / "impressions.parquet", IMPRESSIONS, user_id=True)
     _check_schema(d / "campaigns.parquet", CAMPAIGNS, CAMPAIGNS_OPTIONAL)
@@ -176,11 +199,21 @@ def test_simulator_impressions_and_campaigns(world, sim_dir):
     image_of = dict(zip(items["item_id"], items["image"]))
     assert camps["image"].tolist() == [image_of[i] for i in camps["item_id"]]
     assert all((d / p).is_file() for p in camps["image"])
-    from data.campaigns import build_campaigns
-    cs = build_campaigns(world, seed=0, impressions=AD_IMPRESSIONS)
+    cs = campaigns
     assert camps["title"].tolist() == cs.text
-    np.testing.assert_array_equal(ads["clicked"], cs.log_click.astype(bool))
-    np.testing.assert_array_equal(ads["user_id"], cs.log_user)
+    # The ad log is the simulator's, in its order, less the cold-start campaigns' impressions before launch.
+    logged = _written_ad_rows(cs)
+    assert 0 < (~logged).sum() and not (~logged & cs.warm[cs.log_campaign]).any()
+    np.testing.assert_array_equal(ads["campaign_id"], cs.log_campaign[logged])
+    np.testing.assert_array_equal(ads["timestamp"], cs.log_time[logged])
+    np.testing.assert_array_equal(ads["clicked"], cs.log_click[logged].astype(bool))
+    np.testing.assert_array_equal(ads["user_id"], cs.log_user[logged])
+    per_campaign = np.bincount(ads["campaign_id"], minlength=cs.num_campaigns)
+    assert (per_campaign[cs.warm] == sum(AD_IMPRESSIONS)).all()  # warm: the whole log
+    assert (per_campaign[~cs.warm] < sum(AD_IMPRESSIONS)).all()  # cold: launched late
+    # A time split (oldest 70% TRAIN) of the written log sees no impression of a cold-start campaign.
+    cold_rows = ~cs.warm[ads["campaign_id"].to_numpy()]
+    assert cold_rows.any() and ads["timestamp"][cold_rows].min() > np.quantile(ads["timestamp"], 0.7)
     # Targeting: the promoted item's own top category is always targeted, and its price is in range.
     top_of = {i: c.split(" > ")[0] for i, c in zip(items["item_id"], items["category"])}
     price_of = dict(zip(items["item_id"], items["price"]))

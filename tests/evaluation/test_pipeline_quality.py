@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from data.sequences import from_world, leave_last_out
-from data.simulator import simulate
-from evaluation.pipeline_quality import evaluate_pipeline
+from evaluation.pipeline_quality import evaluate_pipeline, held_out_examples
 from exporters.config import from_dict
 from models.reference import MANIFEST
 from serving import graph
@@ -18,8 +16,7 @@ from serving import graph
 @pytest.fixture(scope="module")
 def examples(model_repository):
     config = from_dict(json.loads((model_repository / MANIFEST).read_text())["config"])
-    split = leave_last_out(from_world(simulate(config.simulator)), config.serving.max_history)
-    return split.test.subset(np.arange(12))
+    return held_out_examples(config, 12)
 
 
 def test_manifest_config_round_trips(model_repository):

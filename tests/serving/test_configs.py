@@ -47,10 +47,22 @@ def test_ads_models_publish_their_limits(parsed):
     limits, configs = parsed
     params = {k: v.string_value for k, v in configs["score_ads"].parameters.items() if k != "limits"}
     assert params == {"num_items": str(limits.num_items), "max_history": str(CTR_MAX_HISTORY),
-                      "num_campaigns": str(limits.num_campaigns), "max_campaigns": str(limits.max_campaigns)}
+                      "num_campaigns": str(limits.num_campaigns), "max_campaigns": str(limits.max_campaigns),
+                      "behaviors": json.dumps(list(limits.event_names)),
+                      "example_item_ids": json.dumps(list(limits.example_item_ids))}
     clip = configs["clip_embed"]
     assert {t.name for t in clip.input} == {"image", "text"} and all(t.optional for t in clip.input)
     assert list(_tensors(clip.input)["image"].dims) == [28, 28]
+
+
+def test_recommend_publishes_the_datasets_vocabulary():
+    limits = ServingLimits(num_items=5, num_categories=2, event_names=("rated_low", "rated_high"),
+                           category_names=("drama", "comedy"), example_item_ids=(10**12 + 3, 7))
+    params = {k: v.string_value for k, v in validate(render_configs(limits)["recommend"]).parameters.items()}
+    assert json.loads(params["behaviors"]) == ["rated_low", "rated_high"]
+    assert json.loads(params["categories"]) == ["drama", "comedy"]
+    assert json.loads(params["example_item_ids"]) == [10**12 + 3, 7]
+    assert ServingLimits.from_json(limits.to_json()) == limits  # the scaffold reads them back unchanged
 
 
 def test_validate_rejects_unknown_fields_and_bad_enums():
@@ -91,7 +103,10 @@ def test_fixed_dims_follow_the_limits(parsed):
         assert list(t.dims) == dims, (model, tensor)
     params = {k: v.string_value for k, v in configs["recommend"].parameters.items()}
     assert params == {"num_items": str(limits.num_items), "max_history": str(L), "max_k": str(limits.max_k),
-                      "num_categories": str(limits.num_categories), "max_exclude": str(limits.max_exclude)}
+                      "num_categories": str(limits.num_categories), "max_exclude": str(limits.max_exclude),
+                      "behaviors": json.dumps(list(limits.event_names)),
+                      "categories": json.dumps(list(limits.category_names)),
+                      "example_item_ids": json.dumps(list(limits.example_item_ids))}
 
 
 def test_ensemble_steps_reference_existing_models_once(parsed):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from data.simulator import SimConfig, simulate
+from serving.catalog import ItemIds
 from serving.recommend import calibrated_top_k, eligible_mask, merge_candidates, validate_and_featurize
 
 # Sources are indexed in the order they are passed to the merge (the graph's order when served).
@@ -18,6 +19,7 @@ from serving.grace.tokenizer import ItemTokenizer
 
 N_ITEMS = 200
 LIMITS = ServingLimits(num_items=N_ITEMS, num_categories=8, max_history=10, max_k=5, max_exclude=20)
+CATALOG = ItemIds(np.arange(N_ITEMS + 1))  # the dataset's ids are 1..N here
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def request(**over):
 
 
 def test_featurize_happy_path(tok):
-    f = validate_and_featurize(tok, LIMITS, **request())
+    f = validate_and_featurize(tok, LIMITS, CATALOG, **request())
     assert f.hist_items.shape == f.hist_behaviors.shape == (LIMITS.max_history,)
     assert f.hist_items.dtype == f.hist_behaviors.dtype == f.enc_tokens.dtype == np.int64
     np.testing.assert_array_equal(f.hist_items, [0] * 7 + [5, 9, 5])  # right-aligned, newest last
@@ -64,7 +66,7 @@ def test_featurize_happy_path(tok):
 def test_featurize_full_history_and_optional_inputs(tok):
     n = LIMITS.max_history
     items = np.arange(1, n + 1, dtype=np.int64)
-    f = validate_and_featurize(tok, LIMITS, **request(
+    f = validate_and_featurize(tok, LIMITS, CATALOG, **request(
         item_ids=items, behaviors=np.ones(n, np.int64), timestamps=np.arange(n, dtype=np.int64),
         k=np.array([LIMITS.max_k]), exclude_item_ids=np.array([7, 3, 7, N_ITEMS], np.int64),
         category_ids=np.array([2, 0, 2], np.int32)))
@@ -73,16 +75,16 @@ def test_featurize_full_history_and_optional_inputs(tok):
     np.testing.assert_array_equal(f.allowed_categories, [0, 2])
     assert f.exclude_ids.dtype == f.allowed_categories.dtype == np.int64
     # Unsigned and 2-D ([1, L], as Triton hands over with batch) inputs are accepted too.
-    g = validate_and_featurize(tok, LIMITS, **request(item_ids=np.array([[5, 9, 5]], np.uint32)))
+    g = validate_and_featurize(tok, LIMITS, CATALOG, **request(item_ids=np.array([[5, 9, 5]], np.uint32)))
     np.testing.assert_array_equal(g.hist_items[-3:], [5, 9, 5])
     # k=1 and a single event are within limits.
-    validate_and_featurize(tok, LIMITS, **request(item_ids=np.array([N_ITEMS]), behaviors=np.array([3]),
+    validate_and_featurize(tok, LIMITS, CATALOG, **request(item_ids=np.array([N_ITEMS]), behaviors=np.array([3]),
                                                   timestamps=np.array([0]), k=np.array([1])))
 
 
 def _error(tok, **over) -> RequestError:
     with pytest.raises(RequestError) as info:
-        validate_and_featurize(tok, LIMITS, **request(**over))
+        validate_and_featurize(tok, LIMITS, CATALOG, **request(**over))
     assert isinstance(info.value, ValueError)
     return info.value
 
@@ -94,10 +96,10 @@ def _error(tok, **over) -> RequestError:
      "item_ids", "maximum is 10"),
     (dict(behaviors=np.array([1, 2], np.int32)), "behaviors/timestamps", "(3)"),
     (dict(timestamps=np.array([1, 2, 3, 4], np.int64)), "behaviors/timestamps", "timestamps=4"),
-    (dict(item_ids=np.array([5, 0, 5])), "item_ids", f"1..{N_ITEMS}"),
-    (dict(item_ids=np.array([5, N_ITEMS + 1, 5])), "item_ids", f"1..{N_ITEMS}"),
+    (dict(item_ids=np.array([5, 0, 5])), "item_ids", f"unknown item id 0; not one of the {N_ITEMS} items"),
+    (dict(item_ids=np.array([5, N_ITEMS + 1, 5])), "item_ids", f"unknown item id {N_ITEMS + 1}"),
     (dict(item_ids=np.array([-3, 1, 5])), "item_ids", "unknown item id -3"),
-    (dict(behaviors=np.array([1, 0, 1])), "behaviors", "[1, 2, 3, 4]"),
+    (dict(behaviors=np.array([1, 0, 1])), "behaviors", "1..4 (1=view, 2=add_to_cart, 3=remove_from_cart, 4=purchase)"),
     (dict(behaviors=np.array([1, 5, 1])), "behaviors", "unknown behavior 5"),
     (dict(timestamps=np.array([100, 99, 250])), "timestamps", "non-decreasing"),
     (dict(k=np.array([0])), "k", f"1..{LIMITS.max_k}"),
@@ -105,8 +107,8 @@ def _error(tok, **over) -> RequestError:
     (dict(k=np.array([1, 2])), "k", "exactly one"),
     (dict(exclude_item_ids=np.arange(1, LIMITS.max_exclude + 2)), "exclude_item_ids",
      f"maximum is {LIMITS.max_exclude}"),
-    (dict(exclude_item_ids=np.array([3, N_ITEMS + 1])), "exclude_item_ids", f"1..{N_ITEMS}"),
-    (dict(exclude_item_ids=np.array([0])), "exclude_item_ids", f"1..{N_ITEMS}"),
+    (dict(exclude_item_ids=np.array([3, N_ITEMS + 1])), "exclude_item_ids", f"unknown item id {N_ITEMS + 1}"),
+    (dict(exclude_item_ids=np.array([0])), "exclude_item_ids", "unknown item id 0"),
     (dict(category_ids=np.zeros(0, np.int32)), "category_ids", "empty"),
     (dict(category_ids=np.array([1, LIMITS.num_categories])), "category_ids", f"0..{LIMITS.num_categories - 1}"),
     (dict(category_ids=np.array([-1])), "category_ids", f"0..{LIMITS.num_categories - 1}"),
@@ -128,7 +130,7 @@ def test_featurize_errors_name_field_and_limit(tok, over, field, needle):
 
 def test_exclude_at_limit_is_accepted(tok):
     ex = np.arange(1, LIMITS.max_exclude + 1)
-    f = validate_and_featurize(tok, LIMITS, **request(exclude_item_ids=ex))
+    f = validate_and_featurize(tok, LIMITS, CATALOG, **request(exclude_item_ids=ex))
     np.testing.assert_array_equal(f.exclude_ids, np.r_[0, ex])
 
 
@@ -215,3 +217,21 @@ def test_calibrated_top_k_all_padding():
 
 def test_limits_json_round_trip():
     assert ServingLimits.from_json(LIMITS.to_json()) == LIMITS
+
+
+def test_sparse_dataset_ids_map_to_internal_ids_and_unknown_ids_are_named(tok):
+    """A dataset's ids need not be 1..N: the request speaks them, the features the internal ids."""
+    sparse = ItemIds(np.concatenate([[0], 10**12 + 7 * np.arange(1, N_ITEMS + 1)]))
+    f = validate_and_featurize(tok, LIMITS, sparse, **request(item_ids=np.array([10**12 + 7 * 5, 10**12 + 7 * 9]),
+                                                               behaviors=np.array([1, 4]),
+                                                               timestamps=np.array([10, 20]),
+                                                               exclude_item_ids=np.array([10**12 + 7 * 3])))
+    assert f.hist_items[-2:].tolist() == [5, 9]
+    assert 3 in f.exclude_ids.tolist()
+    with pytest.raises(RequestError, match=r"item_ids: unknown item id 5; not one of the .* items"):
+        validate_and_featurize(tok, LIMITS, sparse, **request(item_ids=np.array([5]), behaviors=np.array([1]),
+                                                               timestamps=np.array([1])))
+    with pytest.raises(RequestError, match=r"exclude_item_ids: unknown item id 1000000000006"):
+        validate_and_featurize(tok, LIMITS, sparse, **request(item_ids=np.array([10**12 + 7]), behaviors=np.array([1]),
+                                                               timestamps=np.array([1]),
+                                                               exclude_item_ids=np.array([10**12 + 6])))

@@ -1,4 +1,6 @@
-"""CLIP model, checkpoint loader (OpenAI/open_clip names), tokenizers, contrastive loss and ONNX export."""
+"""CLIP model, checkpoint loader (OpenAI/open_clip names), tokenizers, contrastive loss and ONNX export;
+training on a dataset's own items (tiny datasets from tests/models/clip/tiny_dataset.py) and catalog embedding.
+Image loading: tests/models/clip/test_images.py."""
 
 import gzip
 
@@ -225,60 +227,172 @@ def test_fused_head_matches_torch_head():
     torch.testing.assert_close(mod.clip_head(x, w), project_normalize(x, w), atol=1e-5, rtol=1e-5)
 
 
-def test_train_smoke_is_deterministic(tmp_path):
-    """Two tiny runs of the real training loop on a fake IDX dataset write identical weights and metrics."""
-    from data.simulator import SimConfig
-    from models.clip.train import TrainConfig, train
-    from tests.data.test_fashion_mnist import _fake_dataset
-    _fake_dataset(tmp_path, n_train=64, n_test=30)
-    tcfg = TrainConfig(steps=2, batch_size=16, warmup=1, eval_images=30, threads=1)
-    sim = SimConfig(num_items=300, num_users=20)
-    runs = [train(tmp_path / f"run{i}", tcfg, sim, data_root=tmp_path, log=lambda *_: None) for i in (0, 1)]
-    assert runs[0]["held_out"] == runs[1]["held_out"]
+# --- training on a dataset's own items ---------------------------------------------------------------------
+SMALL = CLIPConfig(embed_dim=32, vision_layers=1, vision_width=64, vision_mlp_width=128, text_width=64,
+                   text_layers=1, text_mlp_width=128)
+
+
+def _tiny(tmp_path, name="ds", **kw):
+    from data.build_data import load_build_data
+    from tests.models.clip.tiny_dataset import write_tiny
+    return load_build_data(write_tiny(tmp_path / name, **kw))
+
+
+def _train(tmp_path, data, out="run", mcfg=SMALL, **cfg):
+    from models.clip.train import TrainConfig, train_on_items
+    tcfg = TrainConfig(**{"epochs": 2, "batch_size": 16, "warmup": 2, "threads": 1, **cfg})
+    return train_on_items(tmp_path / out, tcfg, data, mcfg=mcfg, log=lambda *_: None)
+
+
+def _without_timings(m: dict) -> dict:
+    return {k: v for k, v in m.items() if "seconds" not in k}
+
+
+def test_train_on_items_is_deterministic_and_loads(tmp_path):
+    """Two runs with one seed write identical weights and metrics; another seed differs; the dir loads."""
+    data = _tiny(tmp_path, image_every=2)
+    runs = [_train(tmp_path, data, out=f"run{i}") for i in (0, 1)]
+    assert _without_timings(runs[0]) == _without_timings(runs[1])
     a, b = (torch.load(tmp_path / f"run{i}" / "clip.pt") for i in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    _train(tmp_path, data, out="seed1", seed=1)
+    c = torch.load(tmp_path / "seed1" / "clip.pt")
+    assert not torch.equal(a["text_projection"], c["text_projection"])
+    m = runs[0]
+    assert m["items"] == 48 and m["items_with_image"] == 24 and m["train_items"] + m["validation_items"] == 48
+    assert m["image_tower"].startswith("trained on") and len(m["history"]) == m["epochs_run"] <= 2
+    for key in ("i2t_recall@1", "i2t_recall@10", "t2i_recall@1", "t2i_recall@10", "title2text_recall@10"):
+        assert 0.0 <= m["validation"][key] <= 1.0, key
     emb = ClipEmbedder.load(tmp_path / "run0")
-    assert emb.embed_texts(["a photo of a coat"]).shape == (1, emb.dim)
+    assert emb.embed_texts(["red shirt"]).shape == (1, 32)
 
 
-def _small_world():
-    from data.simulator import SimConfig, simulate
-    sim = SimConfig(num_items=300, num_users=20)
-    return sim, simulate(sim)
+def test_split_is_seeded_disjoint_and_complete():
+    from models.clip.train import TrainConfig, split_items
+    tr, va = split_items(200, TrainConfig(seed=3))
+    assert len(va) == 20 and not set(tr) & set(va) and sorted(set(tr) | set(va)) == list(range(1, 201))
+    assert np.array_equal(split_items(200, TrainConfig(seed=3))[1], va)
+    assert not np.array_equal(split_items(200, TrainConfig(seed=4))[1], va)
+    assert len(split_items(12, TrainConfig())[1]) == 0  # 10 % of 12 rounds to 1 item: no validation
+    assert len(split_items(200, TrainConfig(val_fraction=0.0))[1]) == 0
 
 
-def test_vocabulary_covers_titles_creatives_and_captions():
-    """No <unk> on any title, any campaign creative (data/campaigns.py) or any sampled training caption."""
-    from data import creatives
-    from data.campaigns import _COPY, build_campaigns
-    sim, world = _small_world()
-    tok = WordTokenizer.build(creatives.vocabulary_texts(world.catalog, sim))
-    cs = build_campaigns(world, impressions=(1, 1, 1))
-    # Every ad template x percentage x product phrase of any title, not only the ones the seed drew.
-    ads = [t.format(product=title, pct=p) for t in (t for ts in _COPY.values() for t in ts)
-           for p in creatives.AD_PERCENTS for title in world.catalog.titles[1:40]]
-    caps = creatives.CaptionSampler(world.catalog, sim)(np.arange(1, sim.num_items + 1), np.random.default_rng(0))
-    texts = world.catalog.titles[1:] + cs.text + ads + caps
-    ids = tok(texts, 64)
-    assert not (ids == tok.unk_id).any()
-    assert tok(["zzqx unknownword"])[0, 1] == tok.unk_id  # words from nowhere map to <unk>
+def test_training_learns_the_image_text_pairing(tmp_path):
+    """Shapes identify the category: after training, held-out images find their category's texts far above the
+    untrained model and chance (4 categories), and the validation loss went down."""
+    data = _tiny(tmp_path, n_items=96)
+    m = _train(tmp_path, data, epochs=12, batch_size=32, lr=3e-3, patience=12)
+    v, u = m["validation"], m["untrained_validation"]
+    assert m["validation_items"] == 10 and v["queries_with_image"] == 10
+    assert v["i2t_category_recall@1"] >= 0.7 > u["i2t_category_recall@1"], (v, u)
+    assert v["t2i_category_recall@1"] >= 0.7, v
+    assert min(h["val_loss"] for h in m["history"]) < m["history"][0]["val_loss"]
 
 
-def test_caption_sampler_mix_and_determinism():
-    from data import creatives
-    from data.fashion_mnist import CLASS_PROMPT_NAMES
-    sim, world = _small_world()
-    items = np.arange(1, 201)
-    s = creatives.CaptionSampler(world.catalog, sim)
-    a, b = s(items, np.random.default_rng(3)), s(items, np.random.default_rng(3))
-    assert a == b and len(a) == len(items)
-    titles = sum(t == world.catalog.titles[i] for t, i in zip(a, items))
-    assert 40 < titles < 120  # p=0.4 of 200
-    assert any("a photo of a" in t for t in a) and any("%" in t for t in a)
-    only_prompts = creatives.CaptionSampler(world.catalog, sim, (0, 0, 1))(items, np.random.default_rng(0))
-    cls = creatives.item_classes(world.catalog, sim)
-    # Prompts name the item's own leaf or class noun, never another class's.
-    for t, i in zip(only_prompts, items):
-        assert CLASS_PROMPT_NAMES[cls[i]] in t or creatives.leaf_name(sim, world.catalog.leaf_category[i]) in t
-    with pytest.raises(ValueError, match="mix"):
-        creatives.CaptionSampler(world.catalog, sim, (0, 0, 0))
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    from models.clip.train import ItemSet, TrainConfig, split_items, validation_loss
+    data = _tiny(tmp_path, n_items=60)
+    m = _train(tmp_path, data, epochs=12, patience=0, lr=2e-2)  # a high rate: the loss soon stops improving
+    assert m["stopped_early"] and m["epochs_run"] == m["best_epoch"] + 1 < 12
+    emb = ClipEmbedder.load(tmp_path / "run")
+    cfg = TrainConfig(**m["train_config"])
+    _, val = split_items(data.num_items, cfg)
+    loss = validation_loss(emb.model, emb.tokenizer, ItemSet.from_build_data(data, 28), val, cfg)
+    assert loss == pytest.approx(m["history"][m["best_epoch"] - 1]["val_loss"], abs=1e-3)
+
+
+def test_text_only_dataset_trains_the_text_tower_and_says_so(tmp_path):
+    from models.clip.model import embed_items
+    data = _tiny(tmp_path, n_items=40, image_every=0)
+    m = _train(tmp_path, data, epochs=3)
+    assert m["items_with_image"] == 0 and m["image_tower"].startswith("untrained: no item has an image")
+    assert m["objectives"] == ["caption-text InfoNCE x 1.0"] and m["epochs_run"] >= 1
+    assert "i2t_recall@1" not in m["validation"] and m["validation"]["queries_with_image"] == 0
+    assert m["history"][-1]["train_text_text"] < m["history"][0]["train_text_text"] + 1.0
+    emb = ClipEmbedder.load(tmp_path / "run")
+    e = embed_items(emb, data)
+    np.testing.assert_allclose(e, emb.embed_texts(data.catalog.texts[1:]), atol=1e-6)
+    assert emb.embed_images(np.zeros((2, 28, 28), np.uint8)).shape == (2, 32)  # the tower exists (random)
+
+
+def test_embed_items_mixes_image_and_text_and_exports(tmp_path):
+    """Items with an image: normalised mean of image and text; without: text. The trained dir exports to ONNX
+    with the serving I/O and matches torch."""
+    from data.images import load_catalog_images, load_images
+    from exporters.clip_export import PARITY_TOLERANCE, export_clip
+    from models.clip.model import VOCAB_FILE, embed_rows
+    from models.clip.train import embed_items  # what the build imports
+    from serving.clip.embedder import OnnxClipEmbedder
+    data = _tiny(tmp_path, n_items=30, image_every=3, campaigns=True)
+    _train(tmp_path, data, mcfg=None, epochs=1)  # the default architecture (what the build exports)
+    emb = ClipEmbedder.load(tmp_path / "run")
+    images, has = load_catalog_images(data.catalog)
+    e = embed_items(emb, data)
+    assert e.shape == (30, 64) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(embed_items(emb, data, images=(images, has)), e)
+    texts = data.catalog.texts[1:]
+    img_rows = np.flatnonzero(has[1:])
+    assert len(img_rows) == 10
+    np.testing.assert_allclose(e[img_rows], emb.embed_creatives(images[1:][img_rows], [texts[i] for i in img_rows]),
+                               atol=1e-6)
+    txt_rows = np.flatnonzero(~has[1:])
+    np.testing.assert_allclose(e[txt_rows], emb.embed_texts([texts[i] for i in txt_rows]), atol=1e-6)
+    cs = data.campaigns  # campaign 1 shows its promoted item's image; campaign 2 has no image
+    assert cs.images[0] == data.catalog.images[cs.item[0]] is not None and cs.images[1] is None
+    c = embed_rows(emb, *load_images(cs.images), list(cs.text))
+    np.testing.assert_allclose(c[0], emb.embed_creatives(images[cs.item[:1]], cs.text[:1])[0], atol=1e-6)
+    np.testing.assert_allclose(c[1], emb.embed_texts(cs.text[1:])[0], atol=1e-6)
+    diffs = export_clip(emb.model, tmp_path / "onnx", tmp_path / "run" / VOCAB_FILE)
+    assert max(diffs.values()) <= PARITY_TOLERANCE, diffs
+    ort = OnnxClipEmbedder(tmp_path / "onnx")
+    assert ort.manifest["image_resolution"] == 28 and ort.manifest["embed_dim"] == 64
+    np.testing.assert_allclose(ort.embed_images(images[1:][img_rows]), emb.embed_images(images[1:][img_rows]),
+                               atol=PARITY_TOLERANCE)
+    np.testing.assert_allclose(ort.embed_texts(texts), emb.embed_texts(texts), atol=PARITY_TOLERANCE)
+
+
+def test_vocabulary_and_context_cover_the_dataset(tmp_path):
+    """Every item text and campaign copy tokenizes without <unk> and within the context (longer than 32 tokens
+    here); max_context_length caps it and the metrics count what gets cut."""
+    from models.clip.train import build_tokenizer
+    data = _tiny(tmp_path, n_items=20, image_every=4, long_text=True, campaigns=True)
+    tok, cut = build_tokenizer(data, 77)
+    texts = data.catalog.texts[1:] + list(data.campaigns.text)
+    lengths = [len(tok.encode(t)) for t in texts]
+    assert max(lengths) > 32 and tok.context_length == max(lengths) and cut == 0
+    assert not (tok(texts) == tok.unk_id).any()
+    assert tok(["zzqx unknownword"])[0, 1] == tok.unk_id
+    tok32, cut32 = build_tokenizer(data, 32)
+    assert tok32.context_length == 32 and cut32 == 1
+    m = _train(tmp_path, data, epochs=1, max_context_length=32)
+    assert m["context_length"] == 32 and m["texts_truncated"] == 1
+
+
+def test_short_text_datasets_keep_the_minimum_context(tmp_path):
+    from models.clip.train import build_tokenizer
+    tok, _ = build_tokenizer(_tiny(tmp_path, n_items=8), 77)
+    assert tok.context_length == 32
+
+
+def test_soft_targets_and_duplicates():
+    from models.clip.train import soft_targets
+    exact = torch.tensor([[True, False, False], [False, True, True], [False, True, True]])
+    same = torch.tensor([[True, True, False], [True, True, True], [False, True, True]])
+    t = soft_targets(exact, same, 0.0)
+    torch.testing.assert_close(t, torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5], [0, 0.5, 0.5]]))
+    t = soft_targets(exact, same, 0.5)
+    torch.testing.assert_close(t.sum(1), torch.ones(3))
+    torch.testing.assert_close(t[0], torch.tensor([0.75, 0.25, 0.0]))
+
+
+def test_train_refuses_what_is_not_a_dataset(tmp_path):
+    from data.simulator import SimConfig
+    from models.clip.train import TrainConfig, train, train_on_items
+    assert train is train_on_items
+    with pytest.raises(TypeError, match="BuildData"):
+        train(tmp_path / "x", TrainConfig(), SimConfig())
+    for bad in (dict(caption_mix=(0, 0, 0)), dict(caption_mix=(1, 1)), dict(val_fraction=1.0),
+                dict(category_weight=1.0), dict(epochs=0)):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)

@@ -136,8 +136,9 @@ def _bad_requests(limits):
     ok_items, ok_behs, ok_ts = [1, 2, 3], [1, 2, 4], [10, 20, 30]
     n = limits.num_items
     return {
-        "unknown item id": ((ok_items[:2] + [n + 1], ok_behs, ok_ts, 5, None, None), ["item_ids", f"1..{n}"]),
-        "item id zero": (([0, 2, 3], ok_behs, ok_ts, 5, None, None), ["item_ids", f"1..{n}"]),
+        "unknown item id": ((ok_items[:2] + [n + 1], ok_behs, ok_ts, 5, None, None),
+                            ["item_ids", f"unknown item id {n + 1}", f"{n} items"]),
+        "item id zero": (([0, 2, 3], ok_behs, ok_ts, 5, None, None), ["item_ids", "unknown item id 0"]),
         "empty history": (([], [], [], 5, None, None), ["item_ids", "at least 1"]),
         "k zero": ((ok_items, ok_behs, ok_ts, 0, None, None), ["k", f"1..{limits.max_k}"]),
         "k too large": ((ok_items, ok_behs, ok_ts, limits.max_k + 1, None, None), ["k", f"1..{limits.max_k}"]),
@@ -147,7 +148,8 @@ def _bad_requests(limits):
              list(range(limits.max_history + 1)), 5, None, None), ["item_ids", str(limits.max_history)]),
         "unknown behavior": ((ok_items, [1, 9, 1], ok_ts, 5, None, None), ["behaviors", "9"]),
         "decreasing timestamps": ((ok_items, ok_behs, [30, 20, 10], 5, None, None), ["timestamps", "non-decreasing"]),
-        "unknown exclude id": ((ok_items, ok_behs, ok_ts, 5, [n + 5], None), ["exclude_item_ids", f"1..{n}"]),
+        "unknown exclude id": ((ok_items, ok_behs, ok_ts, 5, [n + 5], None),
+                               ["exclude_item_ids", f"unknown item id {n + 5}"]),
         "unknown category": ((ok_items, ok_behs, ok_ts, 5, None, [limits.num_categories]),
                              ["category_ids", f"0..{limits.num_categories - 1}"]),
     }

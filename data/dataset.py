@@ -34,7 +34,7 @@ from serving.contract import DEFAULT_EVENT_NAMES
 DEFAULT_EVENTS = DEFAULT_EVENT_NAMES  # the serving contract's default vocabulary
 CATEGORY_SEPARATOR = " > "
 META_FILE = "dataset.json"
-META_KEYS = ("name", "events", "conversion_event", "time_zone")
+META_KEYS = ("name", "events", "conversion_event", "time_zone", "repeats")
 _SUFFIXES = (".parquet", ".csv")
 _TRUE = {"true", "1", "t", "yes", "y"}
 _FALSE = {"false", "0", "f", "no", "n"}
@@ -87,6 +87,9 @@ class DatasetMeta:
     events: tuple[str, ...] = DEFAULT_EVENTS
     conversion_event: str = DEFAULT_EVENTS[-1]
     time_zone: str = "UTC"
+    # False: a user never interacts with an item twice (MovieLens rates a movie once), so evaluation and the
+    # served recommendations leave out the items of the request's history.
+    repeats: bool = True
 
     def behavior_code(self, event: str) -> int:
         try:
@@ -105,7 +108,7 @@ class DatasetMeta:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "events": list(self.events), "conversion_event": self.conversion_event,
-                "time_zone": self.time_zone}
+                "time_zone": self.time_zone, "repeats": self.repeats}
 
 
 @dataclass
@@ -469,7 +472,10 @@ def _load_meta(directory: Path) -> DatasetMeta:
             zoneinfo.ZoneInfo(time_zone)
         except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
             raise DatasetError(META_FILE, f"unknown IANA time zone {time_zone!r}", column="time_zone") from None
-    return DatasetMeta(name=name, events=events, conversion_event=conversion, time_zone=time_zone)
+    repeats = raw.get("repeats", True)
+    if not isinstance(repeats, bool):
+        raise DatasetError(META_FILE, f"expected true or false, found {repeats!r}", column="repeats")
+    return DatasetMeta(name=name, events=events, conversion_event=conversion, time_zone=time_zone, repeats=repeats)
 
 
 def _check_images(t: _Table, column: str, images: np.ndarray, directory: Path, check_images: bool) -> None:
@@ -672,8 +678,10 @@ def write_parquet(path: Path, columns: dict, schema) -> int:
     return table.num_rows
 
 
-def write_dataset_json(path: Path, name: str, events: tuple[str, ...] | list[str], conversion_event: str) -> None:
-    meta = {"name": name, "events": list(events), "conversion_event": conversion_event, "time_zone": "UTC"}
+def write_dataset_json(path: Path, name: str, events: tuple[str, ...] | list[str], conversion_event: str,
+                       repeats: bool = True) -> None:
+    meta = {"name": name, "events": list(events), "conversion_event": conversion_event, "time_zone": "UTC",
+            "repeats": repeats}
     Path(path).write_text(json.dumps(meta, indent=2) + "\n")
 
 

@@ -199,7 +199,8 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
     no images. events.parquet: every rating (no filtering: that is the build's job), event "rating_<stars>"
     (stars rounded, clipped to 1..5), timestamp int64 seconds, sorted by (user, timestamp) with file order
     breaking ties; user_id int64 when every user token is a plain integer (as in ML-100k), else the tokens
-    as strings. dataset.json declares "rating_1".."rating_5" with "rating_5" the conversion event.
+    as strings. dataset.json declares "rating_1".."rating_5" with "rating_5" the conversion event, and
+    "repeats": false (a movie is rated once).
     `max_users`: only the ratings of the first max_users users in id order (a subset for quick builds and CI;
     every movie stays in the catalog)."""
     import pyarrow as pa
@@ -248,7 +249,8 @@ def write_movielens(inter_path: str | Path, item_path: str | Path, out_dir: str 
             "timestamp": ts[order],
         }, pa.schema([("user_id", pa.int64() if int_users else pa.string()), ("item_id", pa.int64()),
                       ("event", pa.string()), ("timestamp", pa.int64())]))
-        write_dataset_json(d / "dataset.json", name, RATING_EVENTS, RATING_EVENTS[-1])
+        # A movie is rated once: recommendations and evaluation leave the user's rated movies out.
+        write_dataset_json(d / "dataset.json", name, RATING_EVENTS, RATING_EVENTS[-1], repeats=False)
     return {"items": n_items, "events": n_events, "users": int(len(np.unique(user_rank[order]))),
             "rated_items": int(len(np.unique(ev_items[order])))}
 

@@ -102,7 +102,7 @@ def grace_stage(b: Build) -> dict:
     metrics = retriever.fit(dataset, split.train, seed=b.config.seed,
                             budget=TrainingBudget(epochs=cfg.epochs, max_examples_per_epoch=cfg.examples_per_epoch,
                                                   batch_size=cfg.batch_size, lr=cfg.lr))
-    metrics.update(evaluate_recommender(retriever, test))
+    metrics.update(evaluate_recommender(retriever, test, exclude_history=b.limits.exclude_history))
     # The encoder's input length limit follows the tokenizer: every step checks it (serving.graph ENC_TOKENS).
     b.limits = dataclasses.replace(b.limits, tokens_per_event=retriever.encoder.tokenizer.tokens_per_event)
     retriever.encoder.save(b.dir(graph.FEATURES))
@@ -116,10 +116,12 @@ def recent_stage(b: Build) -> dict:
     """The recently-interacted source needs only the catalog table; its stage reports what it retrieves alone
     on the held-out users GRACE is evaluated on (same protocol: leave-last-out, top-10)."""
     test = b.shared["eval_examples"]
-    eligible = np.ones(b.limits.num_items + 1, bool)
-    eligible[0] = False
     ranked = np.zeros((len(test), 10), np.int64)
     for i in range(len(test)):
+        eligible = np.ones(b.limits.num_items + 1, bool)
+        eligible[0] = False
+        if b.limits.exclude_history:  # as served: a dataset without repeats never gets its history back
+            eligible[test.histories[i]] = False
         items, _ = recent_items(test.histories[i], test.behaviors[i], eligible, min(10, b.limits.recent_candidates),
                                 behavior_code(b.limits.event_names, REMOVAL_EVENT))
         ranked[i, :len(items)] = items
@@ -197,7 +199,7 @@ def data_limits(config: BuildConfig, data: BuildData):
         num_items=data.num_items, num_categories=data.catalog.num_top_categories,
         num_campaigns=data.campaigns.num_campaigns if data.campaigns is not None else 0,
         event_names=tuple(data.meta.events), category_names=tuple(data.catalog.top_names),
-        example_item_ids=tuple(int(i) for i in data.catalog.item_ids[popular]))
+        example_item_ids=tuple(int(i) for i in data.catalog.item_ids[popular]), exclude_history=not data.meta.repeats)
 
 
 def build(out: Path, config: BuildConfig = BuildConfig()) -> dict:

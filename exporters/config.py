@@ -23,7 +23,7 @@ from serving.contract import ServingLimits
 
 # Set by the data or the models, never by the config.
 DATA_DECIDED = ("num_items", "num_categories", "num_campaigns", "tokens_per_event", "event_names", "category_names",
-                "example_item_ids")
+                "example_item_ids", "exclude_history")
 
 
 def _limits(self, **decided) -> ServingLimits:

@@ -35,6 +35,7 @@ class ServingLimits:
     event_names: tuple[str, ...] = DEFAULT_EVENT_NAMES
     category_names: tuple[str, ...] = ()
     example_item_ids: tuple[int, ...] = ()
+    exclude_history: bool = False  # the dataset never repeats an item: never recommend the request's history
 
     def __post_init__(self) -> None:
         for name in ("event_names", "category_names", "example_item_ids"):  # JSON gives lists back
@@ -44,6 +45,11 @@ class ServingLimits:
     def num_behaviors(self) -> int:
         """Behaviour codes 1..num_behaviors (0 is padding)."""
         return len(self.event_names)
+
+    @property
+    def max_exclude_ids(self) -> int:
+        """The longest internal exclusion list: the request's, the padding item, and (exclude_history) its history."""
+        return self.max_exclude + 1 + (self.max_history if self.exclude_history else 0)
 
     @property
     def max_history_tokens(self) -> int:

@@ -46,6 +46,8 @@ def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimit
         if len(ex) > limits.max_exclude:
             raise RequestError(EXCLUDE_ITEM_IDS.name, f"has {len(ex)} ids; the maximum is {limits.max_exclude}")
         exclude = np.unique(np.concatenate([exclude, catalog.to_internal(EXCLUDE_ITEM_IDS.name, ex)]))
+    if limits.exclude_history:  # the dataset never repeats an item (its dataset.json says "repeats": false)
+        exclude = np.unique(np.concatenate([exclude, items]))
     allowed = np.arange(limits.num_categories, dtype=np.int64)
     if category_ids is not None:
         cats = integer_array(CATEGORY_IDS.name, category_ids)

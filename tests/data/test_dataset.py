@@ -158,6 +158,15 @@ def test_movielens_like_vocabulary(tmp_path):
         ds.meta.behavior_code("view")
 
 
+def test_repeats_flag(tmp_path):
+    assert load_dataset(fx.write_fixture(tmp_path / "a")).meta.repeats is True
+    meta = {"name": "ml-like", "repeats": False}
+    assert load_dataset(fx.write_fixture(tmp_path / "b", meta=meta)).meta.repeats is False
+    with pytest.raises(DatasetError, match="expected true or false") as err:
+        load_dataset(fx.write_fixture(tmp_path / "c", meta={"repeats": "no"}))
+    assert err.value.file == "dataset.json" and err.value.column == "repeats"
+
+
 def test_default_vocabulary_rejects_custom_names(tmp_path):
     with pytest.raises(DatasetError, match="unknown event name") as err:
         load_dataset(fx.write_fixture(tmp_path, vocabulary=fx.MOVIELENS_EVENTS))

@@ -147,7 +147,7 @@ def test_simulator_contract(world, sim_dir):
     d, _ = sim_dir
     items, events, meta = _check_common(d)
     assert meta == {"name": "simulator-seed0", "events": list(DEFAULT_EVENTS), "conversion_event": "purchase",
-                    "time_zone": "UTC"}
+                    "time_zone": "UTC", "repeats": True}
     assert tuple(DATASET_EVENTS) == DEFAULT_EVENTS
     assert _types(d / "items.parquet") == {"item_id": INT64, "title": STRING, "category": STRING,
                                            "brand": STRING, "price": FLOAT64, "image": STRING}
@@ -332,7 +332,7 @@ def test_movielens_contract(ml_files, tmp_path):
     assert {p.name for p in out.iterdir()} == {"items.parquet", "events.parquet", "dataset.json"}
     items, events, meta = _check_common(out)
     assert meta == {"name": "movielens-100k", "events": [f"rating_{r}" for r in range(1, 6)],
-                    "conversion_event": "rating_5", "time_zone": "UTC"}
+                    "conversion_event": "rating_5", "time_zone": "UTC", "repeats": False}
     assert _types(out / "items.parquet") == {"item_id": INT64, "title": STRING, "category": STRING}
     assert _types(out / "events.parquet") == {"user_id": INT64, "item_id": INT64, "event": STRING,
                                               "timestamp": INT64}

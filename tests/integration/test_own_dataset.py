@@ -170,3 +170,5 @@ def test_movielens_subset_builds_and_serves_real_movie_ids(tmp_path):
     items, pctr, _ = ReferencePipeline(repo).recommend([50, 181, 172], [5, 4, 5], [e.timestamp for e in history], 10)
     assert [r.item_id for r in served.items] == items.tolist() and len(items) == 10
     assert all(1 <= r.item_id <= 1682 for r in served.items)
+    # dataset.json says "repeats": false (a movie is rated once): the history never comes back.
+    assert limits["exclude_history"] and not {50, 181, 172} & set(items.tolist())

@@ -235,3 +235,20 @@ def test_sparse_dataset_ids_map_to_internal_ids_and_unknown_ids_are_named(tok):
         validate_and_featurize(tok, LIMITS, sparse, **request(item_ids=np.array([10**12 + 7]), behaviors=np.array([1]),
                                                                timestamps=np.array([1]),
                                                                exclude_item_ids=np.array([10**12 + 6])))
+
+
+def test_a_dataset_without_repeats_never_gets_its_history_back(tok):
+    """exclude_history (dataset.json "repeats": false): the history joins the exclusions, within the graph's
+    exclusion length limit."""
+    import dataclasses
+
+    from serving import graph
+
+    limits = dataclasses.replace(LIMITS, exclude_history=True)
+    f = validate_and_featurize(tok, limits, CATALOG, **request(item_ids=np.array([5, 9, 5]), behaviors=np.array([1, 1, 4]),
+                                                               timestamps=np.array([1, 2, 3]),
+                                                               exclude_item_ids=np.array([7])))
+    assert set(f.exclude_ids.tolist()) == {0, 5, 7, 9}
+    assert len(validate_and_featurize(tok, LIMITS, CATALOG, **request(item_ids=np.array([5]), behaviors=np.array([1]),
+                                                                       timestamps=np.array([1]))).exclude_ids) == 1
+    assert graph.EXCLUDE_IDS.length_limit(limits) == limits.max_exclude + 1 + limits.max_history

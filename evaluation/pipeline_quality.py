@@ -93,7 +93,7 @@ def main() -> None:
     examples = held_out_examples(config, args.users or config.grace.eval_users)
     reference = ReferencePipeline(args.repository)
     result = {"command": "python -m evaluation.pipeline_quality " + " ".join(sys.argv[1:]),
-              "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": cpu_description(), "build_seconds": manifest.get("build_seconds"),
               "all_sources": evaluate_pipeline(reference, examples)}
     for source in graph.SOURCE_NAMES:
@@ -104,7 +104,7 @@ def main() -> None:
     write_renderings(result, args.md, args.benchmarks)
 
 
-SECTION_BEGIN, SECTION_END = "<!-- pipeline_quality: begin -->", "<!-- pipeline_quality: end -->"
+SECTION = "pipeline_quality"  # BENCHMARKS.md's markers: <!-- pipeline_quality: begin --> ... end -->
 
 
 def write_renderings(result: dict, md: Path | None, benchmarks: Path | None) -> None:
@@ -114,12 +114,13 @@ def write_renderings(result: dict, md: Path | None, benchmarks: Path | None) -> 
         benchmarks.write_text(with_section(benchmarks.read_text(), render_markdown(result)))
 
 
-def with_section(text: str, table: str) -> str:
-    """BENCHMARKS.md with its pipeline-quality section (between the markers) replaced, or appended."""
-    section = f"{SECTION_BEGIN}\n#{table}{SECTION_END}\n"  # one heading level down inside BENCHMARKS.md
-    if SECTION_BEGIN in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        return head + section + rest.split(SECTION_END, 1)[1].lstrip("\n")
+def with_section(text: str, table: str, name: str = SECTION) -> str:
+    """BENCHMARKS.md with its section `name` (between its markers) replaced by `table`, or appended."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    section = f"{begin}\n#{table}{end}\n"  # one heading level down inside BENCHMARKS.md
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        return head + section + rest.split(end, 1)[1].lstrip("\n")
     return text.rstrip("\n") + "\n\n" + section
 
 
@@ -143,7 +144,7 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _commit() -> str:
+def commit() -> str:
     proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent)
     return proc.stdout.strip() or "unknown"

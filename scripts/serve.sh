@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
     *) ARGS+=("$1"); shift ;;
   esac
 done
-bash scripts/setup.sh
+if [ -n "$DATASET" ]; then BUILD_DEFAULT=0 bash scripts/setup.sh; else bash scripts/setup.sh; fi
 . .venv/bin/activate
 REPOSITORY=model_repository
 if [ -n "$DATASET" ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned environment into .venv and builds the default model repository (simulated data,
 # trained and exported models, rendered configs). Idempotent: skips the build when it is already there;
-# REBUILD=1 forces it.
+# REBUILD=1 forces it; BUILD_DEFAULT=0 installs only (serve.sh --dataset builds its own repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Real product images for CLIP: Debian's Fashion-MNIST package (system-wide, read from /usr/share/datasets).
@@ -21,6 +21,6 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -r requirements.txt
 python -m pip install --quiet --no-deps -e .
-if [ "${REBUILD:-0}" = 1 ] || [ ! -f model_repository/build_manifest.json ]; then
+if [ "${BUILD_DEFAULT:-1}" = 1 ] && { [ "${REBUILD:-0}" = 1 ] || [ ! -f model_repository/build_manifest.json ]; }; then
   python -m exporters.build_repository --out model_repository
 fi

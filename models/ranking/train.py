@@ -35,7 +35,7 @@ LABEL_IMPRESSIONS = "clicked organic impression"
 def label_from_events(negatives: int) -> str:
     """What the calibrated score means when the ranker learns from events (the build manifest shows it)."""
     return (f"probability that this candidate is the user's next interaction, among one positive and "
-            f"{negatives} sampled items (popularity-sampled negatives; no impressions in the dataset)")
+            f"{negatives} sampled items (popularity-sampled negatives; learnt from the events)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,9 @@ class RankerTrainConfig:
     # Examples (impressions, or positive events with their negatives) kept, sampled with the seed: bounds the
     # training time whatever the dataset's size.
     max_examples: int = 40_000
+    # "auto": impressions when the dataset has them, else events; "events": the events even when it has them
+    # (the ranker then learns next-interaction intent, repeats included, instead of organic click-through).
+    labels: str = "auto"
 
 
 SPLIT_TRAIN, SPLIT_CALIB, SPLIT_TEST, SPLIT_VALID = 0, 1, 2, 3
@@ -182,7 +185,12 @@ def train_ranker(data: BuildData, cfg: RankerTrainConfig) -> tuple[Ranker, Isoto
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    from_impressions = data.impression_user is not None and len(data.impression_user) > 0
+    if cfg.labels not in ("auto", "impressions", "events"):
+        raise ValueError(f"ranker.labels: {cfg.labels!r} is not one of auto, impressions, events")
+    has_impressions = data.impression_user is not None and len(data.impression_user) > 0
+    if cfg.labels == "impressions" and not has_impressions:
+        raise ValueError(f"ranker.labels=impressions: {data.name} has no impressions.parquet")
+    from_impressions = has_impressions and cfg.labels != "events"
     ex = impression_examples(data, cfg, rng) if from_impressions else event_examples(data, cfg, rng)
     split = split_users(data.num_users, cfg.seed, cfg.validation_fraction)[ex.user]
     train, valid, calib, test = (ex.subset(np.flatnonzero(split == s))

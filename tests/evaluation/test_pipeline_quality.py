@@ -56,3 +56,20 @@ def test_published_tables_are_rendered_from_the_committed_result():
     assert (root / "docs/results/pipeline_quality.md").read_text() == render_markdown(result)
     benchmarks = (root / "BENCHMARKS.md").read_text()
     assert with_section(benchmarks, render_markdown(result)) == benchmarks
+
+
+def test_build_figures_are_rendered_from_the_committed_manifests():
+    """docs/results/builds.md and BENCHMARKS.md's build section equal what the committed manifests render."""
+    from pathlib import Path
+
+    from evaluation.build_report import SECTION, render_markdown
+    from evaluation.pipeline_quality import with_section
+
+    root = Path(__file__).resolve().parents[2]
+    results = [json.loads((root / "docs/results" / name).read_text())
+               for name in ("build_simulator.json", "build_movielens.json")]
+    assert all({"command", "commit", "date", "machine", "manifest"} <= set(r) for r in results)
+    table = render_markdown(results)
+    assert (root / "docs/results/builds.md").read_text() == table
+    benchmarks = (root / "BENCHMARKS.md").read_text()
+    assert with_section(benchmarks, table, SECTION) == benchmarks and "<!-- build_report: begin -->" in benchmarks

@@ -210,3 +210,15 @@ def test_more_behaviour_codes_than_the_default_vocabulary(events_only):
 def test_events_need_a_negative(events_only):
     with pytest.raises(ValueError, match="negatives"):
         train_ranker(events_only, dataclasses.replace(CFG, negatives=0))
+
+
+def test_labels_setting_chooses_the_source(with_impressions, events_only):
+    """ranker.labels=events learns next-interaction intent even where impressions exist; impressions are
+    required when asked for; an unknown value is refused."""
+    cfg = dataclasses.replace(CFG, epochs=1, max_examples=600)
+    _, _, metrics = train_ranker(with_impressions, dataclasses.replace(cfg, labels="events"))
+    assert metrics["source"] == "events" and "next interaction" in metrics["label"]
+    with pytest.raises(ValueError, match="no impressions"):
+        train_ranker(events_only, dataclasses.replace(cfg, labels="impressions"))
+    with pytest.raises(ValueError, match="not one of auto, impressions, events"):
+        train_ranker(with_impressions, dataclasses.replace(cfg, labels="clicks"))

@@ -39,6 +39,16 @@ def test_clip_head(dtype, n, f, e, scale):
     assert torch.allclose(norms, torch.full_like(norms, scale or 1.0), atol=TOL[dtype] * 10)
 
 
+def test_kernel_matches_the_clip_models_own_head():
+    """models.clip.model's head (projection + L2 norm, what the served CLIP towers end with) against the Triton
+    kernel itself, run by the interpreter: the kernel is what the model calls on CUDA."""
+    from models.clip.model import project_normalize
+
+    x, w = _randn(5, 64, seed=3), _randn(64, 16, seed=4, scale=64 ** -0.5)
+    out = clip_head(x, w, backend="triton")
+    torch.testing.assert_close(out, project_normalize(x, w), atol=1e-5, rtol=1e-5)
+
+
 def test_clip_head_multi_program_and_zero_row():
     x = _randn(70, 40, seed=1)
     x[5] = 0  # a zero row stays zero (eps guard), not NaN

@@ -218,15 +218,6 @@ def test_model_dir_embedder_and_onnx_parity(tmp_path):
     np.testing.assert_allclose(ort.embed_texts(texts), e_txt, atol=PARITY_TOLERANCE)
 
 
-def test_fused_head_matches_torch_head():
-    """models.clip.model calls kernels.clip_embed.clip_head(features, proj) on CUDA: same signature and result."""
-    from models.clip.model import project_normalize
-    mod = pytest.importorskip("kernels.clip_embed")
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(5, 64, generator=g), torch.randn(64, 16, generator=g)
-    torch.testing.assert_close(mod.clip_head(x, w), project_normalize(x, w), atol=1e-5, rtol=1e-5)
-
-
 # --- training on a dataset's own items ---------------------------------------------------------------------
 SMALL = CLIPConfig(embed_dim=32, vision_layers=1, vision_width=64, vision_mlp_width=128, text_width=64,
                    text_layers=1, text_mlp_width=128)

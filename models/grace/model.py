@@ -19,8 +19,6 @@ from torch import nn
 from serving.grace.tokenizer import BOS
 
 NEG_INF = -1e9  # finite, so fully masked rows stay NaN-free in every backend
-MAX_JOURNEYS_BACK = 64
-MAX_JOURNEY_POSITION = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +38,11 @@ class GraceConfig:
     use_journeys: bool = True  # journey embeddings (distance in journeys, position inside the journey)
     jsa: dict | None = None  # JSAConfig fields when attention == "jsa"
     jsa_backend: str = "gather"
+
+    @property
+    def max_events(self) -> int:
+        """Events (hence journeys) an encoder input of max_tokens tokens holds at most."""
+        return max(1, self.max_tokens // self.tokens_per_event)
 
     def __post_init__(self):
         if self.attention not in ("dense", "jsa"):
@@ -128,8 +131,10 @@ class GraceModel(nn.Module):
         self.enc_pos = nn.Embedding(cfg.max_tokens, d)
         self.slot_emb = nn.Embedding(cfg.tokens_per_event, d)  # which slot of the event (behaviour, level...)
         if cfg.use_journeys:
-            self.journey_back_emb = nn.Embedding(MAX_JOURNEYS_BACK, d)
-            self.journey_pos_emb = nn.Embedding(MAX_JOURNEY_POSITION, d)
+            # Sized by the input limits, so no value is clamped: a history of max_tokens tokens holds at most
+            # max_events journeys (back = 0..max_events, padding included) and positions 0..max_tokens-1.
+            self.journey_back_emb = nn.Embedding(cfg.max_events + 1, d)
+            self.journey_pos_emb = nn.Embedding(cfg.max_tokens, d)
         self.dec_pos = nn.Embedding(cfg.path_length, d)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
@@ -148,8 +153,8 @@ class GraceModel(nn.Module):
         slot = (tpe - 1) - from_end % tpe
         x = self.token_emb(tokens) + self.enc_pos(from_end.clamp(max=self.cfg.max_tokens - 1)) + self.slot_emb(slot)
         if self.cfg.use_journeys:
-            back = (journey_ids.max(dim=1, keepdim=True).values - journey_ids).clamp(0, MAX_JOURNEYS_BACK - 1)
-            x = x + self.journey_back_emb(back) + self.journey_pos_emb(journey_pos.clamp(0, MAX_JOURNEY_POSITION - 1))
+            back = journey_ids.max(dim=1, keepdim=True).values - journey_ids  # padding (-1) gives at most max_events
+            x = x + self.journey_back_emb(back) + self.journey_pos_emb(journey_pos)
         pad_bias = (1.0 - valid) * NEG_INF
         bias = pad_bias[:, None, None, :]
         if self.cfg.causal_encoder:

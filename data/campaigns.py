@@ -67,8 +67,28 @@ SPLITS = ("train", "calib", "test")
 TRAIN, CALIB, TEST = 0, 1, 2
 
 
+class SplitCampaignLogs:
+    """Warm/cold campaigns and split impression logs: what a class with `warm` [C], `log_split` [N] and
+    `log_campaign` [N] offers (the simulator's CampaignSet, a dataset's models.ads.logs.AdLogs)."""
+
+    @property
+    def warm_ids(self) -> np.ndarray:
+        return np.flatnonzero(self.warm)
+
+    @property
+    def cold_ids(self) -> np.ndarray:
+        return np.flatnonzero(~self.warm)
+
+    def logs(self, split: int, campaigns: np.ndarray | None = None) -> np.ndarray:
+        """Row indices of the impressions of one split, optionally only for the given campaigns."""
+        sel = self.log_split == split
+        if campaigns is not None:
+            sel &= np.isin(self.log_campaign, campaigns)
+        return np.flatnonzero(sel)
+
+
 @dataclasses.dataclass
-class CampaignSet:
+class CampaignSet(SplitCampaignLogs):
     """Column arrays indexed by campaign id 0..C-1, plus the impression logs."""
 
     item: np.ndarray  # int64 [C] promoted item; its image is the creative image
@@ -92,20 +112,6 @@ class CampaignSet:
     def num_campaigns(self) -> int:
         return len(self.item)
 
-    @property
-    def warm_ids(self) -> np.ndarray:
-        return np.flatnonzero(self.warm)
-
-    @property
-    def cold_ids(self) -> np.ndarray:
-        return np.flatnonzero(~self.warm)
-
-    def logs(self, split: int, campaigns: np.ndarray | None = None) -> np.ndarray:
-        """Row indices of the impressions of one split, optionally only for the given campaigns."""
-        sel = self.log_split == split
-        if campaigns is not None:
-            sel &= np.isin(self.log_campaign, campaigns)
-        return np.flatnonzero(sel)
 
 
 def _product_phrase(title: str) -> str:

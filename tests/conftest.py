@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,15 +24,24 @@ def model_repository(tmp_path_factory) -> Path:
     return repo
 
 
-@pytest.fixture(scope="session")
-def triton_server(model_repository):
+@contextlib.contextmanager
+def run_server(repository: Path):
+    """A real tritonserver on free loopback ports serving `repository`, stopped on exit."""
     from serving.launcher import TritonServer, free_ports
 
     grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    server = TritonServer(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
     server.start(ready_timeout_s=180)
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_server(model_repository):
+    with run_server(model_repository) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -28,15 +28,14 @@ import dataclasses
 
 import numpy as np
 
-SPLITS = ("train", "calib", "test")
-TRAIN, CALIB, TEST = 0, 1, 2
+from data.campaigns import CALIB, SPLITS, TEST, TRAIN, SplitCampaignLogs  # noqa: F401 - the split codes, re-exported
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 MIN_TRAIN_IMPRESSIONS = 100
 MIN_TRAIN_CLICKS = 5
 
 
 @dataclasses.dataclass
-class AdLogs:
+class AdLogs(SplitCampaignLogs):
     """Campaign columns (internal ids 0..C-1) and the ad log, with a split per impression and warm flags."""
 
     campaign_ids: np.ndarray  # int64 [C] the dataset's campaign ids
@@ -58,20 +57,6 @@ class AdLogs:
     def num_campaigns(self) -> int:
         return len(self.campaign_ids)
 
-    @property
-    def warm_ids(self) -> np.ndarray:
-        return np.flatnonzero(self.warm)
-
-    @property
-    def cold_ids(self) -> np.ndarray:
-        return np.flatnonzero(~self.warm)
-
-    def logs(self, split: int, campaigns: np.ndarray | None = None) -> np.ndarray:
-        """Row indices of the impressions of one split, optionally only for the given campaigns."""
-        sel = self.log_split == split
-        if campaigns is not None:
-            sel &= np.isin(self.log_campaign, campaigns)
-        return np.flatnonzero(sel)
 
     def counts(self) -> dict:
         """Impressions and clicks per split (all campaigns)."""

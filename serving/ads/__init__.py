@@ -2,7 +2,6 @@
 beside CtrScorer.load (serving/ads/scorer.py) and the writer (models/ads/llm_hyper.py)."""
 
 WEIGHTS_FILE, META_FILE = "ctr_weights.npz", "ctr_meta.json"
-CAMPAIGN_IDS_FILE = "campaign_ids.npy"  # the dataset's id of each internal campaign 0..C-1 (the API speaks them)
 # Key (in WEIGHTS_FILE and META_FILE) of the dataset's id of each internal campaign 0..C-1; not "campaign_ids",
 # which names the request tensor (serving.graph.CAMPAIGN_IDS).
 DATASET_CAMPAIGN_IDS_KEY = "dataset_campaign_ids"

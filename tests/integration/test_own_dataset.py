@@ -107,7 +107,7 @@ def test_unknown_ids_are_invalid_argument_naming_the_id(shop_server):
     with AdsClient(shop_server.grpc_url) as ads:
         with pytest.raises(RecommendError) as info:
             ads.score_events(_history(2, 4), [900, 5])
-        assert "INVALID_ARGUMENT" in info.value.code and "unknown campaign id 5" in info.value.message
+        assert "INVALID_ARGUMENT" in info.value.code and "unknown campaign ids [5]" in info.value.message
 
 
 def test_score_ads_takes_the_datasets_campaign_ids_and_equals_the_reference(shop_server, shop_reference):

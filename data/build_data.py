@@ -190,7 +190,8 @@ class BuildData:
             name=self.name, num_items=cat.num_items, item_attributes=attributes, item_texts=list(cat.texts),
             user_items=[self.event_item[a:b] for a, b in spans], user_behaviors=[self.event_behavior[a:b] for a, b in spans],
             user_timestamps=[self.event_timestamp[a:b].astype(np.float64) for a, b in spans],
-            behavior_names=("pad",) + tuple(self.meta.events), external_item_ids=cat.item_ids.copy())
+            behavior_names=("pad",) + tuple(self.meta.events), external_item_ids=cat.item_ids.copy(),
+            repeats=self.meta.repeats)
 
 
 def _codes(values: list[str]) -> np.ndarray:

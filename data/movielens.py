@@ -158,6 +158,7 @@ def build_movielens(inter: dict[str, list[str]], item: dict[str, list[str]], min
         user_behaviors=[beh[lo:hi] for lo, hi in spans],
         user_timestamps=[ts[lo:hi] for lo, hi in spans],
         behavior_names=names,
+        repeats=False,  # a movie is rated once
     )
 
 

@@ -22,6 +22,9 @@ class SequenceDataset:
     user_timestamps: list[np.ndarray]  # per user, float64, non-decreasing
     behavior_names: tuple[str, ...] = ("pad", "interact")  # index = behaviour id; 0 is padding
     user_journeys: list[np.ndarray] | None = None  # per user, ground-truth journey ids when known (simulator)
+    # False: users never interact with an item twice (MovieLens ratings); models and the evaluation then drop
+    # a user's history from its rankings, as the server does.
+    repeats: bool = True
     # The dataset's own id of each internal item (int64 [N+1], row 0 = 0) when it is not 1..N (data.dataset).
     external_item_ids: np.ndarray | None = None
 
@@ -185,6 +188,31 @@ def leave_last_out(dataset: SequenceDataset, max_history: int, validation: bool 
     return Split(train=_examples(dataset, train, max_history),
                  valid=_examples(dataset, valid, max_history) if validation else None,
                  test=_examples(dataset, test, max_history), max_history=max_history)
+
+
+def windows(train: Examples) -> Examples:
+    """The training examples one pass of a model that supervises every position needs: per user, the examples
+    whose targets are L = max_history apart counting back from the user's last training target. A window's
+    history plus its target holds L consecutive targets (each history event predicts the next), so every
+    training target appears in exactly one window (the first window's first event is no target, as in
+    leave_last_out)."""
+    if len(train) == 0:
+        return train
+    length = max(len(h) for h in train.histories)
+    last = np.full(int(train.users.max()) + 1, -1, np.int64)
+    np.maximum.at(last, train.users, train.positions)
+    return train.subset(np.flatnonzero((last[train.users] - train.positions) % max(1, length) == 0))
+
+
+def next_items(examples: Examples, slots: int) -> np.ndarray:
+    """int64 [M, slots]: after each history event, the item that follows it (the next history event, then the
+    example's target), right-aligned like pad_left(histories, slots); 0 where a slot holds no event."""
+    out = np.zeros((len(examples), slots), np.int64)
+    for r, (h, target) in enumerate(zip(examples.histories, examples.targets)):
+        n = min(len(h), slots)
+        if n:
+            out[r, slots - n:] = np.append(np.asarray(h[len(h) - n + 1:], np.int64), target)
+    return out
 
 
 def pad_left(histories: list[np.ndarray], length: int, pad: int = 0) -> np.ndarray:

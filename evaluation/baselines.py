@@ -5,6 +5,7 @@ most-popular and SASRec (ID-based causal self-attention, full-softmax next-item 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
@@ -12,18 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.sequences import Examples, SequenceDataset, pad_left
-from models.budget import TrainingBudget
+from data.sequences import Examples, SequenceDataset, pad_left, windows
+from models.budget import EarlyStopping, TrainingBudget
 
 
 @runtime_checkable
 class Recommender(Protocol):
     def fit(self, dataset: SequenceDataset, train_examples: Examples, *, seed: int,
-            budget: TrainingBudget) -> None: ...
+            budget: TrainingBudget, valid: Examples | None = None) -> None:
+        """valid: held-out examples for early stopping (models that train iteratively); others ignore it."""
+        ...
 
-    def recommend(self, examples: Examples, k: int) -> np.ndarray:
+    def recommend(self, examples: Examples, k: int, exclude_history: bool = False) -> np.ndarray:
         """Item ids [len(examples), k], best first, for each history of `examples` (its histories, behaviors,
-        timestamps and journeys; never its targets): real items (1..N) only, no duplicates in a row."""
+        timestamps and journeys; never its targets): real items (1..N) only, no duplicates in a row. With
+        exclude_history (a dataset whose users never repeat an item) no history item is recommended."""
         ...
 
 
@@ -59,7 +63,7 @@ class MostPopular:
         self.ranking: np.ndarray | None = None
 
     def fit(self, dataset: SequenceDataset, train_examples: Examples, *, seed: int = 0,
-            budget: TrainingBudget | None = None) -> None:
+            budget: TrainingBudget | None = None, valid: Examples | None = None) -> None:
         # A user's training events are those up to its last training target (that includes its first event,
         # which is never a target); held-out events after it are not counted.
         last = np.full(dataset.num_users, -1, np.int64)
@@ -72,21 +76,34 @@ class MostPopular:
         self.ranking = np.lexsort((np.arange(len(counts)), -counts))[:dataset.num_items]
         self.num_items = dataset.num_items
 
-    def recommend(self, examples: Examples | list[np.ndarray], k: int) -> np.ndarray:
+    def recommend(self, examples: Examples | list[np.ndarray], k: int, exclude_history: bool = False) -> np.ndarray:
         if self.ranking is None:
             raise RuntimeError("MostPopular.recommend called before fit")
         _check_k(k, self.num_items)
+        if exclude_history:
+            return self._popular_unseen(_histories(examples), k)
         return np.tile(self.ranking[:k], (len(_histories(examples)), 1))
+
+    def _popular_unseen(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        """The most popular items outside each history (0-padded when the history leaves fewer than k)."""
+        out = np.zeros((len(histories), k), np.int64)
+        for r, h in enumerate(histories):
+            row = self.ranking[:k + len(h)]
+            row = row[~np.isin(row, h)][:k]
+            out[r, :len(row)] = row
+        return out
 
 
 class MostRecent(MostPopular):
     """The user's own distinct history items, newest first, then most-popular ones: measures how much of a
     dataset's score comes from re-interactions (simulator users re-view, cart and buy the same item)."""
 
-    def recommend(self, examples: Examples | list[np.ndarray], k: int) -> np.ndarray:
+    def recommend(self, examples: Examples | list[np.ndarray], k: int, exclude_history: bool = False) -> np.ndarray:
         if self.ranking is None:
             raise RuntimeError("MostRecent.recommend called before fit")
         _check_k(k, self.num_items)
+        if exclude_history:  # nothing recent may come back: most-popular outside the history
+            return self._popular_unseen(_histories(examples), k)
         out = np.empty((len(_histories(examples)), k), np.int64)
         for r, h in enumerate(_histories(examples)):
             recent = list(dict.fromkeys(np.asarray(h, np.int64)[::-1].tolist()))[:k]
@@ -145,10 +162,12 @@ class SASRecModel(nn.Module):
     def states(self, items: torch.Tensor) -> torch.Tensor:
         """items [B,T] right-aligned (0 = padding on the left) -> causal state after every event [B,T,d]."""
         t = items.shape[1]
-        from_end = torch.arange(t - 1, -1, -1, device=items.device)  # newest event is position 0
-        x = self.item_emb(items) * self.cfg.d_model ** 0.5 + self.pos_emb(from_end)
-        x = self.drop(x)
         real = items != 0
+        # Positions from the first real event: a state never depends on later events, so the state after
+        # every event of a window is what a history ending there gets (one loss per position is exact).
+        position = (real.long().cumsum(dim=1) - 1).clamp(min=0)
+        x = self.item_emb(items) * self.cfg.d_model ** 0.5 + self.pos_emb(position)
+        x = self.drop(x)
         causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
         # Keys must be real events; a padding query sees itself only, so no row is fully masked (no NaN).
         mask = (causal[None] & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=items.device)[None]
@@ -169,14 +188,15 @@ class SASRecModel(nn.Module):
 class SASRec:
     """ID-based SASRec trained on the given (history -> next item) examples with full-softmax cross-entropy.
 
-    loss="last" (default): one loss term per example, the target after its full history, so SASRec learns from
-    exactly the (history -> target) pairs the generative models see under the same TrainingBudget.
-    loss="all": the original SASRec objective, a term after every event of the history window as well (the
-    next event inside the window is the target; all are earlier training events, never held-out ones).
+    loss="last": one loss term per example, the target after its full history.
+    loss="all" (default): the original SASRec objective: one pass per window of max_len events
+    (data.sequences.windows), a term after every event (the next event inside the window, then the window's
+    target), so every training target is learnt once per epoch.
+    With `valid` and budget.patience, validation HR@10 picks the best state (early stopping).
     """
 
     def __init__(self, max_len: int | None = None, d_model: int = 64, num_layers: int = 2, num_heads: int = 2,
-                 dropout: float = 0.2, weight_decay: float = 0.0, eval_batch: int = 256, loss: str = "last"):
+                 dropout: float = 0.2, weight_decay: float = 0.0, eval_batch: int = 256, loss: str = "all"):
         if loss not in ("last", "all"):
             raise ValueError(f"loss must be 'last' or 'all', got {loss!r}")
         self.loss = loss
@@ -193,15 +213,20 @@ class SASRec:
         return torch.from_numpy(pad_left(histories, length))
 
     def fit(self, dataset: SequenceDataset, train_examples: Examples, *, seed: int,
-            budget: TrainingBudget) -> None:
+            budget: TrainingBudget, valid: Examples | None = None) -> None:
         torch.manual_seed(seed)
         max_len = self.max_len or max(1, max((len(h) for h in train_examples.histories), default=1))
         self.model = SASRecModel(SASRecConfig(num_items=dataset.num_items, max_len=max_len, **self.kw))
         opt = torch.optim.AdamW(self.model.parameters(), lr=budget.lr, weight_decay=self.weight_decay)
+        if self.loss == "all":
+            train_examples = windows(train_examples)
         targets = torch.from_numpy(train_examples.targets - 1)
+        stopper = EarlyStopping(budget, valid, self.model, self.recommend, len(train_examples),
+                                exclude_history=not dataset.repeats, num_items=dataset.num_items)
         self.model.train()
         self.losses = []
-        for idx in budget.batches(len(train_examples), seed):
+        started, seen = time.perf_counter(), 0
+        for step, idx in enumerate(budget.batches(len(train_examples), seed), start=1):
             items = self._batch([train_examples.histories[i] for i in idx])
             if self.loss == "last":
                 loss = F.cross_entropy(self.model(items), targets[idx])
@@ -215,16 +240,27 @@ class SASRec:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             opt.step()
             self.losses.append(loss.item())
+            seen += len(idx) if self.loss == "last" else int(keep.sum())
+            if stopper.after_step(step, seen):
+                break
         self.model.eval()
+        seconds = time.perf_counter() - started - stopper.eval_seconds
+        self.info = {"train_steps": len(self.losses), "train_seconds": round(seconds, 1), "targets_seen": seen,
+                     "targets_per_second": round(seen / max(seconds, 1e-9), 1), **stopper.finish()}
 
     @torch.no_grad()
-    def recommend(self, examples: Examples | list[np.ndarray], k: int) -> np.ndarray:
+    def recommend(self, examples: Examples | list[np.ndarray], k: int, exclude_history: bool = False) -> np.ndarray:
         if self.model is None:
             raise RuntimeError("SASRec.recommend called before fit")
         histories = _histories(examples)
         _check_k(k, self.model.cfg.num_items)
         out = []
         for i in range(0, len(histories), self.eval_batch):
-            logits = self.model(self._batch(histories[i:i + self.eval_batch]))
-            out.append(torch.topk(logits, k, dim=1).indices.numpy() + 1)
+            chunk = histories[i:i + self.eval_batch]
+            logits = self.model(self._batch(chunk))
+            if exclude_history:
+                for r, h in enumerate(chunk):
+                    logits[r, torch.as_tensor(np.asarray(h, np.int64) - 1)] = -torch.inf
+            top = torch.topk(logits, k, dim=1)
+            out.append(torch.where(top.values.isfinite(), top.indices + 1, 0).numpy())
         return np.concatenate(out) if out else np.zeros((0, k), np.int64)

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shlex
@@ -56,11 +57,10 @@ register("mostpop", lambda dataset, seed: MostPopular(),
 register("recent", lambda dataset, seed: MostRecent(),
          description="the user's own distinct history items newest first, then most-popular (repeat baseline)")
 register("sasrec", lambda dataset, seed: SASRec(),
-         description="ID-based SASRec (d=64, 2 layers, 2 heads, dropout 0.2), full-softmax cross-entropy on "
-                     "each example's target only: the same (history -> target) pairs as the generative models")
-register("sasrec_all", lambda dataset, seed: SASRec(loss="all"),
-         description="the same SASRec with its original objective, a loss after every event of each history "
-                     "window (more supervision per example than the other models get)")
+         description="ID-based SASRec (d=64, 2 layers, 2 heads, dropout 0.2), full-softmax cross-entropy after "
+                     "every event of each window (the original objective)")
+register("sasrec_last", lambda dataset, seed: SASRec(loss="last"),
+         description="SASRec with one loss per (history -> target) example, the target after the full history")
 
 # The GRACE family ("tiger", "grace_nocot", ...) comes from models.grace.recommender. If it fails to import,
 # the baselines still run and asking for a GRACE model re-raises the cause. (Registered here rather than by
@@ -119,15 +119,25 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
     torch.manual_seed(seed)
     model = REGISTRY[model_name](dataset, seed)
     started = time.perf_counter()
-    model.fit(dataset, split.train, seed=seed, budget=budget)
-    train_s = time.perf_counter() - started
+    model.fit(dataset, split.train, seed=seed, budget=budget, valid=split.valid)
+    wall_s = time.perf_counter() - started
+    info = dict(getattr(model, "info", None) or {})
+    train_s = info.get("train_seconds", wall_s)  # without the validation passes of early stopping
     test = split.test.subset(eval_idx)
     started = time.perf_counter()
-    recs = model.recommend(test, max(KS))
+    k = max(KS)
+    if dataset.repeats:
+        recs = check_recommendations(model.recommend(test, k), len(test), k, dataset.num_items)
+    else:  # users never repeat an item: no history item is recommended, as the server does
+        recs = model.recommend(test, k, exclude_history=True)
+        if any(np.isin(r[r > 0], h).any() for r, h in zip(recs, test.histories)):
+            raise ValueError(f"{model_name} recommended a history item with exclude_history")
     eval_s = time.perf_counter() - started
-    recs = check_recommendations(recs, len(test), max(KS), dataset.num_items)
     record = {"dataset": dataset.name, "model": model_name, "seed": seed, "train_seconds": round(train_s, 2),
-              "eval_seconds": round(eval_s, 2), "eval_users": len(test)}
+              "fit_wall_seconds": round(wall_s, 2), "eval_seconds": round(eval_s, 2), "eval_users": len(test)}
+    for key in ("valid_hr@10", "best_step", "seconds_to_best", "train_steps", "targets_per_second", "curve"):
+        if key in info:
+            record[key] = info[key]
     record.update({m: round(v, 5) for m, v in topk_metrics(recs, test.targets, KS).items()})
     losses = getattr(model, "losses", None)
     if losses:
@@ -241,7 +251,7 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
     records, ds_meta = [], []
     for ds_name in datasets:
         dataset = load_dataset(ds_name, **dataset_kw)
-        split = leave_last_out(dataset, max_history)
+        split = leave_last_out(dataset, max_history, validation=budget.patience > 0)
         eval_idx = eval_subsample(len(split.test), eval_users)
         ds_meta.append({**dataset.stats(), "train_examples": len(split.train), "test_users": len(split.test),
                         "eval_users": len(eval_idx)})
@@ -290,6 +300,16 @@ def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[di
     return meta, rows
 
 
+def _parse_setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--grace expects FIELD=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -307,6 +327,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--eval-users", type=int, help="evaluate a fixed random sample of test users (0 = all)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping: hold out each user's second-last event as validation and stop after this "
+                        "many validations without a better HR@10 (--epochs is then the cap); 0 = off")
+    p.add_argument("--eval-every", type=int, help="steps between validations (0 = once per epoch)")
+    p.add_argument("--valid-users", type=int, help="validation examples scored per validation (0 = all)")
+    p.add_argument("--grace", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a models.grace.recommender.GraceTrainConfig field for every GRACE model, e.g. "
+                        "semantic_source=collaborative (repeatable; the value is parsed as JSON when it is JSON)")
+    p.add_argument("--suffix", default="", help="appended to the GRACE models' names in the report (an ablation)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 while the machine is shared)")
     p.add_argument("--sim-users", type=int)
     p.add_argument("--sim-items", type=int)
@@ -315,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--combine", nargs="+", type=Path, metavar="REPORT_JSON",
                    help="only merge these reports (same protocol and budget) into one table at --out")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # validation progress
     if args.combine:
         if not args.out:
             p.error("--combine needs --out")
@@ -322,10 +352,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.grace or args.suffix:
+        from evaluation.harness import harness_factories  # noqa: PLC0415
+
+        factories = harness_factories(dict(_parse_setting(a) for a in args.grace))
+        for name, (factory, description) in factories.items():
+            settings = ", ".join(args.grace)
+            register(name + args.suffix, factory, replace=True,
+                     description=description + (f" ({settings})" if settings else ""))
+        args.models = [m + args.suffix if m in factories else m for m in args.models]
     torch.set_num_threads(args.threads)
     base = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
-                 if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("patience", args.patience), ("eval_every", args.eval_every),
+                                   ("eval_users", args.valid_users)) if v is not None}
     if args.max_examples is not None:
         overrides["max_examples_per_epoch"] = args.max_examples or None
     budget = dataclasses.replace(base, **overrides)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.metrics import topk_metrics
-from models.grace.recommender import VARIANTS, GraceRecommender
+import dataclasses
+
+from models.grace.recommender import VARIANTS, GraceRecommender, GraceTrainConfig
 
 
 def evaluate_recommender(recommender, test, ks=(5, 10), exclude_history: bool = False) -> dict:
@@ -14,21 +16,8 @@ def evaluate_recommender(recommender, test, ks=(5, 10), exclude_history: bool = 
     `exclude_history` (a dataset that never repeats an item) the history's items are dropped from each ranking
     before the cut, as the server drops them."""
     k = max(ks)
-    if not exclude_history:
-        ranked = recommender.recommend(test, k)
-    else:
-        longest = max((len(h) for h in test.histories), default=0)
-        ranked = without_history(recommender.recommend(test, k + longest), test.histories, k)
+    ranked = recommender.recommend(test, k, exclude_history=True) if exclude_history else recommender.recommend(test, k)
     return {"eval_users": len(test), **{k: round(v, 4) for k, v in topk_metrics(ranked, test.targets, ks).items()}}
-
-
-def without_history(ranked: np.ndarray, histories, k: int) -> np.ndarray:
-    """[M, >=k] rankings minus each row's history items, the first k kept (0-padded)."""
-    out = np.zeros((len(ranked), k), np.int64)
-    for i, (row, history) in enumerate(zip(ranked, histories)):
-        kept = row[~np.isin(row, history) & (row > 0)][:k]
-        out[i, :len(kept)] = kept
-    return out
 
 
 DESCRIPTIONS = {
@@ -39,7 +28,9 @@ DESCRIPTIONS = {
 }
 
 
-def harness_factories() -> dict:
-    """name -> (factory(dataset, seed) -> GraceRecommender, description), for evaluation.evaluate's registry."""
-    return {name: (lambda dataset, seed, name=name: GraceRecommender(name, progress=False), DESCRIPTIONS[name])
+def harness_factories(settings: dict | None = None) -> dict:
+    """name -> (factory(dataset, seed) -> GraceRecommender, description), for evaluation.evaluate's registry;
+    `settings` changes GraceTrainConfig fields (unknown names are errors)."""
+    cfg = dataclasses.replace(GraceTrainConfig(), **(settings or {}))
+    return {name: (lambda dataset, seed, name=name: GraceRecommender(name, cfg, progress=False), DESCRIPTIONS[name])
             for name in VARIANTS}

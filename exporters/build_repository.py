@@ -26,6 +26,7 @@ import torch
 from data.build_data import BuildData, dataset_directory, load_build_data
 from data.dataset import DatasetError
 from data.sequences import leave_last_out
+from evaluation.baselines import MostPopular, MostRecent, SASRec
 from evaluation.harness import evaluate_recommender
 from evaluation.metrics import topk_metrics
 from exporters.clip_export import export_clip
@@ -92,16 +93,21 @@ def catalog_stage(b: Build) -> dict:
 
 
 def grace_stage(b: Build) -> dict:
+    """GRACE trained until its validation HR@10 stops improving (each user's second-last event held out;
+    epochs is the cap), evaluated on the held-out last events beside SASRec, most-popular and recency trained
+    and evaluated in this build on the same split (manifest grace.baselines)."""
     cfg = b.config.grace
     dataset = b.data.sequences()
-    split = leave_last_out(dataset, b.limits.max_history)
+    split = leave_last_out(dataset, b.limits.max_history, validation=cfg.patience > 0)
     test = split.test.subset(np.arange(min(cfg.eval_users, len(split.test))))
     b.shared["eval_examples"] = test
     retriever = GraceRecommender(cfg.variant, dataclasses.replace(cfg.model, beam_width=b.limits.beam_width))
-    metrics = retriever.fit(dataset, split.train, seed=b.config.seed,
-                            budget=TrainingBudget(epochs=cfg.epochs, max_examples_per_epoch=cfg.examples_per_epoch,
-                                                  batch_size=cfg.batch_size, lr=cfg.lr))
+    budget = TrainingBudget(epochs=cfg.epochs, max_examples_per_epoch=cfg.examples_per_epoch,
+                            batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience, eval_users=cfg.valid_users)
+    metrics = retriever.fit(dataset, split.train, seed=b.config.seed, budget=budget, valid=split.valid)
     metrics.update(evaluate_recommender(retriever, test, exclude_history=b.limits.exclude_history))
+    if cfg.baselines:
+        metrics["baselines"] = baseline_metrics(dataset, split, test, budget, b)
     # The encoder's input length limit follows the tokenizer: every step checks it (serving.graph ENC_TOKENS).
     b.limits = dataclasses.replace(b.limits, tokens_per_event=retriever.encoder.tokenizer.tokens_per_event)
     retriever.encoder.save(b.dir(graph.FEATURES))
@@ -109,6 +115,21 @@ def grace_stage(b: Build) -> dict:
     b.parity.update(export_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE), seed=b.config.seed))
     save_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE))  # the in-process reference runs it
     return metrics
+
+
+def baseline_metrics(dataset, split, test, budget: TrainingBudget, b: Build) -> dict:
+    """SASRec (one loss per position, the same early stopping), most-popular and recency on GRACE's split."""
+    out = {}
+    for name, model in (("sasrec", SASRec(max_len=b.limits.max_history)), ("mostpop", MostPopular()),
+                        ("recency", MostRecent())):
+        started = time.perf_counter()
+        model.fit(dataset, split.train, seed=b.config.seed, budget=dataclasses.replace(budget, batch_size=128,
+                                                                                      lr=2e-3), valid=split.valid)
+        info = getattr(model, "info", {})
+        out[name] = {**evaluate_recommender(model, test, exclude_history=b.limits.exclude_history),
+                     "train_seconds": info.get("train_seconds", round(time.perf_counter() - started, 1)),
+                     **{k: v for k, v in info.items() if k in ("valid_hr@10", "best_step", "seconds_to_best")}}
+    return out
 
 
 def recent_stage(b: Build) -> dict:

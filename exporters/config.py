@@ -39,14 +39,16 @@ ServingConfig = dataclasses.make_dataclass(
 @dataclasses.dataclass(frozen=True)
 class GraceBuildConfig:
     variant: str = "grace_jsa"
-    # Examples per epoch: a random subset per epoch keeps the default build within minutes on 2 CPUs.
-    examples_per_epoch: int = 24_000
-    # Two epochs: with one, the 8-token CoT paths are clearly undertrained (HR@10 0.073 vs 0.287 with two on
-    # the default simulator; about 4.5 more minutes of build on 2 cores).
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 2e-3
-    eval_users: int = 300  # held-out users the build evaluates GRACE and the recent source on
+    # GRACE supervises every position: an epoch is one pass over every user's windows of max_history events
+    # (data.sequences.windows); examples_per_epoch caps the windows per epoch (None = all).
+    examples_per_epoch: int | None = None
+    epochs: int = 12  # the cap; early stopping on validation HR@10 usually ends training before it
+    patience: int = 2  # validations (one per epoch) without a better HR@10 before stopping; 0 = no validation
+    batch_size: int = 16
+    lr: float = 1e-3
+    eval_users: int = 300  # held-out users the build evaluates GRACE, the baselines and the recent source on
+    valid_users: int = 300  # validation users scored after each epoch
+    baselines: bool = True  # SASRec, most-popular and recency trained and evaluated in the build, same split
     model: GraceTrainConfig = dataclasses.field(default_factory=GraceTrainConfig)  # its max_history and beam_width follow the serving section
 
 

@@ -19,7 +19,7 @@ from serving import graph
 from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.retriever import load_decoding
-from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds
+from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds, excluded
 
 CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
 
@@ -30,9 +30,9 @@ class TorchGraceRetrieve(GraceRetrieve):
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()
-    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos):
+    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
         return grace_retrieve(self.model, self.trie, self.path_to_item, enc_tokens, enc_journey_ids, enc_journey_pos,
-                              self.limits.beam_width)
+                              self.limits.beam_width, excluded(exclude_ids))
 
 
 class TorchRank(Rank):

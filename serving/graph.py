@@ -148,8 +148,9 @@ FEATURES = Step(
     outputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, HIST_ITEMS, HIST_BEHAVIORS) + FILTERS,
     artifacts=HISTORY_FILES + (ITEM_IDS_FILE,))
 GRACE_RETRIEVE = Step(
-    "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step",
-    inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS), outputs=(GRACE_ITEMS, GRACE_SCORES),
+    "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step; "
+    "excluded items never complete a beam, so all beam_width candidates are eligible",
+    inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, EXCLUDE_IDS), outputs=(GRACE_ITEMS, GRACE_SCORES),
     artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE))
 RECENT_RETRIEVE = Step(
     "recent_retrieve", "the request's most recently interacted distinct items (repeat intent), newest first",

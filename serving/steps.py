@@ -51,7 +51,7 @@ class GraceRetrieve(StepModel):
         """Beyond the graph's limits: token ids inside the model's vocabulary, three aligned non-empty inputs."""
         super().check_inputs(inputs)
         tokens = inputs[graph.ENC_TOKENS.name]
-        lengths = {t.name: len(inputs[t.name]) for t in self.STEP.inputs}
+        lengths = {t.name: len(inputs[t.name]) for t in self.STEP.inputs if t.name != graph.EXCLUDE_IDS.name}
         if len(set(lengths.values())) != 1 or len(tokens) == 0:
             raise RequestError(graph.ENC_TOKENS.name,
                                f"the three inputs must be non-empty and of one length, got {lengths}")
@@ -60,8 +60,14 @@ class GraceRetrieve(StepModel):
             raise RequestError(graph.ENC_TOKENS.name,
                                f"token {int(bad[0])} is out of range; valid range is 0..{self.vocab_size - 1}")
 
-    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos):
-        return self.retriever(enc_tokens, enc_journey_ids, enc_journey_pos, self.limits.beam_width)
+    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
+        return self.retriever(enc_tokens, enc_journey_ids, enc_journey_pos, self.limits.beam_width,
+                              excluded(exclude_ids))
+
+
+def excluded(exclude_ids: np.ndarray) -> set[int]:
+    """The items a request excludes (0 pads the list)."""
+    return set(np.asarray(exclude_ids).tolist()) - {0}
 
 
 class FilteredStep(StepModel):

@@ -1,10 +1,15 @@
 """GRACE generative retriever: an encoder over the chain-of-thought token history, a decoder that writes the
 next item's token path, with journey-aware sparse attention (JSA) or dense attention in the encoder.
 
-Positions count back from the most recent token (histories are left-padded), so a request's newest event
-always has position 0 whatever its length. Every token also carries its journey: how many journeys back it
-is, and its position inside the journey. The decoder keeps a KV cache of its own self-attention, so a beam
-search step feeds one token per beam instead of the whole prefix.
+Every embedding of a history token depends only on the tokens before it (positions count from the first real
+token of the history, journeys from its first journey; histories are left-padded with whole events), so with
+the causal encoder the memory of a history's prefix is the prefix of its memory. That is what lets training
+supervise every position (forward_positions): one encoder pass over a history, and the decoder writes the
+next item after every event, its cross-attention masked to the events up to it; exactly what serving computes
+for that prefix alone. Every token also carries its journey: its journey index and its position inside the
+journey. The decoder keeps a KV cache of its own self-attention, so a beam search step feeds one token per
+beam instead of the whole prefix. With `level_offsets`, the token at path position p is normalised over level
+p's tokens only (the only ones the trie can allow there), in training and in decoding alike.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ class GraceConfig:
     encoder_layers: int = 2
     decoder_layers: int = 2
     ff_mult: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.1  # residual and feed-forward dropout
+    # Dropout on attention probabilities forces SDPA's unfused path and cost ~29% of a CPU step with no gain
+    # in HR@10 (issue 12's measurement); off by default.
+    attention_dropout: float = 0.0
+    level_offsets: tuple[int, ...] | None = None  # ItemTokenizer.level_offsets: level p owns [off[p], off[p+1])
     attention: str = "dense"  # "dense" (SDPA) or "jsa" (journey-aware sparse attention)
     causal_encoder: bool = True  # JSA is causal by construction; GRACE-dense matches it, TIGER does not
     use_journeys: bool = True  # journey embeddings (distance in journeys, position inside the journey)
@@ -49,6 +58,12 @@ class GraceConfig:
             raise ValueError(f"attention must be 'dense' or 'jsa', got {self.attention!r}")
         if self.attention == "jsa" and not self.causal_encoder:
             raise ValueError("attention='jsa' is causal; causal_encoder must be True")
+        if self.level_offsets is not None:
+            off = tuple(int(o) for o in self.level_offsets)
+            object.__setattr__(self, "level_offsets", off)
+            if len(off) != self.path_length + 1 or off[-1] > self.vocab_size or any(b <= a for a, b in zip(off, off[1:])):
+                raise ValueError(f"level_offsets must be {self.path_length + 1} increasing token offsets <= "
+                                 f"vocab_size {self.vocab_size}, got {off}")
 
 
 class Attention(nn.Module):
@@ -89,7 +104,7 @@ class EncoderBlock(nn.Module):
             from models.grace.jsa import JSAConfig, JourneySparseAttention  # noqa: PLC0415 (optional dependency)
             self.attn = JourneySparseAttention(d, cfg.num_heads, JSAConfig(**(cfg.jsa or {})), backend=cfg.jsa_backend)
         else:
-            self.attn = Attention(d, cfg.num_heads, cfg.dropout)
+            self.attn = Attention(d, cfg.num_heads, cfg.attention_dropout)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
         self.drop = nn.Dropout(cfg.dropout)
         self.sparse = cfg.attention == "jsa"
@@ -106,8 +121,8 @@ class DecoderBlock(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm1, self.norm_cross, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = Attention(d, cfg.num_heads, cfg.dropout)
-        self.cross = Attention(d, cfg.num_heads, cfg.dropout)
+        self.attn = Attention(d, cfg.num_heads, cfg.attention_dropout)
+        self.cross = Attention(d, cfg.num_heads, cfg.attention_dropout)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -121,6 +136,17 @@ class DecoderBlock(nn.Module):
         x = x + self.drop(self.cross(self.norm_cross(x), cross_kv, memory_bias))
         return x + self.drop(self.ff(self.norm2(x))), (k, v)
 
+    def forward_groups(self, x, group: int, self_bias, cross_kv, memory_bias):
+        """Training: x [B, G*group, d] holds G independent decoder sequences of `group` tokens per row (one
+        per supervised event); self-attention stays inside each sequence (a reshape, no block mask), cross-
+        attention sees the row's memory through memory_bias [B,1,G*group,T]."""
+        b, n, d = x.shape
+        h = self.norm1(x).reshape(b * (n // group), group, d)
+        k, v = self.attn.project_kv(h)
+        x = x + self.drop(self.attn.attend(h, k, v, self_bias).reshape(b, n, d))
+        x = x + self.drop(self.cross(self.norm_cross(x), cross_kv, memory_bias))
+        return x + self.drop(self.ff(self.norm2(x)))
+
 
 class GraceModel(nn.Module):
     def __init__(self, cfg: GraceConfig):
@@ -132,14 +158,21 @@ class GraceModel(nn.Module):
         self.slot_emb = nn.Embedding(cfg.tokens_per_event, d)  # which slot of the event (behaviour, level...)
         if cfg.use_journeys:
             # Sized by the input limits, so no value is clamped: a history of max_tokens tokens holds at most
-            # max_events journeys (back = 0..max_events, padding included) and positions 0..max_tokens-1.
-            self.journey_back_emb = nn.Embedding(cfg.max_events + 1, d)
+            # max_events journeys (indices 0..max_events-1; max_events is padding) and positions 0..max_tokens-1.
+            self.journey_index_emb = nn.Embedding(cfg.max_events + 1, d)
             self.journey_pos_emb = nn.Embedding(cfg.max_tokens, d)
         self.dec_pos = nn.Embedding(cfg.path_length, d)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size)
+        level_bias = torch.zeros(cfg.path_length, cfg.vocab_size)
+        if cfg.level_offsets is not None:
+            off = cfg.level_offsets
+            for p in range(cfg.path_length):
+                level_bias[p, :off[p]] = NEG_INF
+                level_bias[p, off[p + 1]:] = NEG_INF
+        self.register_buffer("level_bias", level_bias, persistent=False)  # [path_length, V], from the config
 
     def encode(self, tokens: torch.Tensor, valid: torch.Tensor, journey_ids: torch.Tensor,
                journey_pos: torch.Tensor) -> torch.Tensor:
@@ -149,12 +182,13 @@ class GraceModel(nn.Module):
         t = tokens.shape[1]
         tpe = self.cfg.tokens_per_event
         idx = torch.arange(t, device=tokens.device)
-        from_end = (t - 1) - idx
-        slot = (tpe - 1) - from_end % tpe
-        x = self.token_emb(tokens) + self.enc_pos(from_end.clamp(max=self.cfg.max_tokens - 1)) + self.slot_emb(slot)
+        slot = (tpe - 1) - ((t - 1) - idx) % tpe  # padding is whole events: the slot inside the event
+        # Positions from the first real token (padding 0): a token's position never depends on later tokens.
+        position = (valid.cumsum(dim=1) - 1).clamp(min=0, max=self.cfg.max_tokens - 1).long()
+        x = self.token_emb(tokens) + self.enc_pos(position) + self.slot_emb(slot)
         if self.cfg.use_journeys:
-            back = journey_ids.max(dim=1, keepdim=True).values - journey_ids  # padding (-1) gives at most max_events
-            x = x + self.journey_back_emb(back) + self.journey_pos_emb(journey_pos)
+            journey = torch.where(journey_ids < 0, self.cfg.max_events, journey_ids.clamp(max=self.cfg.max_events - 1))
+            x = x + self.journey_index_emb(journey) + self.journey_pos_emb(journey_pos)
         pad_bias = (1.0 - valid) * NEG_INF
         bias = pad_bias[:, None, None, :]
         if self.cfg.causal_encoder:
@@ -191,7 +225,7 @@ class GraceModel(nn.Module):
             x, kv = block(x, (past[layer, 0], past[layer, 1]), causal, (cross_kv[layer, 0], cross_kv[layer, 1]),
                           memory_bias)
             present.append(torch.stack(kv))
-        return self.head(self.dec_norm(x)), torch.stack(present)
+        return self.head(self.dec_norm(x)) + self.level_bias[pos], torch.stack(present)
 
     def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
         """prefix [B,S] (starts with BOS) -> logits [B,S,V] for the next token at each position."""
@@ -209,6 +243,29 @@ class GraceModel(nn.Module):
         bos = torch.full_like(target_paths[:, :1], BOS)
         prefix = torch.cat([bos, target_paths[:, :-1]], dim=1)
         return self.decode(prefix, self.cross_kv(memory), valid)
+
+    def forward_positions(self, tokens, valid, journey_ids, journey_pos, next_paths):
+        """Teacher forcing after every event: next_paths [B, E, P] is the path of the item that follows each
+        of the E = T / tokens_per_event event slots (right-aligned like the history; rows of padding slots are
+        ignored by the caller) -> logits [B, E, P, V]. The decoder of slot e cross-attends only to the tokens
+        of events up to e, so its logits equal those of `forward` on that prefix alone (causal encoder)."""
+        b, e, p = next_paths.shape
+        t, tpe = tokens.shape[1], self.cfg.tokens_per_event
+        if t != e * tpe:
+            raise ValueError(f"next_paths has {e} event slots; the history has {t} tokens of {tpe} per event")
+        memory = self.encode(tokens, valid, journey_ids, journey_pos)
+        prefix = torch.cat([torch.full_like(next_paths[..., :1], BOS), next_paths[..., :-1]], dim=-1)
+        step = torch.arange(p, device=tokens.device)
+        x = (self.token_emb(prefix) + self.dec_pos(step)).reshape(b, e * p, -1)
+        self_bias = torch.where(step[None, :] <= step[:, None], 0.0, NEG_INF)[None, None]
+        event_end = (torch.arange(e, device=tokens.device) + 1) * tpe  # exclusive end token of each slot
+        sees = torch.arange(t, device=tokens.device)[None, :] < event_end[:, None]  # [E, T]
+        memory_bias = torch.where(sees.repeat_interleave(p, dim=0)[None] & (valid[:, None, :] > 0), 0.0, NEG_INF)
+        memory_bias = memory_bias[:, None]  # [B, 1, E*P, T]
+        for block in self.decoder:
+            x = block.forward_groups(x, p, self_bias, block.cross.project_kv(memory), memory_bias)
+        logits = self.head(self.dec_norm(x)).reshape(b, e, p, -1)
+        return logits + self.level_bias
 
 
 CHECKPOINT_FILE = "grace.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it

@@ -21,18 +21,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.sequences import leave_last_out
-from models.budget import TrainingBudget
+from data.sequences import leave_last_out, next_items, windows
+from models.budget import EarlyStopping, TrainingBudget
 from serving.grace.beam_search import CachedStep, constrained_beam_search
 from models.grace.model import GraceConfig, GraceModel
 from serving.grace.history import HistoryEncoder, left_pad
 from serving.grace.journeys import DEFAULT_MAX_GAP
+from models.grace.collaborative import cooccurrence_embeddings
 from models.grace.semantic_ids import DEFAULT_HEADROOM, fit_residual_kmeans
 from models.text_embedding import embed_texts, texts_key
 from serving.contract import default_limit
 from serving.grace.tokenizer import ItemTokenizer
 
 CACHE_DIR = Path.home() / ".cache" / "recserve"
+WARMUP_STEPS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,22 +68,50 @@ class GraceTrainConfig:
     semantic_codes: int = 256
     semantic_headroom: float = 0.0  # e.g. DEFAULT_HEADROOM (16) to fit the codebooks to the catalog
     semantic_unique_last: bool = True
+    # What the semantic IDs quantise: "text" (MiniLM embeddings of the item texts), "collaborative" (PPMI-SVD
+    # co-occurrence embeddings of the training sequences, models.grace.collaborative), or "text+collaborative"
+    # (both, concatenated; items without training events keep their text part).
+    semantic_source: str = "text"
     d_model: int = 64
     num_heads: int = 4
     layers: int = 2
+    # Supervise the next item after every event of a history (one encoder pass per window of max_history
+    # events, data.sequences.windows) instead of one target per (history, target) example: ~max_history
+    # targets per pass, as SASRec gets.
+    every_position: bool = True
+    dropout: float = 0.1
+    level_softmax: bool = True  # normalise each path position over its level's tokens (what the trie allows)
+
+
+SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")
+
+
+def item_embeddings(dataset, cfg: GraceTrainConfig, seed: int, train_sequences, cache_dir: Path | None) -> np.ndarray:
+    """[N, D] vectors the semantic IDs quantise (cfg.semantic_source), rows L2-normalised per part."""
+    if cfg.semantic_source not in SEMANTIC_SOURCES:
+        raise ValueError(f"semantic_source must be one of {SEMANTIC_SOURCES}, got {cfg.semantic_source!r}")
+    parts = []
+    if "text" in cfg.semantic_source:
+        texts = list(dataset.item_texts[1:])
+        cache = None if cache_dir is None else Path(cache_dir) / f"minilm_{dataset.name}_{texts_key(texts)[:16]}.npz"
+        text = embed_texts(texts, cache_path=cache).astype(np.float32)
+        parts.append(text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12))
+    if "collaborative" in cfg.semantic_source:
+        if train_sequences is None:
+            raise ValueError("collaborative semantic IDs need the training sequences")
+        parts.append(cooccurrence_embeddings(train_sequences, dataset.num_items, seed=seed))
+    return np.concatenate(parts, axis=1)
 
 
 def build_history_encoder(dataset, variant: GraceVariant, cfg: GraceTrainConfig, seed: int,
-                          cache_dir: Path | None = CACHE_DIR) -> tuple[HistoryEncoder, dict]:
+                          cache_dir: Path | None = CACHE_DIR, train_sequences=None) -> tuple[HistoryEncoder, dict]:
     """Item texts -> MiniLM embeddings (cached) -> residual k-means semantic IDs -> tokenizer of the variant,
     plus the journey segmentation (intent = leaf category where there is one, else the coarsest attribute).
     info["semantic_ids"] (SemanticIds.stats()) records levels, codebook sizes, collision rate and
     max items per code for the build's metrics."""
-    texts = list(dataset.item_texts[1:])
-    cache = None if cache_dir is None else Path(cache_dir) / f"minilm_{dataset.name}_{texts_key(texts)[:16]}.npz"
-    embeddings = embed_texts(texts, cache_path=cache)
+    embeddings = item_embeddings(dataset, cfg, seed, train_sequences, cache_dir)
     sids = fit_residual_kmeans(embeddings, levels=cfg.semantic_levels, codes_per_level=cfg.semantic_codes,
-                               seed=seed, embedding_key=texts_key(texts),
+                               seed=seed, embedding_key=f"{cfg.semantic_source}:{texts_key(list(dataset.item_texts[1:]))}",
                                headroom=cfg.semantic_headroom if cfg.semantic_headroom > 0 else None,
                                unique_last_level=cfg.semantic_unique_last)
     attributes = dict(dataset.item_attributes)
@@ -100,20 +130,34 @@ def encode_examples(encoder: HistoryEncoder, examples, idx) -> list[tuple[np.nda
 
 
 def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: TrainingBudget, seed: int,
-                progress: bool = True) -> dict:
-    """Teacher-forced next-item path prediction on `train` (data.sequences.Examples), batch by batch in the
-    budget's order: the same examples, in the same order, as every other model of the evaluation."""
+                progress: bool = True, every_position: bool = True, stopper: EarlyStopping | None = None) -> dict:
+    """Teacher-forced next-item path prediction, batch by batch in the budget's order. every_position: `train`
+    is a set of windows (data.sequences.windows) and the decoder is supervised after every event
+    (GraceModel.forward_positions); else one target per example. `stopper` validates and may stop early."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.01)
     steps = budget.num_steps(len(train))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=steps, pct_start=0.1)
+    # Linear warm-up, then the budget's rate: early stopping ends training at a point no schedule over the
+    # epoch cap could anticipate.
+    warmup = max(1, min(WARMUP_STEPS, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
+    paths = torch.from_numpy(encoder.tokenizer.item_paths)
+    tpe = encoder.tokenizer.tokens_per_event
     started = time.perf_counter()
     model.train()
-    losses = []
-    for ex in tqdm(budget.batches(len(train), seed), total=steps, desc="grace", mininterval=5, disable=not progress):
+    losses, targets_seen = [], 0
+    for step, ex in enumerate(tqdm(budget.batches(len(train), seed), total=steps, desc="grace", mininterval=5,
+                                   disable=not progress), start=1):
         feeds = {k: torch.from_numpy(v) for k, v in left_pad(encode_examples(encoder, train, ex)).items()}
-        target = torch.from_numpy(encoder.tokenizer.item_paths[train.targets[ex]])
-        logits = model(feeds["tokens"], feeds["valid"], feeds["journey_ids"], feeds["journey_pos"], target)
+        if every_position:
+            nxt = torch.from_numpy(next_items(train.subset(ex), feeds["tokens"].shape[1] // tpe))
+            logits = model.forward_positions(feeds["tokens"], feeds["valid"], feeds["journey_ids"],
+                                             feeds["journey_pos"], paths[nxt])
+            keep = nxt > 0
+            logits, target = logits[keep], paths[nxt[keep]]
+        else:
+            target = paths[torch.from_numpy(train.targets[ex])]
+            logits = model(feeds["tokens"], feeds["valid"], feeds["journey_ids"], feeds["journey_pos"], target)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -121,14 +165,20 @@ def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: Train
         opt.step()
         sched.step()
         losses.append(float(loss.item()))
+        targets_seen += len(target)
+        if stopper is not None and stopper.after_step(step, targets_seen):
+            break
     model.eval()
-    return {"train_steps": len(losses), "train_seconds": round(time.perf_counter() - started, 1),
+    seconds = time.perf_counter() - started - (stopper.eval_seconds if stopper else 0.0)
+    return {"train_steps": len(losses), "train_seconds": round(seconds, 1), "targets_seen": targets_seen,
+            "targets_per_second": round(targets_seen / max(seconds, 1e-9), 1),
             "final_loss": round(float(np.mean(losses[-20:])), 4), "losses": losses}
 
 
 @torch.no_grad()
 def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, journey_ids: np.ndarray,
-                   journey_pos: np.ndarray, beam_width: int) -> tuple[np.ndarray, np.ndarray]:
+                   journey_pos: np.ndarray, beam_width: int, exclude: set[int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Reference retrieval with the torch model for one encoded history (what grace_retrieve serves)."""
     feeds = left_pad([(tokens, journey_ids, journey_pos)])
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
@@ -139,7 +189,8 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
                                                t["valid"])
         return log_probs.numpy(), present.numpy()
 
-    return constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, path_to_item, beam_width)
+    return constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, path_to_item, beam_width,
+                                   exclude)
 
 
 class GraceRecommender:
@@ -154,12 +205,17 @@ class GraceRecommender:
         self.model: GraceModel | None = None
         self.info: dict = {}
 
-    def fit(self, dataset, train_examples=None, *, seed: int = 0, budget: TrainingBudget = TrainingBudget()) -> dict:
+    def fit(self, dataset, train_examples=None, *, seed: int = 0, budget: TrainingBudget = TrainingBudget(),
+            valid=None) -> dict:
+        """Trains on `train_examples` (every target before each user's held-out ones); with `valid` and
+        budget.patience, validation HR@10 picks the best state (early stopping)."""
         if train_examples is None:
             train_examples = leave_last_out(dataset, self.cfg.max_history).train
         # The model's history length is the one its examples were cut to (the harness's --max-history).
         cfg = self.cfg = dataclasses.replace(self.cfg, max_history=max(len(h) for h in train_examples.histories))
-        self.encoder, self.info = build_history_encoder(dataset, self.variant, cfg, seed, self.cache_dir)
+        spans = windows(train_examples)  # every training event once: what the collaborative codes may see
+        sequences = [np.append(h, t) for h, t in zip(spans.histories, spans.targets)]
+        self.encoder, self.info = build_history_encoder(dataset, self.variant, cfg, seed, self.cache_dir, sequences)
         tok = self.encoder.tokenizer
         v = self.variant
         torch.manual_seed(seed)
@@ -167,11 +223,18 @@ class GraceRecommender:
             vocab_size=tok.vocab_size, max_tokens=cfg.max_history * tok.tokens_per_event,
             path_length=tok.path_length, tokens_per_event=tok.tokens_per_event, d_model=cfg.d_model,
             num_heads=cfg.num_heads, encoder_layers=cfg.layers, decoder_layers=cfg.layers, attention=v.attention,
-            causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config()))
-        trained = train_model(self.model, self.encoder, train_examples, budget, seed, self.progress)
-        self.losses = trained.pop("losses")
-        self.info.update(trained)
+            causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config(), dropout=cfg.dropout,
+            level_offsets=tuple(tok.level_offsets.tolist()) if cfg.level_softmax else None))
         self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()
+        # A bidirectional encoder (TIGER) sees later events from earlier positions: one target per example.
+        every = cfg.every_position and v.causal_encoder
+        train = spans if every else train_examples
+        stopper = EarlyStopping(budget, valid, self.model, self.recommend, len(train),
+                                exclude_history=not dataset.repeats, num_items=dataset.num_items)
+        trained = train_model(self.model, self.encoder, train, budget, seed, self.progress, every, stopper)
+        self.losses = trained.pop("losses")
+        self.info.update(trained, supervision="every position" if every else "one target per example",
+                         **stopper.finish())
         return self.info
 
     def _jsa_config(self) -> dict | None:
@@ -183,13 +246,21 @@ class GraceRecommender:
 
         return dataclasses.asdict(JSAConfig(**(self.jsa or {})))
 
-    def recommend_one(self, items, behaviors, timestamps, k: int) -> np.ndarray:
+    def recommend_one(self, items, behaviors, timestamps, k: int, exclude_history: bool = False) -> np.ndarray:
+        """Top-k items; with exclude_history the whole given history is excluded inside the beam search (a
+        dataset whose users never repeat an item), then fewer than k may come back on a tiny catalog."""
+        exclude = set(np.asarray(items).tolist()) if exclude_history else None
         items, behaviors, timestamps = (np.asarray(a)[-self.cfg.max_history:] for a in (items, behaviors, timestamps))
         ranked, _ = grace_retrieve(self.model, self.trie, self.path_to_item, *self.encoder.encode(items, behaviors, timestamps),
-                                   beam_width=max(k, self.cfg.beam_width))
+                                   beam_width=max(k, self.cfg.beam_width), exclude=exclude)
         return ranked[:k]
 
-    def recommend(self, examples, k: int) -> np.ndarray:
-        """Top-k item ids [M, k] for every history of `examples` (data.sequences.Examples)."""
-        return np.stack([self.recommend_one(examples.histories[i], examples.behaviors[i], examples.timestamps[i], k)
-                         for i in range(len(examples))])
+    def recommend(self, examples, k: int, exclude_history: bool = False) -> np.ndarray:
+        """Top-k item ids [M, k] for every history of `examples` (data.sequences.Examples); 0-padded where the
+        beam search found fewer (only with exclude_history on a catalog barely larger than k)."""
+        out = np.zeros((len(examples), k), np.int64)
+        for i in range(len(examples)):
+            row = self.recommend_one(examples.histories[i], examples.behaviors[i], examples.timestamps[i], k,
+                                     exclude_history)
+            out[i, :len(row)] = row
+        return out

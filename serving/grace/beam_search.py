@@ -32,10 +32,21 @@ class CachedStep:
 
 
 def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray],
-                            path_to_item: dict[tuple[int, ...], int], beam_width: int
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (item_ids [<=W], scores [<=W]) sorted by descending path log-probability."""
+                            path_to_item: dict[tuple[int, ...], int], beam_width: int,
+                            exclude: "set[int] | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (item_ids [<=W], scores [<=W]) sorted by descending path log-probability. Items in `exclude`
+    (e.g. a history a dataset never repeats) are never completed, and no beam enters a prefix whose items are
+    all excluded, so the W beams go to other items."""
     path_length = len(next(iter(path_to_item)))
+    blocked: set[tuple[int, ...]] = set()
+    if exclude:
+        sizes = _subtree_sizes(path_to_item)
+        excluded_under: dict[tuple[int, ...], int] = {}
+        for path, item in path_to_item.items():
+            if item in exclude:
+                for depth in range(1, path_length + 1):
+                    excluded_under[path[:depth]] = excluded_under.get(path[:depth], 0) + 1
+        blocked = {prefix for prefix, n in excluded_under.items() if n == sizes[prefix]}
     beams = np.full((1, 1), BOS, np.int64)
     scores = np.zeros(1, np.float64)
     parents = None
@@ -44,6 +55,8 @@ def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray
         cand_beam, cand_token, cand_score = [], [], []
         for b, prefix in enumerate(beams[:, 1:].tolist()):
             allowed = trie[tuple(prefix)]
+            if blocked:
+                allowed = np.array([t for t in allowed.tolist() if (*prefix, t) not in blocked], np.int64)
             cand_beam.append(np.full(len(allowed), b))
             cand_token.append(allowed)
             cand_score.append(scores[b] + log_probs[b, allowed].astype(np.float64))
@@ -57,3 +70,19 @@ def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray
         scores = cand_score_a[keep]
     items = np.array([path_to_item[tuple(p)] for p in beams[:, 1:].tolist()], np.int64)
     return items, scores.astype(np.float32)
+
+
+_SIZES: dict[int, tuple[dict, dict]] = {}
+
+
+def _subtree_sizes(path_to_item: dict[tuple[int, ...], int]) -> dict[tuple[int, ...], int]:
+    """Items under every prefix of the trie (computed once per path_to_item mapping)."""
+    cached = _SIZES.get(id(path_to_item))
+    if cached is not None and cached[0] is path_to_item:
+        return cached[1]
+    sizes: dict[tuple[int, ...], int] = {}
+    for path in path_to_item:
+        for depth in range(1, len(path) + 1):
+            sizes[path[:depth]] = sizes.get(path[:depth], 0) + 1
+    _SIZES[id(path_to_item)] = (path_to_item, sizes)
+    return sizes

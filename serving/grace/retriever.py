@@ -32,8 +32,8 @@ class OnnxGraceRetriever:
         # [layers, 2, beams, heads, past, head_dim]: the empty cache of the first step.
         self.empty_cache = np.zeros((past[0], 2, 1, past[3], 0, past[5]), np.float32)
 
-    def __call__(self, tokens: np.ndarray, journey_ids: np.ndarray, journey_pos: np.ndarray, beam_width: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, tokens: np.ndarray, journey_ids: np.ndarray, journey_pos: np.ndarray, beam_width: int,
+                 exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         valid = np.ones((1, len(tokens)), np.float32)
         feeds = {"tokens": tokens[None].astype(np.int64), "valid": valid,
                  "journey_ids": journey_ids[None].astype(np.int64), "journey_pos": journey_pos[None].astype(np.int64)}
@@ -45,4 +45,5 @@ class OnnxGraceRetriever:
                                                               "cross_kv": cross_kv, "memory_valid": valid})
             return log_probs, present
 
-        return constrained_beam_search(CachedStep(run, self.empty_cache), self.trie, self.path_to_item, beam_width)
+        return constrained_beam_search(CachedStep(run, self.empty_cache), self.trie, self.path_to_item, beam_width,
+                                       exclude)

@@ -32,6 +32,28 @@ def test_every_source_ablation_removes_exactly_that_source(reference, examples):
         ablated = evaluate_pipeline(reference, examples, without=name)
         assert ablated["top_k_share_by_source"][name] == 0.0
         assert 0.0 <= ablated["hr@10"] <= 1.0
+        alone = evaluate_pipeline(reference, examples, only=name)
+        others = [n for n in graph.SOURCE_NAMES if n != name]
+        assert all(alone["top_k_share_by_source"][n] == 0.0 for n in others)
+        assert 0.0 <= alone["merge_order"]["hr@10"] <= 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_replay_through_the_running_server(model_repository, triton_server):
+    """The gRPC replay: the server's recommend over gRPC equals the graph run step by step on the same server,
+    every row is measured on the same users, and the baselines sit beside them."""
+    from evaluation.pipeline_quality import render_markdown, run
+
+    result = run(model_repository, 8, triton_server.grpc_url, "cmd")
+    assert result["mode"] == "served over gRPC" and result["served"]["users"] == 8
+    assert result["served"]["served_equals_steps"] == 1.0
+    assert result["served"]["hr@10"] == result["all_sources"]["hr@10"]
+    for name in graph.SOURCE_NAMES:
+        assert result[f"only_{name}"]["users"] == result[f"without_{name}"]["users"] == 8
+    assert {"mostpop", "recency"} <= set(result) and result["recency"]["users"] == 8
+    text = render_markdown(result)
+    assert "| served | 8 |" in text and "| only_grace | 8 |" in text and "| recency | 8 |" in text
 
 
 def test_markdown_has_one_row_per_configuration(reference, examples):
@@ -39,9 +61,9 @@ def test_markdown_has_one_row_per_configuration(reference, examples):
 
     row = evaluate_pipeline(reference, examples.subset(np.arange(3)))
     result = {"command": "cmd", "commit": "abc", "date": "today", "machine": "cpu", "all_sources": row,
-              "without_recent": row}
+              "without_recent": row, "recency": {"users": 3, "hr@10": 0.5, "ndcg@10": 0.2, "hr@5": 0.1}}
     text = render_markdown(result)
-    assert "| all_sources | 3 |" in text and "| without_recent | 3 |" in text
+    assert "| all_sources | 3 |" in text and "| without_recent | 3 |" in text and "| recency | 3 |" in text
     assert all(f"{name} share of top-10" in text for name in graph.SOURCE_NAMES)
 
 

@@ -92,7 +92,7 @@ def test_internal_step_refuses_what_no_neighbour_sends(triton_server, reference,
 def test_huge_token_request_is_refused_fast_and_server_keeps_serving(triton_server, reference):
     n = 100_000
     feeds = {graph.ENC_TOKENS.name: np.ones(n, np.int64), graph.ENC_JOURNEY_IDS.name: np.zeros(n, np.int64),
-             graph.ENC_JOURNEY_POS.name: np.zeros(n, np.int64)}
+             graph.ENC_JOURNEY_POS.name: np.zeros(n, np.int64), graph.EXCLUDE_IDS.name: np.zeros(0, np.int64)}
     started = time.perf_counter()
     with pytest.raises(InferenceServerException) as err:
         _call(triton_server.grpc_url, graph.GRACE_RETRIEVE, feeds)
@@ -101,3 +101,15 @@ def test_huge_token_request_is_refused_fast_and_server_keeps_serving(triton_serv
     assert f"the maximum is {reference.limits.max_history_tokens}" in err.value.message()
     with RecommendClient(triton_server.grpc_url, timeout_s=60) as client:
         assert len(client.infer(build_inputs_from_arrays([1, 2], [1, 1], [1, 2], 3, None, None)).items) == 3
+
+
+def test_grace_retrieve_spends_its_beams_on_items_the_request_may_receive(triton_server, tensors):
+    """Items in exclude_ids (the request's exclusions, or the history of a dataset without repeats) never come
+    out of the beam search, and the beam stays full."""
+    feeds = {t.name: tensors[t.name] for t in graph.GRACE_RETRIEVE.inputs}
+    feeds[graph.EXCLUDE_IDS.name] = np.zeros(0, np.int64)
+    first = _call(triton_server.grpc_url, graph.GRACE_RETRIEVE, feeds).as_numpy(graph.GRACE_ITEMS.name)[0]
+    feeds[graph.EXCLUDE_IDS.name] = first[:5]
+    again = _call(triton_server.grpc_url, graph.GRACE_RETRIEVE, feeds).as_numpy(graph.GRACE_ITEMS.name)[0]
+    assert len(again) == len(first) and not set(first[:5].tolist()) & set(again.tolist())
+    assert set(first[5:].tolist()) <= set(again.tolist())

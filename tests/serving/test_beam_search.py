@@ -178,3 +178,13 @@ def test_ties_are_broken_deterministically(tok, trie, p2i):
     # Stable ties in trie order: the lexicographically smallest paths win.
     smallest = sorted(map(tuple, tok.item_paths[1:].tolist()))[:12]
     assert sorted(map(tuple, tok.item_paths[a[0]].tolist())) == smallest
+
+
+def test_excluded_items_never_complete_and_free_their_beams(tok, trie, p2i):
+    f = random_log_probs(tok.vocab_size, seed=3)
+    items, _ = constrained_beam_search(make_step(f), trie, p2i, beam_width=10)
+    exclude = set(items[:4].tolist())
+    again, scores = constrained_beam_search(make_step(f), trie, p2i, beam_width=10, exclude=exclude)
+    assert not exclude & set(again.tolist()) and len(again) == 10
+    assert set(items[4:].tolist()) <= set(again.tolist())  # the survivors keep their place; others fill in
+    assert np.all(np.diff(scores) <= 0)

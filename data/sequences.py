@@ -190,6 +190,40 @@ def leave_last_out(dataset: SequenceDataset, max_history: int, validation: bool 
                  test=_examples(dataset, test, max_history), max_history=max_history)
 
 
+def time_split(dataset: SequenceDataset, max_history: int, test_quantile: float = 0.8,
+               valid_quantile: float | None = 0.7) -> Split:
+    """A global time split: one cut for every user at the `test_quantile` of all event times. Test: each user's
+    first event at or after the cut, predicted from the events before it. Validation (valid_quantile not None):
+    the same at the earlier cut, for events before the test cut. Train: every event before the earlier cut
+    (from each user's second event on). No model sees an event from the test period, unlike leave-last-out,
+    where one user's test event can be older than another's training events."""
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}")
+    times = np.concatenate([t for t in dataset.user_timestamps if len(t)]) if dataset.num_users else np.zeros(0)
+    if not len(times):
+        raise ValueError(f"dataset {dataset.name!r} has no events")
+    test_cut = float(np.quantile(times, test_quantile))
+    valid_cut = None if valid_quantile is None else float(np.quantile(times, valid_quantile))
+    if valid_cut is not None and not valid_cut < test_cut:
+        raise ValueError(f"valid_quantile {valid_quantile} must give an earlier cut than test_quantile {test_quantile}")
+    train_end = test_cut if valid_cut is None else valid_cut
+    train, valid, test = [], [], []
+    for u, ts in enumerate(dataset.user_timestamps):
+        first_test = int(np.searchsorted(ts, test_cut, side="left"))
+        if 1 <= first_test < len(ts):
+            test.append((u, first_test))
+        if valid_cut is not None:
+            first_valid = int(np.searchsorted(ts, valid_cut, side="left"))
+            if 1 <= first_valid < first_test:
+                valid.append((u, first_valid))
+        train.extend((u, p) for p in range(1, int(np.searchsorted(ts, train_end, side="left"))))
+    if not test:
+        raise ValueError(f"dataset {dataset.name!r} has no user with events on both sides of the time cut")
+    return Split(train=_examples(dataset, train, max_history),
+                 valid=_examples(dataset, valid, max_history) if valid_cut is not None else None,
+                 test=_examples(dataset, test, max_history), max_history=max_history)
+
+
 def windows(train: Examples) -> Examples:
     """The training examples one pass of a model that supervises every position needs: per user, the examples
     whose targets are L = max_history apart counting back from the user's last training target. A window's

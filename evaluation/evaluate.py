@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import platform
 import shlex
 import sys
@@ -28,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from data.sequences import SequenceDataset, Split, leave_last_out
+from data.sequences import SequenceDataset, Split, leave_last_out, time_split
 from kernels.machine import cpu_model
 from evaluation.baselines import MostPopular, MostRecent, Recommender, SASRec, check_recommendations
 from models.budget import TrainingBudget
@@ -153,7 +154,9 @@ def aggregate(records: list[dict]) -> list[dict]:
     rows = []
     for (ds, model), rs in groups.items():
         row = {"dataset": ds, "model": model, "seeds": [r["seed"] for r in rs]}
-        for key in METRICS + ("train_seconds", "eval_seconds"):
+        for key in METRICS + ("train_seconds", "eval_seconds", "valid_hr@10", "seconds_to_best"):
+            if any(key not in r for r in rs):
+                continue  # models without validation
             v = np.array([r[key] for r in rs], np.float64)
             row[key] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
         rows.append(row)
@@ -165,10 +168,20 @@ def machine_info() -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
-def render_markdown(meta: dict, rows: list[dict]) -> str:
+def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None = None) -> str:
+    """plots: dataset name -> learning-curve image file name beside the report."""
     b = meta["budget"]
+    stopping = (f"Early stopping: one validation target per user is held out and not trained on (leave-last-out: "
+                "the second-last event; time split: the first event after the 70% cut); after "
+                f"every {'epoch' if not b.get('eval_every') else str(b['eval_every']) + ' steps'} the model's "
+                f"HR@10 on {b.get('eval_users') or 'all'} validation users is measured, training stops after "
+                f"{b['patience']} validations without improvement and the best state is tested; {b['epochs']} "
+                "epochs is only the cap. `train s` excludes the validation passes; `to best s` is the training "
+                "time until the kept state." if b.get("patience") else
+                f"No validation: every model trains the whole budget of {b['epochs']} epoch(s).")
     lines = [
-        "# GRACE evaluation: leave-last-out, full-catalog ranking",
+        "# GRACE evaluation: " + ("global time split" if meta.get("split") == "time" else "leave-last-out")
+        + ", full-catalog ranking",
         "",
         f"Generated {meta['date']} by:",
         "",
@@ -180,15 +193,18 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
         f"torch {meta['machine']['torch']} with {meta['machine']['torch_threads']} thread(s); "
         "the machine was shared with other jobs, so seconds are indicative.",
         "",
-        "Protocol: each user's last event is the test target, predicted from up to "
-        f"{meta['max_history']} preceding events; every earlier event (from the second on) is a training target "
-        "(history = its prefix). Every model ranks the whole catalog (history items are not removed, since "
-        "simulator users revisit items) and returns its top 10; HR@k and NDCG@k (one relevant item, ideal DCG 1) "
-        "are averaged over the evaluated users. "
-        f"Training budget, identical for every model: {b['epochs']} epoch(s) x at most "
-        f"{b['max_examples_per_epoch'] or 'all'} examples (a seeded sample per epoch), batch {b['batch_size']}, "
-        f"lr {b['lr']}. Seeds {meta['seeds']} change model initialisation and example sampling; the datasets "
-        "and the evaluated users are fixed. Cells are mean ± sample std over seeds.",
+        ("Protocol: one time cut for all users at the 80% quantile of event times; each user's first event "
+         "after it is the test target (validation: the same at the 70% quantile; training: every event before "
+         "that), predicted from up to " if meta.get("split") == "time" else
+         "Protocol: each user's last event is the test target, predicted from up to ")
+        + f"{meta['max_history']} preceding events. Models that supervise every position (SASRec, GRACE) train on "
+        "windows of that many events, a loss after each event; the others on every (history -> target) pair. "
+        "Every model ranks the whole catalog and returns its top 10; on a dataset whose users never repeat an item "
+        "(MovieLens: a movie is rated once) the history is excluded from every ranking, as the server does. "
+        "HR@k and NDCG@k (one relevant item, ideal DCG 1) are averaged over the evaluated users. "
+        f"Training: at most {b['max_examples_per_epoch'] or 'all'} examples (windows) per epoch, batch "
+        f"{b['batch_size']}, lr {b['lr']}. {stopping} Seeds {meta['seeds']} change model initialisation and "
+        "example order; the datasets and the evaluated users are fixed. Cells are mean ± sample std over seeds.",
         "",
         "| dataset | users | items | events | train examples | test users | evaluated users |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -202,24 +218,62 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
                                     for m in models]
     for d in meta["datasets"]:
         lines += ["", f"## {d['name']}", "",
-                  "| model | HR@5 | HR@10 | NDCG@5 | NDCG@10 | train s | eval s | seeds |",
-                  "|---|---|---|---|---|---:|---:|---|"]
+                  "| model | HR@10 | NDCG@10 | HR@5 | NDCG@5 | valid HR@10 | train s | to best s | eval s | seeds |",
+                  "|---|---|---|---|---|---|---:|---:|---:|---|"]
         for r in rows:
             if r["dataset"] != d["name"]:
                 continue
-            cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in METRICS]
-            cells += [f"{r['train_seconds'][0]:.1f}", f"{r['eval_seconds'][0]:.1f}",
-                      " ".join(map(str, r["seeds"]))]
+            cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in ("hr@10", "ndcg@10", "hr@5", "ndcg@5")]
+            valid = r.get("valid_hr@10")
+            cells.append(f"{valid[0]:.4f} ± {valid[1]:.4f}" if valid else "")
+            best = r.get("seconds_to_best")
+            cells += [f"{r['train_seconds'][0]:.1f}", f"{best[0]:.1f}" if best else "",
+                      f"{r['eval_seconds'][0]:.1f}", " ".join(map(str, r["seeds"]))]
             lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Raw per-seed results: `{meta['json']}`.", ""]
+        if plots and d["name"] in plots:
+            lines += ["", f"![validation HR@10 against training seconds, {d['name']}]({plots[d['name']]})"]
+    lines += ["", f"Raw per-seed results (with each run's validation curve): `{meta['json']}`.", ""]
     return "\n".join(lines)
 
 
-def _load_previous(json_path: Path, budget: dict, max_history: int) -> dict:
+def plot_curves(records: list[dict], stem: Path) -> list[Path]:
+    """Validation HR@10 against training seconds, one line per (model, seed), one PNG per dataset:
+    <stem>_<dataset>.png."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    written = []
+    for ds in dict.fromkeys(r["dataset"] for r in records):
+        runs = [r for r in records if r["dataset"] == ds and r.get("curve")]
+        if not runs:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        colors = {}
+        for r in runs:
+            color = colors.setdefault(r["model"], f"C{len(colors)}")
+            ax.plot([p["train_seconds"] for p in r["curve"]], [p["valid_hr@10"] for p in r["curve"]], marker=".",
+                    color=color, label=r["model"] if r["model"] not in ax.get_legend_handles_labels()[1] else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("training seconds (1 thread, validation passes excluded)")
+        ax.set_ylabel("validation HR@10")
+        ax.set_title(f"{ds}: learning curves (one line per seed)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = stem.parent / f"{stem.name}_{ds}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _load_previous(json_path: Path, budget: dict, max_history: int, split_kind: str = "last") -> dict:
     """An earlier report to merge into; refused unless it used the same budget and history length."""
     old = json.loads(json_path.read_text())
-    for key, value in (("budget", budget), ("max_history", max_history)):
-        if old["meta"][key] != value:
+    for key, value in (("budget", budget), ("max_history", max_history), ("split", split_kind)):
+        if old["meta"].get(key, "last" if key == "split" else None) != value:
             raise ValueError(f"--merge: {json_path} was made with {key}={old['meta'][key]}, this run uses "
                              f"{value}; every model in one table must share the protocol and budget")
     return old
@@ -239,7 +293,7 @@ def _merge(old: dict, meta: dict, records: list[dict]) -> tuple[dict, list[dict]
 
 
 def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_history: int, budget: TrainingBudget,
-             eval_users: int, out: Path | None, command: str, merge: bool = False,
+             eval_users: int, out: Path | None, command: str, merge: bool = False, split_kind: str = "last",
              **dataset_kw) -> tuple[dict, list[dict]]:
     _unknown_models(models)
     if not seeds:
@@ -247,11 +301,14 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
     json_path = out.with_suffix(".json") if out else None
     previous = None
     if merge and json_path and json_path.exists():  # checked before any training, so a mismatch costs nothing
-        previous = _load_previous(json_path, dataclasses.asdict(budget), max_history)
+        previous = _load_previous(json_path, dataclasses.asdict(budget), max_history, split_kind)
     records, ds_meta = [], []
     for ds_name in datasets:
         dataset = load_dataset(ds_name, **dataset_kw)
-        split = leave_last_out(dataset, max_history, validation=budget.patience > 0)
+        if split_kind == "time":
+            split = time_split(dataset, max_history, valid_quantile=0.7 if budget.patience > 0 else None)
+        else:
+            split = leave_last_out(dataset, max_history, validation=budget.patience > 0)
         eval_idx = eval_subsample(len(split.test), eval_users)
         ds_meta.append({**dataset.stats(), "train_examples": len(split.train), "test_users": len(split.test),
                         "eval_users": len(eval_idx)})
@@ -269,15 +326,38 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = {"date": date, "commands": [f"{command}  # {date}"],
             "machine": machine_info(), "budget": dataclasses.asdict(budget), "max_history": max_history,
+            "split": split_kind,
             "seeds": seeds, "datasets": ds_meta, "json": str(json_path) if json_path else None}
     if previous is not None:
         meta, records = _merge(previous, meta, records)
     rows = aggregate(records)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render_markdown(meta, rows))
-        json_path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+        write_report(out, meta, records, rows)
     return meta, rows
+
+
+SECTION = "grace_quality"  # BENCHMARKS.md's markers: <!-- grace_quality: begin --> ... end -->
+
+
+def write_report(out: Path, meta: dict, records: list[dict], rows: list[dict], benchmarks: Path | None = None,
+                 write_json: bool = True) -> None:
+    """The markdown table, one learning-curve PNG per dataset beside it (<out stem>_<dataset>.png) and the raw
+    JSON (<out>.json) it is rendered from; with `benchmarks`, the same table as that file's section."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots = {p.stem[len(out.stem) + 1:]: p.name for p in plot_curves(records, out.with_suffix(""))}
+    text = render_markdown(meta, rows, plots)
+    out.write_text(text)
+    if write_json:
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    if benchmarks:
+        from evaluation.pipeline_quality import with_section  # noqa: PLC0415
+
+        benchmarks.write_text(with_section(benchmarks.read_text(), benchmark_section(text, out), SECTION))
+
+
+def benchmark_section(report: str, out: Path) -> str:
+    """The report inside BENCHMARKS.md: image links relative to the repository root."""
+    return re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({out.parent.as_posix()}/{m.group(1)})", report)
 
 
 def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[dict]]:
@@ -285,7 +365,7 @@ def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[di
     first = json.loads(reports[0].read_text())
     meta, records = first["meta"], first["runs"]
     for path in reports[1:]:
-        later = _load_previous(path, meta["budget"], meta["max_history"])
+        later = _load_previous(path, meta["budget"], meta["max_history"], meta.get("split", "last"))
         sizes = {d["name"]: (d["eval_users"], d["events"]) for d in meta["datasets"]}
         for d in later["meta"]["datasets"]:
             if d["name"] in sizes and sizes[d["name"]] != (d["eval_users"], d["events"]):
@@ -294,9 +374,7 @@ def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[di
     json_path = out.with_suffix(".json")
     meta = {**meta, "json": str(json_path), "commands": meta["commands"] + [command]}
     rows = aggregate(records)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(meta, rows))
-    json_path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    write_report(out, meta, records, rows)
     return meta, rows
 
 
@@ -318,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["mostpop", "sasrec"], help=f"registered: {sorted(REGISTRY)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--split", choices=("last", "time"), default="last",
+                   help="last: leave-last-out per user; time: one global cut at the 80%% quantile of event times "
+                        "(validation at 70%%), the first event after it per user is the test target")
     p.add_argument("--out", type=Path, help="markdown report; raw JSON goes next to it (.json)")
     p.add_argument("--merge", action="store_true",
                    help="add to the report at --out (same budget and protocol), replacing re-run (model, seed) pairs")
@@ -341,14 +422,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sim-items", type=int)
     p.add_argument("--sim-seed", type=int, default=0)
     p.add_argument("--ml-cache-dir", type=Path)
+    p.add_argument("--from-result", type=Path, metavar="REPORT_JSON",
+                   help="only re-render this committed result file at --out (and into --benchmarks)")
+    p.add_argument("--benchmarks", type=Path, help="also replace (or add) the report's section in this BENCHMARKS.md")
     p.add_argument("--combine", nargs="+", type=Path, metavar="REPORT_JSON",
                    help="only merge these reports (same protocol and budget) into one table at --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # validation progress
+    if args.from_result:
+        if not args.out:
+            p.error("--from-result needs --out")
+        raw = json.loads(args.from_result.read_text())
+        write_report(args.out, raw["meta"], raw["runs"], aggregate(raw["runs"]), args.benchmarks, write_json=False)
+        return
     if args.combine:
         if not args.out:
             p.error("--combine needs --out")
-        combine(args.combine, args.out, "python -m evaluation.evaluate " + shlex.join(argv))
+        meta, records = combine(args.combine, args.out, "python -m evaluation.evaluate " + shlex.join(argv))
+        if args.benchmarks:
+            write_report(args.out, meta, records, aggregate(records), args.benchmarks, write_json=False)
         return
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
@@ -372,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_users = args.eval_users if args.eval_users is not None else (200 if args.quick else 0)
     command = "python -m evaluation.evaluate " + shlex.join(argv)
     _, rows = evaluate(args.datasets, args.models, args.seeds, args.max_history, budget, eval_users, args.out,
-                       command, merge=args.merge, sim_users=args.sim_users, sim_items=args.sim_items,
+                       command, merge=args.merge, split_kind=args.split, sim_users=args.sim_users, sim_items=args.sim_items,
                        sim_seed=args.sim_seed, ml_cache_dir=args.ml_cache_dir)
     for r in rows:
         print(f"{r['dataset']:8s} {r['model']:12s} " + "  ".join(f"{m}={r[m][0]:.4f}±{r[m][1]:.4f}" for m in METRICS)

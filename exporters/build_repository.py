@@ -117,14 +117,19 @@ def grace_stage(b: Build) -> dict:
     return metrics
 
 
+# SASRec is cheap (a few seconds per epoch): a generous cap, early stopping decides (MovieLens-100k: ~40 epochs).
+SASREC_BUDGET = TrainingBudget(epochs=200, max_examples_per_epoch=None, batch_size=128, lr=2e-3, patience=5,
+                               eval_users=300)
+
+
 def baseline_metrics(dataset, split, test, budget: TrainingBudget, b: Build) -> dict:
     """SASRec (one loss per position, the same early stopping), most-popular and recency on GRACE's split."""
     out = {}
     for name, model in (("sasrec", SASRec(max_len=b.limits.max_history)), ("mostpop", MostPopular()),
                         ("recency", MostRecent())):
         started = time.perf_counter()
-        model.fit(dataset, split.train, seed=b.config.seed, budget=dataclasses.replace(budget, batch_size=128,
-                                                                                      lr=2e-3), valid=split.valid)
+        model.fit(dataset, split.train, seed=b.config.seed, budget=SASREC_BUDGET if budget.patience else
+                  dataclasses.replace(SASREC_BUDGET, patience=0, epochs=budget.epochs), valid=split.valid)
         info = getattr(model, "info", {})
         out[name] = {**evaluate_recommender(model, test, exclude_history=b.limits.exclude_history),
                      "train_seconds": info.get("train_seconds", round(time.perf_counter() - started, 1)),

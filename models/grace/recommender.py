@@ -71,7 +71,9 @@ class GraceTrainConfig:
     # What the semantic IDs quantise: "text" (MiniLM embeddings of the item texts), "collaborative" (PPMI-SVD
     # co-occurrence embeddings of the training sequences, models.grace.collaborative), or "text+collaborative"
     # (both, concatenated; items without training events keep their text part).
-    semantic_source: str = "text"
+    # Collaborative by default: on MovieLens-100k it learns faster and higher than text (validation HR@10 0.163
+    # at epoch 9 vs 0.150 at epoch 11, grace_dense, docs/results/grace.md).
+    semantic_source: str = "collaborative"
     d_model: int = 64
     num_heads: int = 4
     layers: int = 2

@@ -40,7 +40,7 @@ class Ranker(nn.Module):
         self.price_emb = nn.Embedding(cfg.num_price_buckets, d)
         self.behavior_emb = nn.Embedding(cfg.num_behaviors, d, padding_idx=0)
         self.attn_mlp = nn.Sequential(nn.Linear(4 * d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
-        self.mlp = nn.Sequential(nn.Linear(6 * d + 2, cfg.hidden), nn.ReLU(),
+        self.mlp = nn.Sequential(nn.Linear(6 * d + 4, cfg.hidden), nn.ReLU(),
                                  nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
@@ -67,8 +67,15 @@ class Ranker(nn.Module):
         leaf_share = (same_leaf * valid[:, None]).sum(-1, keepdim=True) / n[:, None]  # [B,C,1]
         # The newest event reveals the current intent: an explicit "same leaf as last event" feature.
         same_as_last = same_leaf[:, :, -1:] * valid[:, None, -1:]
+        # Repeat intent, explicitly: how often the candidate itself is in the history, and how recently (1 for
+        # the newest event, falling linearly to 1/L for the oldest; 0 when absent).
+        seen = (cand_items[:, :, None] == hist_items[:, None]).float() * valid[:, None]  # [B,C,L]
+        seen_share = seen.sum(-1, keepdim=True) / n[:, None]
+        recency = torch.arange(1, l + 1, device=hist_items.device, dtype=seen.dtype) / l
+        seen_recency = (seen * recency).amax(-1, keepdim=True) if l else seen_share
         feats = torch.cat([cand, interest, cand * interest, mean[:, None].expand(b, c, d),
-                           cand * last[:, None], last[:, None].expand(b, c, d), leaf_share, same_as_last], -1)
+                           cand * last[:, None], last[:, None].expand(b, c, d), leaf_share, same_as_last,
+                           seen_share, seen_recency], -1)
         return self.mlp(feats).squeeze(-1)
 
 

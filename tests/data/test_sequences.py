@@ -91,3 +91,20 @@ def test_pad_left_keeps_newest():
     assert out.tolist() == [[2, 3], [0, 0], [0, 4]]
     with pytest.raises(ValueError, match="length"):
         pad_left([np.array([1])], 0)
+
+
+def test_time_split_never_trains_on_the_test_period():
+    from data.sequences import time_split
+
+    ds = SequenceDataset(
+        name="t", num_items=6, item_attributes={"c": np.arange(7) % 2}, item_texts=[""] * 7,
+        user_items=[np.array([1, 2, 3, 4, 5]), np.array([2, 3, 4]), np.array([6, 1])],
+        user_behaviors=[np.ones(5, np.int64), np.ones(3, np.int64), np.ones(2, np.int64)],
+        user_timestamps=[np.array([0.0, 1, 2, 8, 9]), np.array([3.0, 6, 7]), np.array([4.0, 5])])
+    split = time_split(ds, max_history=10, test_quantile=0.7, valid_quantile=0.5)
+    # All times: 0..9 (10 events); cuts at the 0.5 and 0.7 quantiles: 4.5 and 6.3.
+    assert split.test.users.tolist() == [0, 1] and split.test.targets.tolist() == [4, 4]
+    assert split.test.histories[1].tolist() == [2, 3]
+    assert split.valid.users.tolist() == [1, 2] and split.valid.targets.tolist() == [3, 1]
+    # Before 4.5: user 0's events at 0, 1, 2 (targets 2 and 3), user 1's first (no target), user 2's first.
+    assert (split.train.target_timestamps < 4.5).all() and split.train.targets.tolist() == [2, 3]

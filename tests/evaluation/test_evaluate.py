@@ -140,3 +140,24 @@ def test_harness_reads_a_dataset_directory(tmp_path):
     assert recs.recommend(split.test, 3).shape == (len(split.test), 3)
     with pytest.raises(ValueError, match="dataset directory"):
         ev.load_dataset(str(tmp_path / "missing"))
+
+
+def test_early_stopping_keeps_the_best_state_and_plots_the_curve(tmp_path):
+    """--patience: a validation split, a curve per run, the best validation state tested, the curve drawn."""
+    out = tmp_path / "res" / "es.md"
+    cmd = [sys.executable, "-m", "evaluation.evaluate", "--datasets", "sim", "--models", "sasrec", "grace_dense",
+           "--seeds", "0", "--max-history", "10", "--sim-users", "80", "--sim-items", "60", "--eval-users", "30",
+           "--epochs", "4", "--patience", "1", "--batch-size", "32", "--lr", "3e-3", "--valid-users", "30",
+           "--max-examples", "0", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    for r in runs:
+        curve = [p["valid_hr@10"] for p in r["curve"]]
+        assert 1 <= len(curve) <= 4 and r["valid_hr@10"] == max(curve)
+        stopped_early = len(curve) < 4
+        assert not stopped_early or curve.index(max(curve)) == len(curve) - 2  # patience 1: one worse, then stop
+    text = out.read_text()
+    plots = list(out.parent.glob("es_*.png"))
+    assert len(plots) == 1 and plots[0].stat().st_size > 1000
+    assert "valid HR@10" in text and "Early stopping" in text and f"({plots[0].name})" in text

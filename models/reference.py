@@ -42,9 +42,9 @@ class TorchRank(Rank):
     @torch.no_grad()
     def run_batch(self, batch):
         names = [t.name for t in self.STEP.inputs]
-        logits = self.model(*(torch.from_numpy(np.stack([inputs[n] for inputs in batch]).astype(np.int64))
-                              for n in names))
-        return [(row,) for row in logits.numpy()]
+        logits, relevance = self.model(*(torch.from_numpy(np.stack([inputs[n] for inputs in batch]).astype(np.int64))
+                                         for n in names))
+        return list(zip(logits.numpy(), relevance.numpy()))
 
 
 TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchRank)}

@@ -133,6 +133,7 @@ KNN_SCORES = Tensor("knn_scores", "FP32")
 CAND_ITEMS = Tensor("cand_items", "INT64", ("max_candidates",), values=(0, "num_items"))
 CAND_SOURCES = Tensor("cand_sources", "INT32", ("max_candidates",), values=(-1, "num_sources-1"))
 LOGITS = Tensor("logits", "FP32", ("max_candidates",))
+RELEVANCE = Tensor("relevance", "FP32", ("max_candidates",))
 # score_ads and clip_embed
 CAMPAIGN_IDS = Tensor("campaign_ids", "INT64")
 MODEL_SOURCE = Tensor("model_source", "STRING")
@@ -173,11 +174,12 @@ MERGE = Step(
     inputs=tuple(source.items for source in RETRIEVAL_SOURCES) + FILTERS, outputs=(CAND_ITEMS, CAND_SOURCES),
     artifacts=(CATEGORY_FILE,))
 RANKER = Step(
-    "ranker", "the ONNX CTR model; all queued requests in one ONNX Runtime call",
-    inputs=(HIST_ITEMS, HIST_BEHAVIORS, CAND_ITEMS), outputs=(LOGITS,), artifacts=(RANKER_FILE,))
+    "ranker", "the ONNX ranker, two heads: CTR logits and next-interaction relevance; all queued requests in one "
+    "ONNX Runtime call",
+    inputs=(HIST_ITEMS, HIST_BEHAVIORS, CAND_ITEMS), outputs=(LOGITS, RELEVANCE), artifacts=(RANKER_FILE,))
 CALIBRATE = Step(
-    "calibrate", "isotonic logit -> pCTR, then the top-k with their retrieval sources",
-    inputs=(LOGITS, CAND_ITEMS, CAND_SOURCES, K), outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
+    "calibrate", "the top-k by relevance, each with its pCTR (isotonic-calibrated CTR logit) and retrieval source",
+    inputs=(LOGITS, RELEVANCE, CAND_ITEMS, CAND_SOURCES, K), outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
     artifacts=(CALIBRATOR_FILE, ITEM_IDS_FILE))
 SCORE_ADS = Step(
     "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",

@@ -1,4 +1,4 @@
-"""The served ranker: the exported ONNX CTR model scoring a batch of (history, candidates) rows."""
+"""The served ranker: the exported ONNX ranker scoring a batch of (history, candidates) rows with its two heads."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ class OnnxRanker:
     def __init__(self, directory: Path):
         self.session = session(Path(directory) / RANKER_FILE)
 
-    def __call__(self, hist_items: np.ndarray, hist_behaviors: np.ndarray, cand_items: np.ndarray) -> np.ndarray:
-        """[B, L], [B, L], [B, C] -> logits [B, C]."""
+    def __call__(self, hist_items: np.ndarray, hist_behaviors: np.ndarray, cand_items: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """[B, L], [B, L], [B, C] -> (ctr logits [B, C], relevance [B, C])."""
         arrays = (hist_items, hist_behaviors, cand_items)  # the exported graph's inputs, in export order
         feeds = {i.name: np.asarray(a, np.int64) for i, a in zip(self.session.get_inputs(), arrays)}
-        return self.session.run(None, feeds)[0]
+        logits, relevance = self.session.run(None, feeds)
+        return logits, relevance

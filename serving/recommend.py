@@ -91,12 +91,13 @@ def merge_candidates(source_items: list[np.ndarray], eligible: np.ndarray, max_c
     return cand, src
 
 
-def calibrated_top_k(logits: np.ndarray, cand_items: np.ndarray, cand_sources: np.ndarray, calibrate, k: int,
-                     source_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k real candidates by calibrated pCTR (raw logit breaks isotonic plateaus, then item id)."""
+def calibrated_top_k(logits: np.ndarray, relevance: np.ndarray, cand_items: np.ndarray, cand_sources: np.ndarray,
+                     calibrate, k: int, source_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k real candidates by relevance (the ranker's next-interaction head; ties by calibrated pCTR, then
+    item id), each with its calibrated pCTR."""
     real = cand_items > 0
-    logits, items, sources = logits[real], cand_items[real], cand_sources[real]
+    logits, relevance, items, sources = logits[real], relevance[real], cand_items[real], cand_sources[real]
     pctr = calibrate(logits)
-    order = np.lexsort((items, -logits, -pctr))[:k]
+    order = np.lexsort((items, -pctr, -relevance))[:k]
     names = np.array([source_names[s].encode() for s in sources[order]], dtype=object)
     return items[order], pctr[order].astype(np.float32), names

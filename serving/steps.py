@@ -124,8 +124,8 @@ class Rank(StepModel):
 
     def run_batch(self, batch):
         names = [t.name for t in self.STEP.inputs]
-        logits = self.ranker(*(np.stack([inputs[name] for inputs in batch]) for name in names))
-        return [(row,) for row in logits]
+        logits, relevance = self.ranker(*(np.stack([inputs[name] for inputs in batch]) for name in names))
+        return list(zip(logits, relevance))
 
     def run(self, hist_items, hist_behaviors, cand_items):
         return self.run_batch([dict(hist_items=hist_items, hist_behaviors=hist_behaviors, cand_items=cand_items)])[0]
@@ -138,9 +138,9 @@ class Calibrate(StepModel):
         self.calibrator = IsotonicCalibrator.load(self.version_dir / CALIBRATOR_FILE)
         self.catalog = ItemIds.load(self.version_dir)
 
-    def run(self, logits, cand_items, cand_sources, k):
-        items, pctr, sources = calibrated_top_k(logits, cand_items, cand_sources, self.calibrator, int(k[0]),
-                                                graph.SOURCE_NAMES)
+    def run(self, logits, relevance, cand_items, cand_sources, k):
+        items, pctr, sources = calibrated_top_k(logits, relevance, cand_items, cand_sources, self.calibrator,
+                                                int(k[0]), graph.SOURCE_NAMES)
         return self.catalog.to_external(items), pctr, sources  # the response speaks the dataset's ids
 
 

@@ -1,4 +1,8 @@
-"""CTR ranker: DIN-style target attention over the user's recent events, plus item attributes.
+"""Ranker: DIN-style target attention over the user's recent events, plus item attributes, with two heads on
+one trunk: `ctr` (a click logit, calibrated into the served pCTR; learnt from clicked impressions where the
+dataset has them) and `relevance` (how likely the candidate is the user's next interaction, learnt from the
+events; it orders the served top-k). Ordering by CTR alone ranks what users click when shown, not what they do
+next: on the simulator it put the served top-10 below the recent-items source alone.
 
 Item representations combine an id embedding with attribute embeddings (leaf category, brand, price
 bucket) so that rarely clicked items still get sensible scores. The same item vectors serve the
@@ -40,16 +44,17 @@ class Ranker(nn.Module):
         self.price_emb = nn.Embedding(cfg.num_price_buckets, d)
         self.behavior_emb = nn.Embedding(cfg.num_behaviors, d, padding_idx=0)
         self.attn_mlp = nn.Sequential(nn.Linear(4 * d, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
-        self.mlp = nn.Sequential(nn.Linear(6 * d + 4, cfg.hidden), nn.ReLU(),
-                                 nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.trunk = nn.Sequential(nn.Linear(6 * d + 4, cfg.hidden), nn.ReLU(),
+                                   nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU())
+        self.ctr_head, self.relevance_head = nn.Linear(cfg.hidden, 1), nn.Linear(cfg.hidden, 1)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return (self.item_emb(items) + self.leaf_emb(self.item_leaf[items])
                 + self.brand_emb(self.item_brand[items]) + self.price_emb(self.item_price[items]))
 
     def forward(self, hist_items: torch.Tensor, hist_behaviors: torch.Tensor,
-                cand_items: torch.Tensor) -> torch.Tensor:
-        """hist [B,L] right-aligned (newest last, 0 = pad), cand [B,C] -> logits [B,C]."""
+                cand_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hist [B,L] right-aligned (newest last, 0 = pad), cand [B,C] -> (ctr logits [B,C], relevance [B,C])."""
         valid = (hist_items > 0).float()  # [B,L]
         hist = self.item_vectors(hist_items) + self.behavior_emb(hist_behaviors)  # [B,L,d]
         cand = self.item_vectors(cand_items)  # [B,C,d]
@@ -76,7 +81,8 @@ class Ranker(nn.Module):
         feats = torch.cat([cand, interest, cand * interest, mean[:, None].expand(b, c, d),
                            cand * last[:, None], last[:, None].expand(b, c, d), leaf_share, same_as_last,
                            seen_share, seen_recency], -1)
-        return self.mlp(feats).squeeze(-1)
+        h = self.trunk(feats)
+        return self.ctr_head(h).squeeze(-1), self.relevance_head(h).squeeze(-1)
 
 
 CHECKPOINT_FILE = "ranker.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it

@@ -1,7 +1,8 @@
 """Training of the ranking stages on a dataset (data.build_data.BuildData): ranker and isotonic calibration.
 (GRACE trains in models/grace/recommender.py, shared with the evaluation harness.)
 
-Two sources of labels, decided by the dataset:
+The ranker has two heads (models.ranking.model): `relevance` always learns from the events (next interaction
+against sampled items, below); `ctr` learns from one of two sources of labels, decided by the dataset:
 
 * with organic impressions (impressions.parquet): one example per impression, its candidate the shown item,
   labelled clicked / not clicked, its history the user's newest events strictly before the impression's time;
@@ -156,15 +157,15 @@ def build_ranker(data: BuildData) -> Ranker:
     return Ranker(cfg, cat.leaf_category, cat.brand, cat.price_bucket)
 
 
-def predict_logits(model: Ranker, ex: Examples, batch: int = 4096) -> np.ndarray:
-    """float32 [n, C] logits (eval mode, no gradients)."""
+def predict_logits(model: Ranker, ex: Examples, batch: int = 4096, head: int = 0) -> np.ndarray:
+    """float32 [n, C] logits of one head (0 = ctr, 1 = relevance; eval mode, no gradients)."""
     model.eval()
     out = [np.zeros((0, ex.candidates.shape[1]), np.float32)]
     with torch.no_grad():
         for i in range(0, len(ex), batch):
             sl = slice(i, i + batch)
             out.append(model(torch.from_numpy(ex.hist_items[sl]), torch.from_numpy(ex.hist_behaviors[sl]),
-                             torch.from_numpy(ex.candidates[sl])).numpy())
+                             torch.from_numpy(ex.candidates[sl]))[head].numpy())
     return np.concatenate(out)
 
 
@@ -192,25 +193,47 @@ def train_ranker(data: BuildData, cfg: RankerTrainConfig) -> tuple[Ranker, Isoto
         raise ValueError(f"ranker.labels=impressions: {data.name} has no impressions.parquet")
     from_impressions = has_impressions and cfg.labels != "events"
     ex = impression_examples(data, cfg, rng) if from_impressions else event_examples(data, cfg, rng)
-    split = split_users(data.num_users, cfg.seed, cfg.validation_fraction)[ex.user]
+    user_split = split_users(data.num_users, cfg.seed, cfg.validation_fraction)
+    split = user_split[ex.user]
     train, valid, calib, test = (ex.subset(np.flatnonzero(split == s))
                                  for s in (SPLIT_TRAIN, SPLIT_VALID, SPLIT_CALIB, SPLIT_TEST))
     if len(train) == 0:
         raise ValueError(f"{data.name}: no ranker training examples ({len(ex)} examples in all)")
     if len(calib) == 0:
         raise ValueError(f"{data.name}: no calibration examples: too few users ({data.num_users})")
+    # The relevance head learns the next interaction from the events, on the same users' split.
+    if from_impressions:
+        events = event_examples(data, cfg, rng)
+        event_split = user_split[events.user]
+        rel_train, rel_valid, rel_test = (events.subset(np.flatnonzero(event_split == s))
+                                          for s in (SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST))
+    else:
+        rel_train, rel_valid, rel_test = train, valid, test
 
     model = build_ranker(data)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     tensors = [torch.from_numpy(a) for a in (train.hist_items, train.hist_behaviors, train.candidates, train.labels)]
+    rel_tensors = [torch.from_numpy(a) for a in (rel_train.hist_items, rel_train.hist_behaviors, rel_train.candidates,
+                                                 rel_train.labels)]
     history, best_loss, best_epoch, best_state, stale = [], float("inf"), 0, None, 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = rng.permutation(len(train))
-        for i in range(0, len(perm), cfg.batch_size):
+        rel_perm = rng.permutation(len(rel_train))
+        steps = -(-len(perm) // cfg.batch_size)
+        rel_batch = max(1, -(-len(rel_perm) // steps))  # one pass over each example set per epoch
+        for step, i in enumerate(range(0, len(perm), cfg.batch_size)):
             b = torch.from_numpy(perm[i:i + cfg.batch_size])
             h, hb, c, y = (t[b] for t in tensors)
-            loss = F.binary_cross_entropy_with_logits(model(h, hb, c), y)
+            ctr, relevance = model(h, hb, c)
+            loss = F.binary_cross_entropy_with_logits(ctr, y)
+            if from_impressions:
+                rb = torch.from_numpy(rel_perm[step * rel_batch:(step + 1) * rel_batch])
+                if len(rb):
+                    rh, rhb, rc, ry = (t[rb] for t in rel_tensors)
+                    loss = loss + F.binary_cross_entropy_with_logits(model(rh, rhb, rc)[1], ry)
+            else:
+                loss = loss + F.binary_cross_entropy_with_logits(relevance, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -218,6 +241,8 @@ def train_ranker(data: BuildData, cfg: RankerTrainConfig) -> tuple[Ranker, Isoto
             best_epoch = epoch
             continue
         val_loss = _log_loss(predict_logits(model, valid), valid.labels)
+        if len(rel_valid):
+            val_loss += _log_loss(predict_logits(model, rel_valid, head=1), rel_valid.labels)
         history.append(round(val_loss, 5))
         if val_loss < best_loss:
             best_loss, best_epoch, stale = val_loss, epoch, 0
@@ -243,7 +268,7 @@ def train_ranker(data: BuildData, cfg: RankerTrainConfig) -> tuple[Ranker, Isoto
         "epochs_run": len(history) if len(valid) else cfg.epochs,
         "best_epoch": best_epoch,
         "best_validation_log_loss": round(best_loss, 5) if best_state is not None else None,
-        "validation_log_loss_per_epoch": history,
+        "validation_log_loss_per_epoch": history,  # ctr + relevance heads
         "train_seconds": round(train_seconds, 1),
         "test_uncalibrated": _metrics(raw, test_labels.ravel()),
         "test_calibrated": _metrics(calibrator(test_logits.ravel()), test_labels.ravel()),
@@ -251,4 +276,9 @@ def train_ranker(data: BuildData, cfg: RankerTrainConfig) -> tuple[Ranker, Isoto
     if not from_impressions and len(test):
         # How often the positive outscores all its sampled negatives (chance: 1 / candidates).
         metrics["test_positive_ranked_first"] = round(float((test_logits.argmax(1) == 0).mean()), 4)
+    if len(rel_test):
+        rel_logits = predict_logits(model, rel_test, head=1)
+        metrics["relevance"] = {"source": "events", "examples": {"train": len(rel_train), "test": len(rel_test)},
+                                "test_positive_ranked_first": round(float((rel_logits.argmax(1) == 0).mean()), 4),
+                                "chance": round(1.0 / rel_test.candidates.shape[1], 4)}
     return model, calibrator, metrics

@@ -166,12 +166,13 @@ def test_ranker_matches_torch_on_new_shapes(ranker_export, history_lengths, padd
     model, out, _ = ranker_export
     rng = np.random.default_rng(len(history_lengths) * 10 + padded)
     hist, behs, cand = _ranker_inputs(rng, model.cfg.num_items, len(history_lengths), history_lengths, padded)
-    got = session(out / "ranker.onnx").run(None, {"hist_items": hist, "hist_behaviors": behs, "cand_items": cand})[0]
+    feeds = {"hist_items": hist, "hist_behaviors": behs, "cand_items": cand}
     with torch.no_grad():
-        expected = model(torch.from_numpy(hist), torch.from_numpy(behs), torch.from_numpy(cand)).numpy()
-    assert got.shape == expected.shape == (len(history_lengths), NUM_CANDIDATES)
-    assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE, rtol=0)
+        expected = model(torch.from_numpy(hist), torch.from_numpy(behs), torch.from_numpy(cand))
+    for got, want in zip(session(out / "ranker.onnx").run(None, feeds), expected):  # ctr logits, relevance
+        assert got.shape == want.shape == (len(history_lengths), NUM_CANDIDATES)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want.numpy(), atol=PARITY_TOLERANCE, rtol=0)
 
 
 def test_ranker_rows_are_independent_in_onnx(ranker_export):

@@ -15,13 +15,13 @@ LIMITS = ServingLimits(num_items=100, num_categories=4)
 class EchoCalibrate(StepModel):
     STEP = graph.CALIBRATE
 
-    def run(self, logits, cand_items, cand_sources, k):
+    def run(self, logits, relevance, cand_items, cand_sources, k):
         return cand_items, logits, cand_sources
 
 
 def _good():
     c = LIMITS.max_candidates
-    return dict(logits=np.zeros(c, np.float32), cand_items=np.arange(c, dtype=np.int64),
+    return dict(logits=np.zeros(c, np.float32), relevance=np.zeros(c, np.float32), cand_items=np.arange(c, dtype=np.int64),
                 cand_sources=np.zeros(c, np.int32), k=np.array([5], np.int32))
 
 
@@ -41,6 +41,7 @@ def test_good_inputs_pass_and_outputs_are_named(step):
     ("cand_sources", 3, f"valid range is -1..{len(graph.RETRIEVAL_SOURCES) - 1}"),
     ("k", 0, f"1..{LIMITS.max_k}"),
     ("logits", np.inf, "finite"),
+    ("relevance", np.nan, "finite"),
 ])
 def test_out_of_range_values_name_the_tensor_and_the_limit(step, name, value, words):
     inputs = _good()

@@ -194,23 +194,24 @@ def _plateau(logits):
     return np.clip(np.floor(np.asarray(logits) + 2) / 4, 0.0, 1.0).astype(np.float32)
 
 
-def test_calibrated_top_k_orders_by_pctr_then_logit_and_drops_padding():
+def test_calibrated_top_k_orders_by_relevance_then_pctr_and_drops_padding():
     cand = np.array([11, 12, 13, 14, 15, 0, 0], np.int64)
     src = np.array([0, 1, 0, 1, 0, -1, -1], np.int32)
     logits = np.array([0.2, 1.5, 0.7, 0.7, -1.5, 9.0, 9.0], np.float32)  # padding has the largest logits
-    items, pctr, names = calibrated_top_k(logits, cand, src, _plateau, 10, TWO_SOURCES)
-    # pctr: 11,13,14 -> 0.5 (plateau), 12 -> 0.75, 15 -> 0.0; within the plateau 13/14 tie on logit -> id.
-    np.testing.assert_array_equal(items, [12, 13, 14, 11, 15])
-    np.testing.assert_allclose(pctr, [0.75, 0.5, 0.5, 0.5, 0.0])
+    relevance = np.array([3.0, 1.0, 2.0, 2.0, 2.0, 9.0, 9.0], np.float32)
+    items, pctr, names = calibrated_top_k(logits, relevance, cand, src, _plateau, 10, TWO_SOURCES)
+    # relevance: 11 first; 13, 14, 15 tie -> by pctr (13, 14: 0.5 plateau, then id; 15: 0.0); 12 last.
+    np.testing.assert_array_equal(items, [11, 13, 14, 15, 12])
+    np.testing.assert_allclose(pctr, [0.5, 0.5, 0.5, 0.0, 0.75])  # each item keeps its own calibrated pCTR
     assert pctr.dtype == np.float32
-    assert names.tolist() == [b"embedding_knn", b"grace", b"embedding_knn", b"grace", b"grace"]
-    items3, pctr3, names3 = calibrated_top_k(logits, cand, src, _plateau, 3, TWO_SOURCES)
+    assert names.tolist() == [b"grace", b"grace", b"embedding_knn", b"grace", b"embedding_knn"]
+    items3, pctr3, names3 = calibrated_top_k(logits, relevance, cand, src, _plateau, 3, TWO_SOURCES)
     np.testing.assert_array_equal(items3, items[:3])
     assert len(pctr3) == len(names3) == 3
 
 
 def test_calibrated_top_k_all_padding():
-    items, pctr, names = calibrated_top_k(np.zeros(4, np.float32), np.zeros(4, np.int64),
+    items, pctr, names = calibrated_top_k(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.int64),
                                           np.full(4, -1, np.int32), _plateau, 2, TWO_SOURCES)
     assert len(items) == len(pctr) == len(names) == 0
 

@@ -311,7 +311,8 @@ def test_build_records_semantic_id_metrics(monkeypatch, headroom, unique, sizes)
     from models.grace import recommender
 
     monkeypatch.setattr(recommender, "embed_texts", lambda texts, cache_path=None: clustered_catalog(len(texts)))
-    cfg = dataclasses.replace(recommender.GraceTrainConfig(), semantic_headroom=headroom, semantic_unique_last=unique)
+    cfg = dataclasses.replace(recommender.GraceTrainConfig(), semantic_headroom=headroom, semantic_unique_last=unique,
+                              semantic_source="text")
     encoder, info = recommender.build_history_encoder(_tiny_dataset(), recommender.VARIANTS["grace_nocot"], cfg,
                                                       seed=0, cache_dir=None)
     sid = info["semantic_ids"]
@@ -324,3 +325,20 @@ def test_build_records_semantic_id_metrics(monkeypatch, headroom, unique, sizes)
     # sid_0..2 and the disambiguation code; its range is what the collisions need.
     assert info["path_length"] == 4 and encoder.tokenizer.level_sizes[-1] == sid["max_items_per_code"]
     assert encoder.tokenizer.level_sizes[:3].tolist() == sizes
+
+
+@pytest.mark.parametrize("source, width", [("collaborative", 64), ("text+collaborative", 16 + 64)])
+def test_semantic_ids_from_the_training_sequences(monkeypatch, source, width):
+    import dataclasses
+
+    from models.grace import recommender
+
+    monkeypatch.setattr(recommender, "embed_texts", lambda texts, cache_path=None: clustered_catalog(len(texts))[:, :16])
+    ds = _tiny_dataset()
+    cfg = dataclasses.replace(recommender.GraceTrainConfig(), semantic_source=source)
+    emb = recommender.item_embeddings(ds, cfg, 0, ds.user_items, cache_dir=None)
+    assert emb.shape == (ds.num_items, width)
+    with pytest.raises(ValueError, match="training sequences"):
+        recommender.item_embeddings(ds, cfg, 0, None, cache_dir=None)
+    with pytest.raises(ValueError, match="semantic_source"):
+        recommender.item_embeddings(ds, dataclasses.replace(cfg, semantic_source="pixels"), 0, None, cache_dir=None)

@@ -49,7 +49,14 @@ ROWS = (
     ("GRACE-JSA HR@10 / NDCG@10 (leave-last-out, held-out users)",
      lambda m: f"{_num(_get(m, 'grace', 'hr@10'))} / {_num(_get(m, 'grace', 'ndcg@10'))} "
                f"({_get(m, 'grace', 'eval_users')} users)"),
-    ("GRACE train time (s)", lambda m: _num(_get(m, "grace", "train_seconds"), 1)),
+    ("GRACE train time (s); validation HR@10 of the kept state, at step",
+     lambda m: f"{_num(_get(m, 'grace', 'train_seconds'), 1)}; {_num(_get(m, 'grace', 'valid_hr@10'))} at "
+               f"{_get(m, 'grace', 'best_step', default='n/a')} of {_get(m, 'grace', 'train_steps', default='n/a')}"),
+    *((f"{name} in the same build, HR@10 / NDCG@10 (train s)",
+       lambda m, name=name: f"{_num(_get(m, 'grace', 'baselines', name, 'hr@10'))} / "
+                            f"{_num(_get(m, 'grace', 'baselines', name, 'ndcg@10'))} "
+                            f"({_num(_get(m, 'grace', 'baselines', name, 'train_seconds'), 1)})")
+      for name in ("sasrec", "recency", "mostpop")),
     ("semantic IDs: codebooks, collision rate",
      lambda m: f"{' x '.join(map(str, _get(m, 'grace', 'semantic_ids', 'codebook_sizes', default=[])))}, "
                f"{_num(_get(m, 'grace', 'semantic_ids', 'collision_rate'))}"),

@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     _, rows = evaluate(args.datasets, args.models, args.seeds, args.max_history, budget, eval_users, args.out,
                        command, merge=args.merge, split_kind=args.split, sim_users=args.sim_users, sim_items=args.sim_items,
                        sim_seed=args.sim_seed, ml_cache_dir=args.ml_cache_dir)
+    if args.benchmarks and args.out:
+        raw = json.loads(args.out.with_suffix(".json").read_text())
+        write_report(args.out, raw["meta"], raw["runs"], aggregate(raw["runs"]), args.benchmarks, write_json=False)
     for r in rows:
         print(f"{r['dataset']:8s} {r['model']:12s} " + "  ".join(f"{m}={r[m][0]:.4f}±{r[m][1]:.4f}" for m in METRICS)
               + f"  train={r['train_seconds'][0]:.1f}s")

@@ -9,8 +9,9 @@ order without the ranker, and the popularity and recency baselines, on the same 
         --md docs/results/pipeline_quality.md --benchmarks BENCHMARKS.md      # re-render only
 
 With --url, the `served` row is the server's `recommend` ensemble itself; the other rows run the same graph with
-every step called on the server over gRPC (any client may call the internal steps), one source's candidates
-replaced by none; `served_equals_steps` checks the two agree. Without --url the steps are the in-process
+every step called on the server over gRPC (any client may call the internal steps) but `merge`, run in process
+from the repository (the served merge takes exactly beam_width GRACE items, so it cannot merge a GRACE-less
+ablation), one source's candidates replaced by none; `served_equals_steps` checks the two agree. Without --url the steps are the in-process
 reference (models.reference: the served step classes in graph order, the torch models in place of their ONNX
 exports, which the build checks to 1e-4). Users: the build's own leave-last-out split of the dataset it was
 built from (the configuration is read from build_manifest.json), in the dataset's item ids. A dataset whose users
@@ -75,8 +76,17 @@ class RemoteStep:
         return {t.name: result.as_numpy(t.name)[0] for t in self.step.outputs}
 
 
-def served_steps(client) -> dict[str, RemoteStep]:
-    return {step.name: RemoteStep(client, step) for step in graph.RECOMMEND.steps}
+def served_steps(client, repository: Path) -> dict:
+    """Every step of `recommend` on the server, but `merge`, run in process from the repository's own files (the
+    same class the server runs): the served merge takes exactly beam_width GRACE items, so a GRACE-less ablation
+    can only be merged here."""
+    from serving.contract import ServingLimits  # noqa: PLC0415
+    from serving.steps import IMPLEMENTATIONS  # noqa: PLC0415
+
+    steps = {step.name: RemoteStep(client, step) for step in graph.RECOMMEND.steps}
+    limits = ServingLimits(**json.loads((repository / MANIFEST).read_text())["limits"])
+    steps[graph.MERGE.name] = IMPLEMENTATIONS[graph.MERGE.name].create(repository / graph.MERGE.name / "1", limits)
+    return steps
 
 
 def held_out(config, users: int):
@@ -197,7 +207,7 @@ def run(repository: Path, users: int | None, url: str | None, command: str) -> d
         import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
         client = grpcclient.InferenceServerClient(url)
-        steps = served_steps(client)
+        steps = served_steps(client, repository)
         result["served"] = evaluate_served(client, examples, steps)
     else:
         steps = ReferencePipeline(repository).steps

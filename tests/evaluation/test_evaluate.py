@@ -161,3 +161,21 @@ def test_early_stopping_keeps_the_best_state_and_plots_the_curve(tmp_path):
     plots = list(out.parent.glob("es_*.png"))
     assert len(plots) == 1 and plots[0].stat().st_size > 1000
     assert "valid HR@10" in text and "Early stopping" in text and f"({plots[0].name})" in text
+
+
+def test_published_grace_table_is_rendered_from_the_committed_result():
+    """docs/results/grace.md and BENCHMARKS.md's GRACE section are what the committed result file renders, and
+    the learning-curve images they show are committed beside it."""
+    from evaluation.pipeline_quality import with_section
+
+    result = ROOT / "docs/results/grace.json"
+    raw = json.loads(result.read_text())
+    rows = ev.aggregate(raw["runs"])
+    md = (ROOT / "docs/results/grace.md").read_text()
+    plots = {d["name"]: f"grace_{d['name']}.png" for d in raw["meta"]["datasets"]
+             if any(r.get("curve") for r in raw["runs"] if r["dataset"] == d["name"])}
+    assert md == ev.render_markdown(raw["meta"], rows, plots)
+    assert all((ROOT / "docs/results" / name).exists() for name in plots.values())
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text()
+    section = ev.benchmark_section(md, Path("docs/results/grace.md"))
+    assert with_section(benchmarks, section, ev.SECTION) == benchmarks

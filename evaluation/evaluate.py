@@ -438,9 +438,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.combine:
         if not args.out:
             p.error("--combine needs --out")
-        meta, records = combine(args.combine, args.out, "python -m evaluation.evaluate " + shlex.join(argv))
+        combine(args.combine, args.out, "python -m evaluation.evaluate " + shlex.join(argv))
         if args.benchmarks:
-            write_report(args.out, meta, records, aggregate(records), args.benchmarks, write_json=False)
+            raw = json.loads(args.out.with_suffix(".json").read_text())
+            write_report(args.out, raw["meta"], raw["runs"], aggregate(raw["runs"]), args.benchmarks, write_json=False)
         return
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")

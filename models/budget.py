@@ -69,9 +69,8 @@ def hit_rate(ranked: np.ndarray, targets: np.ndarray, k: int = 10) -> float:
 
 class EarlyStopping:
     """Validation HR@k during training: `recommend(examples, k, exclude_history) -> [M, k]` scores a fixed
-    sample of `valid`
-    every `eval_every` steps (or epoch); the best state of `module` is kept and restored by `finish`; `curve`
-    is the learning curve (step, examples seen, train seconds, validation HR@k). Inactive without a validation
+    sample of `valid` every `eval_every` steps (or epoch); the best state of `module` is kept and restored by
+    `finish`; `curve` is the learning curve (step, examples seen, train seconds, validation HR@k). Inactive without a validation
     split or with budget.patience == 0: then `finish` keeps the last state."""
 
     def __init__(self, budget: TrainingBudget, valid, module, recommend: Callable, num_train: int,

@@ -94,15 +94,28 @@ def item_embeddings(dataset, cfg: GraceTrainConfig, seed: int, train_sequences, 
         raise ValueError(f"semantic_source must be one of {SEMANTIC_SOURCES}, got {cfg.semantic_source!r}")
     parts = []
     if "text" in cfg.semantic_source:
-        texts = list(dataset.item_texts[1:])
-        cache = None if cache_dir is None else Path(cache_dir) / f"minilm_{dataset.name}_{texts_key(texts)[:16]}.npz"
-        text = embed_texts(texts, cache_path=cache).astype(np.float32)
-        parts.append(text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12))
+        parts.append(_text_embeddings(dataset, cache_dir))
     if "collaborative" in cfg.semantic_source:
         if train_sequences is None:
             raise ValueError("collaborative semantic IDs need the training sequences")
-        parts.append(cooccurrence_embeddings(train_sequences, dataset.num_items, seed=seed))
+        collab = cooccurrence_embeddings(train_sequences, dataset.num_items, seed=seed)
+        cold = ~collab.any(axis=1)
+        if cfg.semantic_source == "collaborative" and cold.any():
+            # Items without training co-occurrence would share one all-zero vector (one cell, colliding codes):
+            # they get their text embedding, randomly projected to the collaborative width, instead.
+            text = _text_embeddings(dataset, cache_dir)[cold]
+            filled = text @ np.random.default_rng(seed).standard_normal((text.shape[1], collab.shape[1]))
+            collab[cold] = filled / np.maximum(np.linalg.norm(filled, axis=1, keepdims=True), 1e-12)
+        parts.append(collab)
     return np.concatenate(parts, axis=1)
+
+
+def _text_embeddings(dataset, cache_dir: Path | None) -> np.ndarray:
+    """MiniLM embeddings of the item texts [N, 384], rows L2-normalised (cached by text content)."""
+    texts = list(dataset.item_texts[1:])
+    cache = None if cache_dir is None else Path(cache_dir) / f"minilm_{dataset.name}_{texts_key(texts)[:16]}.npz"
+    text = embed_texts(texts, cache_path=cache).astype(np.float32)
+    return text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
 
 
 def build_history_encoder(dataset, variant: GraceVariant, cfg: GraceTrainConfig, seed: int,

@@ -113,7 +113,8 @@ def test_results_respect_filters_and_k(client, reference):
     assert len(first.items) == 10
     assert {r.source for r in first.items} <= set(graph.SOURCE_NAMES)
     pctr = [r.pctr for r in first.items]
-    assert all(0.0 < p < 1.0 for p in pctr) and pctr == sorted(pctr, reverse=True)
+    assert all(0.0 < p < 1.0 for p in pctr)  # ordered by the ranker's relevance head, each with its own pCTR
+    _assert_same(first, reference.recommend(items, behs, ts, 10))
     exclude = [r.item_id for r in first.items[:5]]
     second = _served(client, (items, behs, ts, 10, exclude, [1]))
     top_category = reference.top_category

@@ -40,12 +40,12 @@ def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray
     path_length = len(next(iter(path_to_item)))
     blocked: set[tuple[int, ...]] = set()
     if exclude:
-        sizes = _subtree_sizes(path_to_item)
+        sizes, item_paths = _trie_index(path_to_item)
         excluded_under: dict[tuple[int, ...], int] = {}
-        for path, item in path_to_item.items():
-            if item in exclude:
-                for depth in range(1, path_length + 1):
-                    excluded_under[path[:depth]] = excluded_under.get(path[:depth], 0) + 1
+        for item in exclude:  # only the excluded items' paths: no pass over the catalog per request
+            path = item_paths.get(item)
+            for depth in range(1, path_length + 1) if path is not None else ():
+                excluded_under[path[:depth]] = excluded_under.get(path[:depth], 0) + 1
         blocked = {prefix for prefix, n in excluded_under.items() if n == sizes[prefix]}
     beams = np.full((1, 1), BOS, np.int64)
     scores = np.zeros(1, np.float64)
@@ -72,17 +72,18 @@ def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray
     return items, scores.astype(np.float32)
 
 
-_SIZES: dict[int, tuple[dict, dict]] = {}
+_INDEX: dict[int, tuple[dict, tuple[dict, dict]]] = {}
 
 
-def _subtree_sizes(path_to_item: dict[tuple[int, ...], int]) -> dict[tuple[int, ...], int]:
-    """Items under every prefix of the trie (computed once per path_to_item mapping)."""
-    cached = _SIZES.get(id(path_to_item))
+def _trie_index(path_to_item: dict[tuple[int, ...], int]) -> tuple[dict[tuple[int, ...], int], dict[int, tuple]]:
+    """Items under every prefix of the trie, and each item's path (computed once per path_to_item mapping)."""
+    cached = _INDEX.get(id(path_to_item))
     if cached is not None and cached[0] is path_to_item:
         return cached[1]
     sizes: dict[tuple[int, ...], int] = {}
     for path in path_to_item:
         for depth in range(1, len(path) + 1):
             sizes[path[:depth]] = sizes.get(path[:depth], 0) + 1
-    _SIZES[id(path_to_item)] = (path_to_item, sizes)
-    return sizes
+    index = (sizes, {item: path for path, item in path_to_item.items()})
+    _INDEX[id(path_to_item)] = (path_to_item, index)
+    return index

@@ -19,6 +19,14 @@ RUN python3 -m pip install --no-cache-dir -r requirements-serving.txt
 COPY --from=build /src/serving ./serving
 COPY --from=build /src/model_repository ./model_repository
 ENV PYTHONPATH=/opt/recserve
+# The launcher runs the container's tritonserver with the same defaults as everywhere: admin APIs
+# (model-repository, shared-memory, logging, trace) closed without the key, explicit model control, the stub
+# watchdog. The key: $RECSERVE_ADMIN_KEY, or the file below (mount a secret there; created with a random key,
+# mode 0600, when absent). TLS: add --tls-cert/--tls-key; extra tritonserver flags go after `--`.
+RUN useradd --system --home /opt/recserve recserve && mkdir -p /run/recserve && chown recserve /run/recserve
+USER recserve
 # 8000 HTTP, 8001 gRPC (KServe v2), 8002 Prometheus metrics.
 EXPOSE 8000 8001 8002
-CMD ["tritonserver", "--model-repository=/opt/recserve/model_repository"]
+ENTRYPOINT ["python3", "-m", "serving.launcher", "--tritonserver-home=/opt/tritonserver", \
+            "--model-repository=/opt/recserve/model_repository", "--host=0.0.0.0", \
+            "--admin-key-file=/run/recserve/admin_key"]

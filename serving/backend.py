@@ -94,6 +94,7 @@ class StepModel:
 
         self.pb = pb_utils
         config = json.loads(args["model_config"])
+        check_config(self.STEP, config)
         limits = ServingLimits.from_json(config["parameters"]["limits"]["string_value"])
         self.setup(Path(args["model_repository"]) / args["model_version"], limits)
 
@@ -155,6 +156,30 @@ class StepModel:
                     self.pb.Tensor(name, value[None] if add_batch_dim else value)
                     for name, value in self.name_outputs(result).items()])
         return responses
+
+
+class RepositoryMismatch(RuntimeError):
+    """The model repository's config.pbtxt was rendered from another version of the serving graph."""
+
+
+def _declared(tensors) -> dict[str, str]:
+    return {t.name: t.dtype for t in tensors}
+
+
+def _configured(entries: list[dict]) -> dict[str, str]:
+    return {e["name"]: e["data_type"].removeprefix("TYPE_") for e in entries}
+
+
+def check_config(step: Step, config: dict) -> None:
+    """Refuses to load when the repository's config and this code disagree on the step's tensors: serving a
+    stale repository would answer with outputs the ensemble does not expect (tritonserver crashes on some)."""
+    for side, declared, configured in (("inputs", _declared(step.inputs), _configured(config.get("input", []))),
+                                       ("outputs", _declared(step.outputs), _configured(config.get("output", [])))):
+        if declared != configured:
+            raise RepositoryMismatch(
+                f"{step.name}: the model repository's config.pbtxt declares {side} {sorted(configured.items())} "
+                f"but this code's serving graph declares {sorted(declared.items())}; the repository was built by "
+                "another version of the code: rebuild it (python -m exporters.build_repository)")
 
 
 def check_signature(cls: type[StepModel]) -> None:

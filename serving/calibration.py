@@ -6,8 +6,9 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import log_loss, roc_auc_score
+
+# scikit-learn is imported where it fits or scores, not here: serving only interpolates, and every python stub
+# imports this module through the graph (sklearn costs a second of each stub's start, i.e. of every reload).
 
 CALIBRATOR_FILE = "calibrator.npz"
 
@@ -21,6 +22,8 @@ class IsotonicCalibrator:
 
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray) -> "IsotonicCalibrator":
+        from sklearn.isotonic import IsotonicRegression
+
         iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4)
         iso.fit(logits.astype(np.float64), labels.astype(np.float64))
         return cls(x=iso.X_thresholds_.astype(np.float64), y=iso.y_thresholds_.astype(np.float64))
@@ -50,6 +53,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def ctr_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
     p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
     return {"auc": float(roc_auc_score(labels, p)), "log_loss": float(log_loss(labels, p)),
             "ece_15": expected_calibration_error(p, labels)}

@@ -41,6 +41,11 @@ def step_config(step: Step, limits: ServingLimits) -> pb.ModelConfig:
     for tensor in step.outputs:
         _add_tensor(config.output, tensor, limits, is_input=False)
     config.dynamic_batching.max_queue_delay_microseconds = step.batching.queue_delay_us
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = pb.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = limits.queue_timeout_ms * 1000
+    policy.allow_timeout_override = True  # a client's own (shorter) deadline applies in the queue too
+    policy.max_queue_size = limits.max_queue_size
     config.instance_group.add(count=INSTANCES_PER_STEP, kind=pb.ModelInstanceGroup.KIND_CPU)
     config.parameters["limits"].string_value = limits.to_json()  # the scaffold reads every limit from here
     _publish(config, step.published, limits)

@@ -28,6 +28,10 @@ class ServingLimits:
     max_campaigns: int = 256  # score_ads: campaigns per request
     ads_max_history: int = 50  # score_ads: events per request (the CTR features' window)
     max_clip_rows: int = 64  # clip_embed: images/texts per request
+    # Every step's queue is bounded: a request that waits longer than queue_timeout_ms, or finds max_queue_size
+    # requests ahead of it, is refused at once (UNAVAILABLE) instead of hanging behind a stalled step.
+    queue_timeout_ms: int = 2000
+    max_queue_size: int = 256
     tokens_per_event: int = 9  # GRACE tokens per history event (behaviour + item path); the build sets it
     # Set by the build from the dataset, published for clients: behaviour code i+1 is event_names[i]; category
     # filter index i is category_names[i] (the dataset's top-level categories, sorted); a few valid item ids

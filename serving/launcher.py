@@ -19,13 +19,16 @@ import argparse
 import glob
 import json
 import os
+import logging
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +47,21 @@ INHERIT_OUTPUT = "-"
 # The stub must match the Python that runs the models; module-level so tests can fake a mismatch.
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-SHM_GLOB = "/dev/shm/triton_python_backend_shm_region_*"
+SHM_DIR = Path("/dev/shm")
+# Each server gets its own python-backend shm prefix, so cleanup after a crash removes only its own regions.
+SHM_PREFIX = "recserve_"
+
+# APIs that change the server (load/unload models, register shared memory, log levels, tracing) answer only
+# requests that carry this header with the server's admin key; inference, health and metadata stay open.
+ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_HEADER = "admin-key"  # as an HTTP header; tritonserver expects gRPC metadata to carry it prefixed:
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+ADMIN_KEY_ENV = "RECSERVE_ADMIN_KEY"
+
+STUB_BINARY = "triton_python_backend_stub"
+_WATCHDOG_INTERVAL_S = 0.5
+
+log = logging.getLogger("serving.launcher")
 
 # Lines worth quoting from the server log when start-up fails: error-level log lines, model load
 # failures and the final "error: creating server" (not the harmless NVML/DCGM noise on CPU hosts).
@@ -88,6 +105,13 @@ class WheelLayout:
             libs_dir=package_dir.parent / "nvidia_pytriton.libs",
         )
 
+    @classmethod
+    def from_install(cls, home: Path) -> WheelLayout:
+        """A Triton installation (the NGC container's /opt/tritonserver): its python stub is already in place."""
+        home = Path(home)
+        return cls(binary=home / "bin" / "tritonserver", backend_dir=home / "backends", stubs_dir=Path(),
+                   libs_dir=home / "lib")
+
     @property
     def stub_source(self) -> Path:
         return self.stubs_dir / PYTHON_VERSION / "triton_python_backend_stub"
@@ -120,6 +144,8 @@ def free_port() -> int:
 def install_stub(layout: WheelLayout) -> None:
     """Copy the stub for this Python into the backend directory, idempotently and atomically."""
     source, target = layout.stub_source, layout.stub_target
+    if layout.stubs_dir == Path() and target.is_file():  # an installation that ships its stub
+        return
     if not source.is_file():
         available = sorted(p.name for p in layout.stubs_dir.iterdir()) if layout.stubs_dir.is_dir() else []
         raise ServerStartError(
@@ -144,8 +170,80 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
-def _shm_regions() -> set[str]:
-    return set(glob.glob(SHM_GLOB))
+def _shm_regions(prefix: str) -> set[str]:
+    return set(glob.glob(str(SHM_DIR / f"{glob.escape(prefix)}*")))
+
+
+@dataclass(frozen=True)
+class Heal:
+    """The watchdog reloaded `model` after its stub died (times are time.monotonic())."""
+
+    model: str
+    noticed: float
+    reloaded: float
+
+
+@dataclass(frozen=True)
+class Tls:
+    """gRPC over TLS: the server's PEM certificate and key; `root` (a CA bundle) makes it mutual TLS, where
+    clients must present a certificate that root signed. tritonserver's HTTP endpoint has no TLS: with TLS on,
+    the launcher serves no HTTP (put a TLS-terminating proxy in front if HTTP is needed)."""
+
+    cert: Path
+    key: Path
+    root: Path | None = None
+
+
+def python_stubs(server_pid: int) -> dict[int, str]:
+    """The python-backend stub processes of one tritonserver: pid -> model name (read from /proc)."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+            if ppid != server_pid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if len(argv) > 1 and argv[0].endswith(STUB_BINARY.encode()):
+            # argv[1] is <repository>/<model>/<version>/model.py
+            stubs[int(entry.name)] = Path(argv[1].decode(errors="replace")).parent.parent.name
+    return stubs
+
+
+def reload_model(client: grpcclient.InferenceServerClient, model: str, headers: Mapping[str, str],
+                 timeout_s: float = 300.0) -> None:
+    """Load `model` again, new instances and all, even when nothing changed: tritonserver keeps the running
+    instances when a load brings the same files and config, so the current config goes in as an override with a
+    fresh `reload_generation` parameter (which no step reads). The old instance serves until the new one is
+    ready; if the new one fails to load, the old one stays and this raises."""
+    config = client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
+    config.setdefault("parameters", {})["reload_generation"] = {"string_value": str(time.time_ns())}
+    client.load_model(model, config=json.dumps(config), headers=dict(headers), client_timeout=timeout_s)
+
+
+def load_admin_key(path: Path | None) -> str:
+    """The admin key: $RECSERVE_ADMIN_KEY, else the file at `path` (created with a new random key, mode 0600,
+    when missing), else a new random key."""
+    key = os.environ.get(ADMIN_KEY_ENV, "").strip()
+    if key:
+        return key
+    if path is None:
+        return secrets.token_urlsafe(24)
+    if path.exists():
+        key = path.read_text().strip()
+        if not key:
+            raise ServerStartError(f"admin key file {path} is empty")
+        return key
+    key = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
 
 
 def _prepend_path(value: str, existing: str | None) -> str:
@@ -166,10 +264,18 @@ class TritonServer:
         log_file: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         binary: str | os.PathLike[str] | None = None,
+        tritonserver_home: str | os.PathLike[str] | None = None,
+        admin_key: str | None = None,
+        tls: Tls | None = None,
+        watchdog: bool = True,
     ) -> None:
         """`log_file`: None logs to a temporary file (its tail is quoted on failure, and it is deleted
         on a clean stop); INHERIT_OUTPUT ("-") shares the launcher's stdout/stderr; any other value
-        is a path to append to. `binary` overrides the tritonserver from the wheel."""
+        is a path to append to. `binary` overrides the tritonserver from the wheel.
+
+        `admin_key`: the model-repository, shared-memory, logging and trace APIs answer only requests with
+        this key in the `admin-key` header ("" leaves them open to anyone). `tls`: gRPC over TLS (no HTTP).
+        `watchdog`: reload a model whose python stub died (explicit model control), within about a second."""
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.grpc_port = grpc_port
@@ -178,13 +284,21 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.env = dict(env or {})
         self._binary_override = Path(binary) if binary is not None else None
+        self._home = Path(tritonserver_home) if tritonserver_home is not None else None
         self._inherit_output = log_file == INHERIT_OUTPUT
         self._log_path = None if log_file is None or self._inherit_output else Path(log_file)
         self._temp_log_dir: Path | None = None
         self._log_handle: IO[bytes] | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._shm_before: set[str] = set()
+        self.admin_key = secrets.token_urlsafe(24) if admin_key is None else admin_key
+        self.tls = tls
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         self._start_failed = False
+        self._watchdog_enabled = watchdog
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
+        self.heals: list[Heal] = []  # every model the watchdog reloaded
+        self.unhealthy: str | None = None  # why the watchdog gave up and stopped the server
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -206,6 +320,18 @@ class TritonServer:
     def http_url(self) -> str:
         """host:port, as tritonclient.http expects it."""
         return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC metadata that unlocks the admin APIs."""
+        return {GRPC_ADMIN_HEADER: self.admin_key} if self.admin_key else {}
+
+    def client(self, **kwargs) -> grpcclient.InferenceServerClient:
+        """A gRPC client of this server (TLS set up as the server's)."""
+        if self.tls is not None:
+            kwargs.setdefault("ssl", True)
+            kwargs.setdefault("root_certificates", str(self.tls.cert))
+        return grpcclient.InferenceServerClient(self.grpc_url, **kwargs)
 
     @property
     def metrics_url(self) -> str:
@@ -241,8 +367,26 @@ class TritonServer:
             # extra_args come last so callers can still override them.
             "--exit-on-error=true",
             "--strict-readiness=true",
+            # Explicit model control (every model loaded at start) lets the watchdog and `serving.reload`
+            # load a model again without restarting the server.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *self._security_args(),
             *self.extra_args,
         ]
+
+    def _security_args(self) -> list[str]:
+        args = []
+        if self.admin_key:
+            restricted = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+            args += [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
+        if self.tls is not None:
+            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls.cert}",
+                     f"--grpc-server-key={self.tls.key}", "--allow-http=false"]
+            if self.tls.root is not None:
+                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls.root}"]
+        return args
 
     def start(self, ready_timeout_s: float = 120.0) -> list[str]:
         """Start the server and wait until it is live and every model in the repository is READY.
@@ -252,7 +396,7 @@ class TritonServer:
         """
         if self._process is not None:
             raise RuntimeError("server already started")
-        layout = WheelLayout.from_pytriton()
+        layout = WheelLayout.from_install(self._home) if self._home else WheelLayout.from_pytriton()
         cmd = self.command(layout)
         if not os.access(cmd[0], os.X_OK):
             raise ServerStartError(f"tritonserver binary not found or not executable: {cmd[0]}")
@@ -260,7 +404,6 @@ class TritonServer:
             raise ServerStartError(f"model repository is not a directory: {self.model_repository}")
         install_stub(layout)
 
-        self._shm_before = _shm_regions()
         output = self._open_log()
         # A session of its own keeps a terminal's Ctrl-C from reaching tritonserver directly:
         # shutdown is driven (and the shm cleaned up) by this process alone.
@@ -273,11 +416,15 @@ class TritonServer:
             start_new_session=True,
         )
         try:
-            return self._wait_ready(self._process, ready_timeout_s)
+            models = self._wait_ready(self._process, ready_timeout_s)
         except BaseException:
             self._start_failed = True
             self.stop(timeout_s=5.0)
             raise
+        if self._watchdog_enabled:
+            self._watchdog = threading.Thread(target=self._watch, name="stub-watchdog", daemon=True)
+            self._watchdog.start()
+        return models
 
     def _open_log(self) -> IO[bytes] | None:
         if self._inherit_output:
@@ -299,7 +446,7 @@ class TritonServer:
 
     def _wait_ready(self, process: subprocess.Popen[bytes], timeout_s: float) -> list[str]:
         deadline = time.monotonic() + timeout_s
-        client = grpcclient.InferenceServerClient(self.grpc_url, channel_args=_PROBE_CHANNEL_ARGS)
+        client = self.client(channel_args=_PROBE_CHANNEL_ARGS)
         try:
             while True:
                 code = process.poll()
@@ -319,7 +466,8 @@ class TritonServer:
         try:
             if not client.is_server_live(client_timeout=_PROBE_TIMEOUT_S):
                 return None
-            index = client.get_model_repository_index(as_json=True, client_timeout=_PROBE_TIMEOUT_S)
+            index = client.get_model_repository_index(as_json=True, headers=self.admin_headers,
+                                                      client_timeout=_PROBE_TIMEOUT_S)
             models = index.get("models", [])
             # With exit-on-error the process would exit instead; this covers callers that turned it off.
             failed = [m for m in models if m.get("state") == "UNAVAILABLE"]
@@ -346,8 +494,50 @@ class TritonServer:
         parts += [f"last {_LOG_TAIL_LINES} log lines:", *lines[-_LOG_TAIL_LINES:]]
         return "\n".join(parts)
 
+    # -- watchdog ------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Reload a model whose python stub died (tritonserver itself never restarts it: every request to it
+        would fail from then on). A model keeps as many stubs as it had when the server became ready; when a
+        reload fails, the server is stopped so that its supervisor restarts it (the launcher exits non-zero)."""
+        expected = self._stub_counts()
+        client = self.client()
+        try:
+            while not self._watchdog_stop.wait(_WATCHDOG_INTERVAL_S):
+                if not self.is_running():
+                    return
+                counts = self._stub_counts()
+                for model, count in expected.items():
+                    if counts.get(model, 0) < count and not self._heal(client, model):
+                        return
+        finally:
+            client.close()
+
+    def _stub_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for model in python_stubs(self.pid or -1).values():
+            counts[model] = counts.get(model, 0) + 1
+        return counts
+
+    def _heal(self, client: grpcclient.InferenceServerClient, model: str) -> bool:
+        noticed = time.monotonic()
+        log.error("python stub of model %s died; reloading it", model)
+        try:
+            reload_model(client, model, self.admin_headers)
+        except InferenceServerException as exc:
+            self.unhealthy = f"model {model} lost its python stub and could not be reloaded: {exc.message()}"
+            log.error("%s; stopping the server", self.unhealthy)
+            self.send_signal(signal.SIGTERM)
+            return False
+        self.heals.append(Heal(model, noticed, time.monotonic()))
+        log.error("model %s reloaded in %.1f s", model, self.heals[-1].reloaded - noticed)
+        return True
+
     def send_signal(self, signum: int) -> None:
-        """Forward a signal to tritonserver if it is running."""
+        """Forward a signal to tritonserver if it is running (a stop signal also stops the watchdog: the stubs
+        exiting with the server are not deaths to heal)."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._watchdog_stop.set()
         process = self._process
         if process is not None and process.poll() is None:
             process.send_signal(signum)
@@ -366,6 +556,9 @@ class TritonServer:
         process = self._process
         if process is None:
             return None
+        self._watchdog_stop.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join()
         if process.poll() is None:
             process.terminate()
             try:
@@ -373,12 +566,9 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        # Only once the server is gone can nothing still be using its regions. A region that
-        # appeared meanwhile could belong to another server started in the same window; accepted.
-        for region in _shm_regions() - self._shm_before:
+        # Only once the server is gone can nothing still be using its regions; the prefix is this server's own.
+        for region in _shm_regions(self.shm_prefix):
             Path(region).unlink(missing_ok=True)
-        # A repeated stop() must not claim regions of servers started after this one.
-        self._shm_before = _shm_regions()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
@@ -417,7 +607,26 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for all models")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
-    return parser.parse_args(argv)
+    parser.add_argument("--admin-key-file", type=Path, default=None,
+                        help="file holding the admin key (created with a random key, mode 0600, when missing); "
+                             f"${ADMIN_KEY_ENV} takes precedence. Default: a new random key in a private temp file")
+    parser.add_argument("--open-admin", action="store_true",
+                        help="leave the model-repository, shared-memory, logging and trace APIs open to anyone")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS (HTTP is then off)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates (mutual TLS)")
+    parser.add_argument("--tritonserver-home", type=Path,
+                        help="a Triton installation to run (e.g. /opt/tritonserver in the NGC container) instead "
+                             "of the tritonserver from the nvidia-pytriton wheel")
+    parser.add_argument("--no-watchdog", action="store_true", help="do not reload a model whose python stub died")
+    parser.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
+                        help="flags passed to tritonserver as given, after `--` (they override the launcher's)")
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    return args
 
 
 def not_built_notes(repository: Path) -> list[str]:
@@ -436,7 +645,25 @@ def _exit_code(returncode: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(levelname)s %(message)s")
     extra_args = [f"--log-verbose={args.log_verbose}"] if args.log_verbose else []
+    extra_args += args.tritonserver_args
+    tls = Tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    key_note = "admin APIs: open to anyone (--open-admin)"
+    if args.open_admin:
+        admin_key = ""
+    else:
+        key_file = args.admin_key_file
+        if key_file is None and not os.environ.get(ADMIN_KEY_ENV):
+            key_file = Path(tempfile.mkdtemp(prefix="recserve-admin-")) / "admin_key"
+        try:
+            admin_key = load_admin_key(key_file)
+        except (OSError, ServerStartError) as exc:
+            print(f"error: admin key: {exc}", file=sys.stderr)
+            return 1
+        where = f"${ADMIN_KEY_ENV}" if os.environ.get(ADMIN_KEY_ENV) else str(key_file)
+        key_note = (f"admin APIs: need the key in {where} (gRPC metadata {GRPC_ADMIN_HEADER!r}, "
+                    f"HTTP header {ADMIN_HEADER!r})")
     server = TritonServer(
         args.model_repository,
         host=args.host,
@@ -445,6 +672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         extra_args=extra_args,
         log_file=INHERIT_OUTPUT,
+        admin_key=admin_key,
+        tls=tls,
+        watchdog=not args.no_watchdog,
+        tritonserver_home=args.tritonserver_home,
     )
     signalled: list[int] = []
 
@@ -472,8 +703,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"tritonserver (pid {server.pid}) ready",
                 *not_built_notes(args.model_repository),
                 f"  gRPC:    {server.grpc_url}",
-                f"  HTTP:    http://{server.http_url}",
+                f"  gRPC TLS: {'on' if tls else 'off'}",
+                f"  HTTP:    {'off (TLS)' if tls else 'http://' + server.http_url}",
                 f"  metrics: {server.metrics_url}",
+                f"  {key_note}",
                 f"  models:  {', '.join(models) or '(none)'}",
                 f"try: python -m clients.cli --url {server.grpc_url}",
             ]
@@ -481,7 +714,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     server.wait()
-    return _exit_code(server.stop() or 0)
+    stopped = _exit_code(server.stop() or 0)
+    if server.unhealthy:  # the watchdog stopped it: a supervisor should start it again
+        print(f"error: {server.unhealthy}", file=sys.stderr)
+        return 1
+    return stopped
 
 
 if __name__ == "__main__":

@@ -75,3 +75,11 @@ def test_sweep_picks_a_config_meeting_the_target():
 def test_serving_import_needs_no_torch():
     code = "import sys, serving.clip.ann_index; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_every_step_imports_without_torch_or_sklearn():
+    """What each python stub imports at start (and again at every reload): no torch, and no scikit-learn, whose
+    import alone took 1.2 s of a stub's start."""
+    code = ("import sys, serving.steps; heavy = [m for m in ('torch', 'sklearn') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -73,3 +73,24 @@ def test_lengths_and_dtypes(tmp_path):
 def test_internal_error_is_opaque():
     message = str(InternalError("abc123"))
     assert "abc123" in message and "Traceback" not in message and "/" not in message
+
+
+def test_a_repository_built_from_another_graph_refuses_to_load():
+    """A stale config.pbtxt (an output the code no longer has, or lacks) stops the model at load time with a
+    message that says to rebuild, instead of serving responses the ensemble does not expect."""
+    import json
+
+    from google.protobuf import json_format
+
+    from serving.backend import RepositoryMismatch, check_config
+    from serving.configs import step_config
+
+    for step in graph.SERVED_STEPS:
+        config = json_format.MessageToDict(step_config(step, LIMITS), preserving_proto_field_name=True)
+        check_config(step, json.loads(json.dumps(config)))  # the current render always loads
+        stale = dict(config, output=config["output"][:-1])
+        with pytest.raises(RepositoryMismatch, match=f"{step.name}.*rebuild"):
+            check_config(step, stale)
+        retyped = dict(config, input=[dict(e, data_type="TYPE_FP64") for e in config["input"]])
+        with pytest.raises(RepositoryMismatch, match="inputs"):
+            check_config(step, retyped)

@@ -79,6 +79,10 @@ def test_python_models_have_dynamic_batching_and_limits(parsed):
         assert cfg.backend == "python"
         assert cfg.HasField("dynamic_batching"), name
         assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        policy = cfg.dynamic_batching.default_queue_policy  # bounded: a stalled step refuses, never hoards
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT, name
+        assert policy.default_timeout_microseconds == limits.queue_timeout_ms * 1000 > 0
+        assert policy.max_queue_size == limits.max_queue_size > 0
         assert len(cfg.instance_group) == 1
         assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
         assert ServingLimits.from_json(cfg.parameters["limits"].string_value) == limits

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,8 +72,8 @@ def make_server(repo: Path, **kwargs: object) -> TritonServer:
     return TritonServer(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, **kwargs)
 
 
-def shm_regions() -> set[str]:
-    return set(glob.glob(launcher.SHM_GLOB))
+def shm_regions(prefix: str = launcher.SHM_PREFIX) -> set[str]:
+    return set(glob.glob(f"/dev/shm/{prefix}*"))
 
 
 def process_gone(pid: int) -> bool:
@@ -91,7 +94,6 @@ def add_one_repo(tmp_path: Path) -> Path:
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_serves_add_one_over_grpc_and_cleans_up(add_one_repo: Path) -> None:
-    shm_before = shm_regions()
     with make_server(add_one_repo) as server:
         pid = server.pid
         assert pid is not None and server.is_running()
@@ -103,20 +105,19 @@ def test_serves_add_one_over_grpc_and_cleans_up(add_one_repo: Path) -> None:
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), [[2, 3, 42]])
         client.close()
     assert process_gone(pid)
-    assert shm_regions() - shm_before == set()
+    assert shm_regions(server.shm_prefix) == set()
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_stop_removes_shm_left_by_killed_server(add_one_repo: Path) -> None:
-    shm_before = shm_regions()
     server = make_server(add_one_repo)
     server.start(ready_timeout_s=READY_TIMEOUT_S)
-    assert shm_regions() - shm_before, "python backend should have created a shm region"
+    assert shm_regions(server.shm_prefix), "python backend should have created a shm region"
     assert server.pid is not None
     os.kill(server.pid, signal.SIGKILL)  # no chance to clean up after itself
     assert server.stop() == -signal.SIGKILL
-    assert shm_regions() - shm_before == set()
+    assert shm_regions(server.shm_prefix) == set()
 
 
 @pytest.mark.integration
@@ -169,7 +170,6 @@ def test_free_ports_are_distinct() -> None:
 @pytest.mark.timeout(60)
 def test_cli_serves_until_sigterm(add_one_repo: Path) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
-    shm_before = shm_regions()
     cli = subprocess.Popen(
         [
             sys.executable,
@@ -180,6 +180,8 @@ def test_cli_serves_until_sigterm(add_one_repo: Path) -> None:
             f"--http-port={http_port}",
             f"--metrics-port={metrics_port}",
             f"--ready-timeout={READY_TIMEOUT_S}",
+            "--",
+            "--allow-metrics=false",  # passed through to tritonserver as given
         ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
@@ -200,6 +202,10 @@ def test_cli_serves_until_sigterm(add_one_repo: Path) -> None:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert client.is_model_ready("add_one")
         client.close()
+        assert "admin APIs: need the key in" in banner
+        with pytest.raises(OSError):  # the passed-through flag turned the metrics endpoint off
+            socket.create_connection(("127.0.0.1", metrics_port), timeout=2).close()
+        assert shm_regions(f"{launcher.SHM_PREFIX}{cli.pid}_")
 
         cli.send_signal(signal.SIGTERM)
         cli.stdout.read()  # drain so the server never blocks on a full pipe
@@ -207,4 +213,166 @@ def test_cli_serves_until_sigterm(add_one_repo: Path) -> None:
     finally:
         if cli.poll() is None:
             cli.kill()
-    assert shm_regions() - shm_before == set()
+    assert shm_regions(f"{launcher.SHM_PREFIX}{cli.pid}_") == set()
+
+
+def infer_add_one(client, value: int = 1) -> int:
+    data = np.array([[value]], dtype=np.int64)
+    infer_input = grpcclient.InferInput("INPUT0", list(data.shape), "INT64")
+    infer_input.set_data_from_numpy(data)
+    return int(client.infer("add_one", [infer_input], client_timeout=10).as_numpy("OUTPUT0")[0, 0])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_killed_stub_is_reloaded_by_the_watchdog(add_one_repo: Path) -> None:
+    """tritonserver never restarts a dead python stub (every request to that model fails from then on); the
+    launcher's watchdog notices and reloads the model, so the model answers again within seconds."""
+    with make_server(add_one_repo) as server:
+        client = server.client()
+        assert infer_add_one(client) == 2
+        stubs = launcher.python_stubs(server.pid)
+        assert list(stubs.values()) == ["add_one"]
+        killed_at = time.monotonic()
+        os.kill(next(iter(stubs)), signal.SIGKILL)
+        while True:
+            try:
+                assert infer_add_one(client, 41) == 42
+                break
+            except Exception:  # INTERNAL: stub not healthy, until the reload
+                assert time.monotonic() - killed_at < 30, "the model never answered again"
+                time.sleep(0.1)
+        recovered_s = time.monotonic() - killed_at
+        assert [heal.model for heal in server.heals] == ["add_one"]
+        assert recovered_s < 10, recovered_s
+        assert set(launcher.python_stubs(server.pid).values()) == {"add_one"}
+        client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_admin_apis_need_the_key_and_inference_does_not(add_one_repo: Path) -> None:
+    with make_server(add_one_repo, admin_key="s3cret") as server:
+        client = server.client()
+        assert infer_add_one(client) == 2  # inference, health and metadata stay open
+        assert client.is_model_ready("add_one")
+        for call in (lambda **h: client.get_model_repository_index(**h),
+                     lambda **h: client.unload_model("add_one", **h),
+                     lambda **h: client.get_log_settings(**h),
+                     lambda **h: client.get_system_shared_memory_status(**h)):
+            with pytest.raises(Exception, match="admin-key"):
+                call()
+            with pytest.raises(Exception, match="admin-key"):
+                call(headers={launcher.GRPC_ADMIN_HEADER: "wrong"})
+        assert client.is_model_ready("add_one"), "a refused unload must not unload"
+        index = client.get_model_repository_index(headers={launcher.GRPC_ADMIN_HEADER: "s3cret"}, as_json=True)
+        assert [m["name"] for m in index["models"]] == ["add_one"]
+        client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_tls_serves_grpc_and_refuses_plaintext(add_one_repo: Path, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate to test TLS with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    # start() succeeding shows the readiness probe speaks TLS (and the admin key) too.
+    with make_server(add_one_repo, tls=launcher.Tls(cert, key)) as server:
+        client = server.client()
+        assert infer_add_one(client, 6) == 7
+        client.close()
+        plain = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(Exception):
+            plain.is_server_live(client_timeout=3)
+        plain.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_cleanup_after_a_crash_removes_only_its_own_shm(add_one_repo: Path) -> None:
+    with make_server(add_one_repo) as survivor:
+        crashed = make_server(add_one_repo)
+        crashed.start(ready_timeout_s=READY_TIMEOUT_S)
+        own, others = shm_regions(crashed.shm_prefix), shm_regions(survivor.shm_prefix)
+        assert own and others and not own & others
+        os.kill(crashed.pid, signal.SIGKILL)
+        crashed.stop()
+        assert not shm_regions(crashed.shm_prefix)
+        assert shm_regions(survivor.shm_prefix) == others
+        client = survivor.client()
+        assert infer_add_one(client, 9) == 10
+        client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_hot_reload_under_load_fails_no_request_and_a_broken_version_leaves_the_old_one(add_one_repo: Path) -> None:
+    with make_server(add_one_repo, admin_key="k3y") as server:
+        stop, answers, errors = threading.Event(), [], []
+
+        def load() -> None:
+            client = server.client()
+            while not stop.is_set():
+                try:
+                    answers.append(infer_add_one(client, 1))
+                except Exception as exc:  # noqa: BLE001 - counted: the test wants none
+                    errors.append(str(exc))
+            client.close()
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+
+        def reload() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "serving.reload", "--url", server.grpc_url, "add_one"],
+                                  cwd=REPO_ROOT, env={**os.environ, launcher.ADMIN_KEY_ENV: "k3y"},
+                                  capture_output=True, text=True, timeout=60)
+
+        try:
+            time.sleep(0.5)
+            (add_one_repo / "add_one" / "2").mkdir()  # a new version: adds two
+            (add_one_repo / "add_one" / "2" / "model.py").write_text(ADD_ONE.replace("x + 1", "x + 2"))
+            done = reload()
+            assert done.returncode == 0, done.stderr
+            assert "add_one: reloaded in" in done.stdout
+            time.sleep(0.5)
+            assert answers[-1] == 3, "the new version serves"
+
+            (add_one_repo / "add_one" / "3").mkdir()  # a version that fails to load
+            (add_one_repo / "add_one" / "3" / "model.py").write_text(BROKEN)
+            refused = reload()
+            assert refused.returncode == 1
+            assert "not reloaded, the running version keeps serving" in refused.stderr
+            assert "deliberately broken model" in refused.stderr
+            assert "Traceback" not in refused.stderr
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert errors == [], errors[:3]
+        assert set(answers) == {2, 3} and answers[-1] == 3, "version 2 still serves after 3 failed"
+        assert server.is_running() and server.heals == []  # a reload is not a death to heal
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_runs_a_triton_installation_as_in_the_container(add_one_repo: Path, tmp_path: Path) -> None:
+    """--tritonserver-home (the Dockerfile's /opt/tritonserver): bin/, backends/ with the stub in place, lib/."""
+    wheel = launcher.WheelLayout.from_pytriton()
+    launcher.install_stub(wheel)
+    home = tmp_path / "tritonserver"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "tritonserver").symlink_to(wheel.binary)
+    (home / "backends").symlink_to(wheel.backend_dir)
+    (home / "lib").symlink_to(wheel.libs_dir)
+    server = make_server(add_one_repo, tritonserver_home=home)
+    assert server.command(launcher.WheelLayout.from_install(home))[0] == str(home / "bin" / "tritonserver")
+    with server:
+        client = server.client()
+        assert infer_add_one(client, 1) == 2
+        client.close()

@@ -11,6 +11,8 @@ COPY . .
 RUN pip install --no-cache-dir --no-deps -e . && python -m exporters.build_repository --out model_repository
 
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
+# nginx-light: the launcher's proxy (request size limit, client timeouts, TLS on gRPC and HTTP).
+RUN apt-get update && apt-get install -y --no-install-recommends nginx-light && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/recserve
 # The container's python backend runs Python 3.10: its own pins, serving-only (no torch).
 COPY requirements-serving.txt .

@@ -4,13 +4,17 @@
 # REBUILD=1 forces it; BUILD_DEFAULT=0 installs only (serve.sh --dataset builds its own repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Real product images for CLIP: Debian's Fashion-MNIST package (system-wide, read from /usr/share/datasets).
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# From Debian: real product images for CLIP (Fashion-MNIST, read from /usr/share/datasets), and nginx-light,
+# the proxy in front of tritonserver that enforces the request size limit (serving/proxy.py).
+DEBS=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || DEBS+=(dataset-fashion-mnist)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || DEBS+=(nginx-light)
+if [ ${#DEBS[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+  $SUDO apt-get install -y -q "${DEBS[@]}" >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${DEBS[@]}" >/dev/null; }
 fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3

@@ -40,6 +40,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from serving.contract import BUILD_MANIFEST
+from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, NginxProxy, ProxyError, ProxySettings, render_config
 
 # Passing this as `log_file` lets the server write straight to the launcher's stdout/stderr.
 INHERIT_OUTPUT = "-"
@@ -185,13 +186,11 @@ class Heal:
 
 @dataclass(frozen=True)
 class Tls:
-    """gRPC over TLS: the server's PEM certificate and key; `root` (a CA bundle) makes it mutual TLS, where
-    clients must present a certificate that root signed. tritonserver's HTTP endpoint has no TLS: with TLS on,
-    the launcher serves no HTTP (put a TLS-terminating proxy in front if HTTP is needed)."""
+    """TLS with the server's PEM certificate and key. Behind the proxy, nginx speaks it on the gRPC and HTTP
+    ports; without the proxy, tritonserver speaks it on gRPC only (its HTTP endpoint has no TLS: HTTP is off)."""
 
     cert: Path
     key: Path
-    root: Path | None = None
 
 
 def python_stubs(server_pid: int) -> dict[int, str]:
@@ -268,6 +267,7 @@ class TritonServer:
         admin_key: str | None = None,
         tls: Tls | None = None,
         watchdog: bool = True,
+        proxy: ProxySettings | None = None,
     ) -> None:
         """`log_file`: None logs to a temporary file (its tail is quoted on failure, and it is deleted
         on a clean stop); INHERIT_OUTPUT ("-") shares the launcher's stdout/stderr; any other value
@@ -275,7 +275,9 @@ class TritonServer:
 
         `admin_key`: the model-repository, shared-memory, logging and trace APIs answer only requests with
         this key in the `admin-key` header ("" leaves them open to anyone). `tls`: gRPC over TLS (no HTTP).
-        `watchdog`: reload a model whose python stub died (explicit model control), within about a second."""
+        `watchdog`: reload a model whose python stub died (explicit model control), within about a second.
+        `proxy`: nginx serves the gRPC and HTTP ports (request size limit, timeouts, TLS for both) and
+        tritonserver listens on loopback ports of its own."""
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.grpc_port = grpc_port
@@ -292,6 +294,10 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self.admin_key = secrets.token_urlsafe(24) if admin_key is None else admin_key
         self.tls = tls
+        self.proxy_settings = proxy
+        self._proxy: NginxProxy | None = None
+        # Where tritonserver itself listens: the public ports, or loopback ports behind the proxy.
+        self._upstream = (host, grpc_port, http_port)
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         self._start_failed = False
         self._watchdog_enabled = watchdog
@@ -356,10 +362,10 @@ class TritonServer:
             str(binary),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={layout.backend_dir}",
-            f"--grpc-address={self.host}",
-            f"--grpc-port={self.grpc_port}",
-            f"--http-address={self.host}",
-            f"--http-port={self.http_port}",
+            f"--grpc-address={self._upstream[0]}",
+            f"--grpc-port={self._upstream[1]}",
+            f"--http-address={self._upstream[0]}",
+            f"--http-port={self._upstream[2]}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             # Triton's defaults, pinned: exit-on-error makes a broken model end start() at once, and
@@ -381,11 +387,9 @@ class TritonServer:
         if self.admin_key:
             restricted = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
             args += [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
-        if self.tls is not None:
+        if self.tls is not None and self.proxy_settings is None:  # behind the proxy, nginx speaks TLS
             args += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls.cert}",
                      f"--grpc-server-key={self.tls.key}", "--allow-http=false"]
-            if self.tls.root is not None:
-                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls.root}"]
         return args
 
     def start(self, ready_timeout_s: float = 120.0) -> list[str]:
@@ -397,6 +401,8 @@ class TritonServer:
         if self._process is not None:
             raise RuntimeError("server already started")
         layout = WheelLayout.from_install(self._home) if self._home else WheelLayout.from_pytriton()
+        if self.proxy_settings is not None:
+            self._upstream = ("127.0.0.1", *free_ports(2))
         cmd = self.command(layout)
         if not os.access(cmd[0], os.X_OK):
             raise ServerStartError(f"tritonserver binary not found or not executable: {cmd[0]}")
@@ -416,6 +422,8 @@ class TritonServer:
             start_new_session=True,
         )
         try:
+            if self.proxy_settings is not None:
+                self._start_proxy(output)
             models = self._wait_ready(self._process, ready_timeout_s)
         except BaseException:
             self._start_failed = True
@@ -425,6 +433,20 @@ class TritonServer:
             self._watchdog = threading.Thread(target=self._watch, name="stub-watchdog", daemon=True)
             self._watchdog.start()
         return models
+
+    def _start_proxy(self, output: IO[bytes] | None) -> None:
+        settings, upstream = self.proxy_settings, self._upstream
+
+        def config(workdir: Path) -> str:
+            return render_config(workdir=workdir, host=self.host, grpc_port=self.grpc_port, http_port=self.http_port,
+                                 upstream_grpc_port=upstream[1], upstream_http_port=upstream[2],
+                                 settings=settings, tls=self.tls)
+
+        self._proxy = NginxProxy(config, output)
+        try:
+            self._proxy.start()
+        except ProxyError as exc:
+            raise ServerStartError(str(exc)) from exc
 
     def _open_log(self) -> IO[bytes] | None:
         if self._inherit_output:
@@ -506,6 +528,11 @@ class TritonServer:
             while not self._watchdog_stop.wait(_WATCHDOG_INTERVAL_S):
                 if not self.is_running():
                     return
+                if self._proxy is not None and not self._proxy.is_running():
+                    self.unhealthy = "the nginx proxy in front of the server exited"
+                    log.error("%s; stopping the server", self.unhealthy)
+                    self.send_signal(signal.SIGTERM)
+                    return
                 counts = self._stub_counts()
                 for model, count in expected.items():
                     if counts.get(model, 0) < count and not self._heal(client, model):
@@ -559,6 +586,8 @@ class TritonServer:
         self._watchdog_stop.set()
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join()
+        if self._proxy is not None:  # first: no new requests reach a server that is going away
+            self._proxy.stop()
         if process.poll() is None:
             process.terminate()
             try:
@@ -614,18 +643,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="leave the model-repository, shared-memory, logging and trace APIs open to anyone")
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS (HTTP is then off)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates (mutual TLS)")
     parser.add_argument("--tritonserver-home", type=Path,
                         help="a Triton installation to run (e.g. /opt/tritonserver in the NGC container) instead "
                              "of the tritonserver from the nvidia-pytriton wheel")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help="largest request body accepted, enforced by nginx in front of tritonserver before any "
+                             f"byte reaches it (default {DEFAULT_MAX_REQUEST_BYTES}); 0 serves without the proxy "
+                             "and without a limit")
     parser.add_argument("--no-watchdog", action="store_true", help="do not reload a model whose python stub died")
     parser.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
                         help="flags passed to tritonserver as given, after `--` (they override the launcher's)")
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
-    if args.tls_client_ca is not None and args.tls_cert is None:
-        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     return args
 
 
@@ -648,7 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(levelname)s %(message)s")
     extra_args = [f"--log-verbose={args.log_verbose}"] if args.log_verbose else []
     extra_args += args.tritonserver_args
-    tls = Tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
+    proxy = ProxySettings(max_request_bytes=args.max_request_bytes) if args.max_request_bytes > 0 else None
     key_note = "admin APIs: open to anyone (--open-admin)"
     if args.open_admin:
         admin_key = ""
@@ -676,6 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls=tls,
         watchdog=not args.no_watchdog,
         tritonserver_home=args.tritonserver_home,
+        proxy=proxy,
     )
     signalled: list[int] = []
 
@@ -697,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if signalled:  # arrived before the process existed, so nothing was forwarded yet
         server.send_signal(signalled[0])
 
+    http = f"{'https' if tls else 'http'}://{server.http_url}"
+    if tls and not proxy:
+        http = "off (tritonserver's HTTP has no TLS; the proxy gives it)"
     print(
         "\n".join(
             [
@@ -704,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *not_built_notes(args.model_repository),
                 f"  gRPC:    {server.grpc_url}",
                 f"  gRPC TLS: {'on' if tls else 'off'}",
-                f"  HTTP:    {'off (TLS)' if tls else 'http://' + server.http_url}",
+                f"  HTTP:    {http}",
+                f"  request size limit: {f'{proxy.max_request_bytes} bytes (nginx)' if proxy else 'none (--max-request-bytes 0)'}",
                 f"  metrics: {server.metrics_url}",
                 f"  {key_note}",
                 f"  models:  {', '.join(models) or '(none)'}",

@@ -167,7 +167,7 @@ def test_free_ports_are_distinct() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_cli_serves_until_sigterm(add_one_repo: Path) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
     cli = subprocess.Popen(

@@ -1,0 +1,114 @@
+"""The request-size limit: nginx in front of tritonserver refuses an oversized body while reading it (gRPC:
+INVALID_ARGUMENT naming the limit; HTTP: 413), and the largest valid request of every public model fits."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import graph
+from serving.contract import ServingLimits
+from serving.launcher import Tls
+from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, ProxySettings
+from serving.steps import MAX_TEXT_BYTES
+
+from .test_launcher import add_one_repo, infer_add_one, make_server  # noqa: F401 - fixture
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                                 reason="nginx is not installed (scripts/setup.sh installs Debian's nginx-light)")
+ITEM_SIZE = {"INT64": 8, "INT32": 4, "FP32": 4, "UINT8": 1, "BOOL": 1}
+
+
+# The published limit on each variable-length input of the public models (ServingLimits fields).
+VARIABLE_LENGTHS = {
+    "recommend": {"item_ids": "max_history", "behaviors": "max_history", "timestamps": "max_history",
+                  "exclude_item_ids": "max_exclude", "category_ids": "num_categories"},
+    "score_ads": {"item_ids": "ads_max_history", "behaviors": "ads_max_history", "timestamps": "ads_max_history",
+                  "campaign_ids": "max_campaigns"},
+    "clip_embed": {},
+}
+
+
+def largest_request_bytes(model: str, limits: ServingLimits) -> int:
+    """Raw tensor bytes of the largest request `model` accepts under `limits`."""
+    node = {s.name: s for s in [*graph.SERVED_STEPS, *graph.ENSEMBLES]}[model]
+    rows = limits.max_clip_rows if model == "clip_embed" else 1
+    total = 0
+    for tensor in node.inputs:
+        dims = [getattr(limits, VARIABLE_LENGTHS[model][tensor.name]) if d == -1 else d for d in tensor.shape(limits)]
+        item = MAX_TEXT_BYTES + 4 if tensor.dtype in ("BYTES", "STRING") else ITEM_SIZE[tensor.dtype]
+        total += rows * math.prod(dims) * item
+    return total
+
+
+def test_the_largest_valid_requests_fit_well_under_the_default_limit():
+    limits = ServingLimits(num_items=10**6, num_categories=64, num_campaigns=10**4,
+                           category_names=tuple(f"c{i}" for i in range(64)))
+    sizes = {model: largest_request_bytes(model, limits) for model in ("recommend", "score_ads", "clip_embed")}
+    assert all(0 < size < DEFAULT_MAX_REQUEST_BYTES / 4 for size in sizes.values()), sizes
+
+
+def _int64_request(n: int) -> list:
+    data = np.ones((1, n), np.int64)
+    tensor = grpcclient.InferInput("INPUT0", list(data.shape), "INT64")
+    tensor.set_data_from_numpy(data)
+    return [tensor]
+
+
+@needs_nginx
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_an_oversized_request_is_refused_before_it_reaches_the_server(add_one_repo):  # noqa: F811
+    limit = 64 * 1024
+    with make_server(add_one_repo, proxy=ProxySettings(max_request_bytes=limit), log_file=None) as server:
+        client = server.client()
+        assert infer_add_one(client, 1) == 2  # through nginx
+        with pytest.raises(Exception) as refused:
+            client.infer("add_one", _int64_request(limit // 8 + 1), client_timeout=10)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "larger than the server limit of 65536 bytes" in refused.value.message()
+        assert infer_add_one(client, 5) == 6  # the connection and the server keep serving
+        stats = client.get_inference_statistics("add_one", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) == 2, "the oversized one never reached it"
+        client.close()
+
+        http = f"http://{server.http_url}/v2/models/add_one/infer"
+        body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]}]})
+        answer = json.loads(urllib.request.urlopen(http, body.encode(), timeout=10).read())
+        assert answer["outputs"][0]["data"] == [2, 3, 4]
+        with pytest.raises(urllib.error.HTTPError) as too_large:
+            urllib.request.urlopen(http, b"x" * (limit + 1), timeout=10)
+        assert too_large.value.code == 413
+        assert "limit of 65536 bytes" in too_large.value.read().decode()
+
+
+@needs_nginx
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_tls_behind_the_proxy_covers_grpc_and_http(add_one_repo, tmp_path):  # noqa: F811
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate to test TLS with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with make_server(add_one_repo, proxy=ProxySettings(), tls=Tls(cert, key)) as server:
+        client = server.client()
+        assert infer_add_one(client, 6) == 7
+        client.close()
+        context = ssl.create_default_context(cafile=str(cert))
+        ready = urllib.request.urlopen(f"https://{server.http_url}/v2/health/ready", context=context, timeout=10)
+        assert ready.status == 200
+        with pytest.raises(urllib.error.URLError):  # plaintext HTTP on the TLS port is refused
+            urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5)

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from clients.ads_client import AdsClient, AdsLimits, build_clip_embed_inputs, build_score_ads_inputs
+from evaluation.provenance import line, provenance
 
 WARMUP = 50
 
@@ -80,8 +81,24 @@ def main(argv=None) -> int:
     print("median: " + "  ".join(f"{k} {v:.3f}" for k, v in median.items()))
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "runs": runs, "median": median}, f, indent=2)
+            json.dump({**provenance("loadtests.latency", argv), "args": vars(args), "runs": runs, "median": median},
+                      f, indent=2)
     return 0
+
+
+def render(results) -> str:
+    """BENCHMARKS.md's table of concurrency-1 latency runs, from their --json-out files."""
+    lines = [f"- {line(r)}" for r in results]
+    lines += ["", "| model | request | run | requests | p50 ms | p90 ms | p99 ms | mean ms |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        a = r["args"]
+        what = (f"1 user x {a['campaigns']} campaigns" if a["model"] == "score_ads"
+                else f"{a['rows']} text{'s' if a['rows'] > 1 else ''}")
+        for name, run in [*((f"run {i}", run) for i, run in enumerate(r["runs"], 1)), ("**median**", r["median"])]:
+            lines.append(f"| {a['model']} | {what} | {name} | {int(run['requests'])} | {run['p50_ms']:.3f} | "
+                         f"{run['p90_ms']:.3f} | {run['p99_ms']:.3f} | {run['mean_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

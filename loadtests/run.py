@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evaluation.provenance import line, provenance
+
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO_ROOT = LOCUSTFILE.parents[1]
 KILL_GRACE_S = 30
@@ -181,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
+            **provenance("loadtests.run", argv),
             "config": {
                 "host": args.host,
                 "users": args.users,
@@ -202,3 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def render(results: Sequence[dict]) -> str:
+    """BENCHMARKS.md's table of locust runs, from their --json-out files."""
+    lines = [f"- {line(r)}" for r in results]
+    lines += ["", "| users | run | requests | failures | req/s | mean ms | p50 ms | p95 ms | p99 ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        users = r["config"]["users"]
+        rows = [(f"run {i}", run) for i, run in enumerate(r["runs"], 1)] + [("**median**", r["median"])]
+        for name, run in rows:
+            fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+            lines.append(f"| {users} | {name} | {run['requests']} | {run['failures']} | {run['rps']:.1f} | "
+                         f"{fmt(run['avg_ms'], '.2f')} | {fmt(run['p50_ms'], '.0f')} | {fmt(run['p95_ms'], '.0f')} | "
+                         f"{fmt(run['p99_ms'], '.0f')} |")
+    return "\n".join(lines) + "\n"

@@ -153,11 +153,17 @@ def _bad_requests(limits):
                                ["exclude_item_ids", f"unknown item id {n + 5}"]),
         "unknown category": ((ok_items, ok_behs, ok_ts, 5, None, [limits.num_categories]),
                              ["category_ids", f"0..{limits.num_categories - 1}"]),
+        "negative timestamp": ((ok_items, ok_behs, [-5, 1, 2], 5, None, None), ["timestamps", "-5", "range"]),
+        "int64-max timestamp": ((ok_items, ok_behs, [1, 2, 2**63 - 1], 5, None, None), ["timestamps", "range"]),
+        "200,000 category ids": ((ok_items, ok_behs, ok_ts, 5, None, [0] * 200_000),
+                                 ["category_ids", "200000", f"maximum is {limits.num_categories}"]),
+        "too many exclude ids": ((ok_items, ok_behs, ok_ts, 5, [ok_items[0]] * (limits.max_exclude + 1), None),
+                                 ["exclude_item_ids", str(limits.max_exclude + 1), f"maximum is {limits.max_exclude}"]),
     }
 
 
 @pytest.mark.parametrize("case", list(_bad_requests(type("L", (), {
-    "num_items": 1, "max_history": 1, "max_k": 1, "num_categories": 1})())))
+    "num_items": 1, "max_history": 1, "max_k": 1, "num_categories": 1, "max_exclude": 1})())))
 def test_bad_input_is_invalid_argument_and_server_keeps_serving(client, reference, case):
     request, expected_words = _bad_requests(reference.limits)[case]
     with pytest.raises(RecommendError) as err:

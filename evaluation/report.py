@@ -1,0 +1,140 @@
+"""One command for every generated table: BENCHMARKS.md's sections and the docs/results/*.md beside their result
+files, each rendered from a result file committed under docs/results/ (which carries its command, commit, date
+and machine). A figure without a result file has no place in them.
+
+    python -m evaluation.report           # rewrite what differs
+    python -m evaluation.report --check   # exit 1, naming each section or file that differs (CI runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _grace(stem: str) -> str:
+    from evaluation.evaluate import aggregate, render_markdown  # noqa: PLC0415 - imports torch
+
+    raw = _load(f"{stem}.json")
+    names = [d["name"] for d in raw["meta"]["datasets"]]
+    plots = {n: f"{stem}_{n}.png" for n in names if (RESULTS / f"{stem}_{n}.png").exists()}
+    return render_markdown(raw["meta"], aggregate(raw["runs"]), plots)
+
+
+def _grace_section() -> str:
+    from evaluation.evaluate import benchmark_section  # noqa: PLC0415
+
+    return benchmark_section(_grace("grace"), (RESULTS / "grace.md").relative_to(ROOT))
+
+
+def _builds() -> str:
+    from evaluation.build_report import render_markdown  # noqa: PLC0415
+
+    return render_markdown([_load("build_simulator.json"), _load("build_movielens.json")])
+
+
+def _pipeline() -> str:
+    from evaluation.pipeline_quality import render_markdown  # noqa: PLC0415
+
+    return render_markdown(_load("pipeline_quality.json"))
+
+
+def _soak() -> str:
+    from loadtests.soak import render  # noqa: PLC0415
+
+    return render(_load("soak.json"))
+
+
+def _recommend_load() -> str:
+    from loadtests.run import render  # noqa: PLC0415
+
+    return ("# `recommend` end to end over gRPC (locust, closed loop)\n\nThrough the launcher's defaults (nginx "
+            "proxy, admin key, watchdog) on the default build; histories of 5..16 random valid events, k = 10. "
+            "locust shares the 2 cores with the server, so concurrency 4 measures the machine as a whole.\n\n"
+            + render([_load("load_recommend_c1.json"), _load("load_recommend_c4.json")]))
+
+
+def _latency() -> str:
+    from loadtests.latency import render  # noqa: PLC0415
+
+    return ("# `score_ads` and `clip_embed` latency at concurrency 1\n\nClient-observed gRPC latency after 50 "
+            "warm-up requests, same server.\n\n"
+            + render([_load("latency_score_ads.json"), _load("latency_clip_embed.json")]))
+
+
+def _included(name: str) -> Callable[[], str]:
+    """A result that its command writes as markdown itself (`--out`/`--md docs/results/<name>.md`)."""
+    def render() -> str:
+        from evaluation.evaluate import benchmark_section  # noqa: PLC0415 - image links from the repository root
+
+        return benchmark_section((RESULTS / f"{name}.md").read_text(), (RESULTS / f"{name}.md").relative_to(ROOT))
+
+    return render
+
+
+# BENCHMARKS.md section name -> its rendering (sections appear in the file between `<!-- name: begin/end -->`).
+SECTIONS: dict[str, Callable[[], str]] = {
+    "load_recommend": _recommend_load,
+    "load_latency": _latency,
+    "soak": _soak,
+    "grace_quality": _grace_section,
+    "build_report": _builds,
+    "pipeline_quality": _pipeline,
+    **{name: _included(name) for name in ("clip", "ctr", "ann_sweep", "kernels_cpu", "jsa_compute")},
+}
+# docs/results/*.md rendered from the result file beside them.
+FILES: dict[str, Callable[[], str]] = {
+    "grace.md": lambda: _grace("grace"),
+    "grace_sasrec_b128.md": lambda: _grace("grace_sasrec_b128"),
+    "pipeline_quality.md": _pipeline,
+    "builds.md": _builds,
+}
+
+
+def rendered() -> tuple[str, dict[Path, str]]:
+    """BENCHMARKS.md and each generated file as the committed result files make them."""
+    from evaluation.pipeline_quality import with_section  # noqa: PLC0415
+
+    text = BENCHMARKS.read_text()
+    for name, render in SECTIONS.items():
+        text = with_section(text, render(), name)
+    return text, {RESULTS / name: render() for name, render in FILES.items()}
+
+
+def differences() -> list[str]:
+    benchmarks, files = rendered()
+    stale = [] if benchmarks == BENCHMARKS.read_text() else [BENCHMARKS.name]
+    stale += [str(p.relative_to(ROOT)) for p, text in files.items() if not p.exists() or p.read_text() != text]
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything differs")
+    args = parser.parse_args(argv)
+    stale = differences()
+    if args.check:
+        for path in stale:
+            print(f"{path}: differs from what its committed result files render (python -m evaluation.report)")
+        return 1 if stale else 0
+    benchmarks, files = rendered()
+    BENCHMARKS.write_text(benchmarks)
+    for path, text in files.items():
+        path.write_text(text)
+    print("rewrote: " + (", ".join(stale) if stale else "nothing (all up to date)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

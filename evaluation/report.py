@@ -70,7 +70,8 @@ def _latency() -> str:
 
     return ("# `score_ads` and `clip_embed` latency at concurrency 1\n\nClient-observed gRPC latency after 50 "
             "warm-up requests, same server.\n\n"
-            + render([_load("latency_score_ads.json"), _load("latency_clip_embed.json")]))
+            + render([_load("latency_score_ads.json"), _load("latency_score_ads_direct.json"),
+                      _load("latency_clip_embed.json")]))
 
 
 def _included(name: str) -> Callable[[], str]:

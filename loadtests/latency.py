@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out")
+    p.add_argument("--label", default="", help="what sits between client and server, shown with the figures")
     args = p.parse_args(argv)
     with AdsClient(args.host, timeout_s=30) as client:
         limits = client.limits() if args.model == "score_ads" else None
@@ -95,6 +96,7 @@ def render(results) -> str:
         a = r["args"]
         what = (f"1 user x {a['campaigns']} campaigns" if a["model"] == "score_ads"
                 else f"{a['rows']} text{'s' if a['rows'] > 1 else ''}")
+        what += f", {a['label']}" if a.get("label") else ""
         for name, run in [*((f"run {i}", run) for i, run in enumerate(r["runs"], 1)), ("**median**", r["median"])]:
             lines.append(f"| {a['model']} | {what} | {name} | {int(run['requests'])} | {run['p50_ms']:.3f} | "
                          f"{run['p90_ms']:.3f} | {run['p99_ms']:.3f} | {run['mean_ms']:.3f} |")

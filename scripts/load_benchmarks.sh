@@ -24,12 +24,16 @@ until grep -q "^try: " "$LOG"; do
   sleep 1
 done
 HOST=127.0.0.1:$GRPC
+DIRECT=$(sed -n 's/.*behind the proxy, tritonserver itself: gRPC //p' "$LOG")
 python -m loadtests.run --host "$HOST" --users 1 --duration "$DURATION" --repeat "$REPEAT" \
   --csv-prefix "$(mktemp -d)/c1" --json-out "$OUT/load_recommend_c1.json"
 python -m loadtests.run --host "$HOST" --users 4 --duration "$DURATION" --repeat "$REPEAT" \
   --csv-prefix "$(mktemp -d)/c4" --json-out "$OUT/load_recommend_c4.json"
 python -m loadtests.latency --host "$HOST" --model score_ads --campaigns 100 --requests "$REQUESTS" \
-  --repeat "$REPEAT" --json-out "$OUT/latency_score_ads.json"
+  --repeat "$REPEAT" --label "through the proxy" --json-out "$OUT/latency_score_ads.json"
+# The proxy's cost, side by side: the same requests straight to tritonserver's own port.
+python -m loadtests.latency --host "$DIRECT" --model score_ads --campaigns 100 --requests "$REQUESTS" \
+  --repeat "$REPEAT" --label "straight to tritonserver" --json-out "$OUT/latency_score_ads_direct.json"
 python -m loadtests.latency --host "$HOST" --model clip_embed --rows 1 --requests "$REQUESTS" \
   --repeat "$REPEAT" --json-out "$OUT/latency_clip_embed.json"
 stop_server

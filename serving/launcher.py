@@ -328,6 +328,11 @@ class TritonServer:
         return f"{self._client_host}:{self.http_port}"
 
     @property
+    def upstream_grpc_port(self) -> int:
+        """Where tritonserver itself listens for gRPC (behind the proxy: a loopback port of its own)."""
+        return self._upstream[1]
+
+    @property
     def admin_headers(self) -> dict[str, str]:
         """gRPC metadata that unlocks the admin APIs."""
         return {GRPC_ADMIN_HEADER: self.admin_key} if self.admin_key else {}
@@ -739,6 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *not_built_notes(args.model_repository),
                 f"  gRPC:    {server.grpc_url}",
                 f"  gRPC TLS: {'on' if tls else 'off'}",
+                *([f"  behind the proxy, tritonserver itself: gRPC 127.0.0.1:{server.upstream_grpc_port}"]
+                  if proxy else []),
                 f"  HTTP:    {http}",
                 f"  request size limit: {f'{proxy.max_request_bytes} bytes (nginx)' if proxy else 'none (--max-request-bytes 0)'}",
                 f"  metrics: {server.metrics_url}",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ("load_recommend_c1.json", "load_recommend_c4.json", "latency_score_ads.json", "latency_clip_embed.json",
-           "soak.json")
+RESULTS = ("load_recommend_c1.json", "load_recommend_c4.json", "latency_score_ads.json", "latency_score_ads_direct.json",
+           "latency_clip_embed.json", "soak.json")
 
 
 @pytest.mark.integration

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def commit() -> str:
     proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=ROOT).stdout.strip()
+    # Result files and the pages rendered from them change while a benchmark chain runs: not code changes.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/results",
+                            ":!BENCHMARKS.md"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return (proc.stdout.strip() or "unknown") + ("+uncommitted changes" if dirty else "")
 
 

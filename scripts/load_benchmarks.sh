@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPOSITORY=${1:-model_repository}
 OUT=${2:-docs/results}
-DURATION=${DURATION:-20} REPEAT=${REPEAT:-3} REQUESTS=${REQUESTS:-2000} SOAK_S=${SOAK_S:-300} SOAK_RATE=${SOAK_RATE:-40}
+DURATION=${DURATION:-20} REPEAT=${REPEAT:-3} REQUESTS=${REQUESTS:-2000} SOAK_S=${SOAK_S:-300} SOAK_RATE=${SOAK_RATE:-25}
 . .venv/bin/activate
 mkdir -p "$OUT"
 read -r GRPC HTTP METRICS < <(python -c "from serving.launcher import free_ports; print(*free_ports(3))")

@@ -14,7 +14,8 @@ def test_benchmarks_and_result_pages_equal_their_rendering_from_committed_result
 
 def test_every_json_result_says_where_it_came_from():
     for name in ("soak.json", "load_recommend_c1.json", "load_recommend_c4.json", "latency_score_ads.json",
-                 "latency_score_ads_direct.json", "latency_clip_embed.json", "pipeline_quality.json"):
+                 "latency_score_ads_direct.json", "latency_clip_embed.json", "pipeline_quality.json",
+                 "pipeline_quality_movielens.json"):
         result = json.loads((report.RESULTS / name).read_text())
         for key in ("command", "commit", "date", "machine"):
             assert result.get(key), f"{name} lacks {key}"

@@ -22,6 +22,7 @@ from typing import IO
 # Far above the largest valid request (a clip_embed of 64 images and 64 texts; tests/serving/test_proxy.py).
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 NGINX = "nginx"
+SYSTEM_NGINX = "/usr/sbin/nginx"  # Debian's, outside PATH for non-root users
 
 
 class ProxyError(RuntimeError):
@@ -120,7 +121,7 @@ class NginxProxy:
 
     @staticmethod
     def binary() -> str:
-        found = shutil.which(NGINX) or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+        found = shutil.which(NGINX) or (SYSTEM_NGINX if os.access(SYSTEM_NGINX, os.X_OK) else None)
         if found is None:
             raise ProxyError("nginx is not installed; it enforces the request size limit "
                              "(Debian: apt-get install nginx-light), or serve without the limit")

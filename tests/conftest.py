@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,39 @@ def reference(model_repository):
     from models.reference import ReferencePipeline
 
     return ReferencePipeline(model_repository)
+
+
+@contextlib.contextmanager
+def calls_in_background(call, workers: int = 3):
+    """`workers` threads calling `call` in a loop until the block ends; yields (answers, errors), both growing."""
+    stop, answers, errors = threading.Event(), [], []
+
+    def loop():
+        while not stop.is_set():
+            try:
+                answers.append(call())
+            except Exception as exc:  # noqa: BLE001 - collected for the caller to check
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=loop) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield answers, errors
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+@pytest.fixture
+def self_signed_cert(tmp_path) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) for 127.0.0.1 and localhost, valid for a day."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate to test TLS with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key

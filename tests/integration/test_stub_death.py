@@ -15,7 +15,7 @@ import pytest
 from clients import RecommendClient, synthetic_history
 from clients.ads_client import AdsClient
 from serving.launcher import python_stubs, reload_model
-from tests.conftest import run_server
+from tests.conftest import calls_in_background, run_server
 
 CLIENT_TIMEOUT_S = 20.0  # far above any healthy answer: a request that reaches it was left hanging
 RECOVERY_LIMIT_S = 20.0  # CI machines are slow and shared; the measured figure goes in the closing note
@@ -62,28 +62,12 @@ def kill_under_load(server, model: str, call, workers: int = 3) -> dict:
             "ok_after_reload": [o for s, o in after if s > heal.reloaded]}
 
 
-def under_load(call, action, workers: int = 3) -> list:
-    """Run `action` while `workers` threads call `call`; every call must succeed."""
-    stop, answers, errors = threading.Event(), [], []
-
-    def load():
-        while not stop.is_set():
-            try:
-                answers.append(call())
-            except Exception as exc:  # noqa: BLE001 - the test wants none
-                errors.append(str(exc))
-
-    threads = [threading.Thread(target=load) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    try:
+def under_load(call, action) -> list:
+    """Run `action` while threads call `call`; every call must succeed."""
+    with calls_in_background(call) as (answers, errors):
         time.sleep(0.5)
         action()
         time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     assert errors == [], errors[:3]
     return answers
 

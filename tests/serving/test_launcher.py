@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from serving import launcher  # noqa: E402
 from serving.launcher import ServerStartError, TritonServer, free_ports  # noqa: E402
+from tests.conftest import calls_in_background  # noqa: E402
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
@@ -272,14 +272,8 @@ def test_admin_apis_need_the_key_and_inference_does_not(add_one_repo: Path) -> N
 
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-def test_tls_serves_grpc_and_refuses_plaintext(add_one_repo: Path, tmp_path: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed: no certificate to test TLS with")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+def test_tls_serves_grpc_and_refuses_plaintext(add_one_repo: Path, self_signed_cert) -> None:
+    cert, key = self_signed_cert
     # start() succeeding shows the readiness probe speaks TLS (and the admin key) too.
     with make_server(add_one_repo, tls=launcher.Tls(cert, key)) as server:
         client = server.client()
@@ -312,27 +306,14 @@ def test_cleanup_after_a_crash_removes_only_its_own_shm(add_one_repo: Path) -> N
 @pytest.mark.timeout(120)
 def test_hot_reload_under_load_fails_no_request_and_a_broken_version_leaves_the_old_one(add_one_repo: Path) -> None:
     with make_server(add_one_repo, admin_key="k3y") as server:
-        stop, answers, errors = threading.Event(), [], []
-
-        def load() -> None:
-            client = server.client()
-            while not stop.is_set():
-                try:
-                    answers.append(infer_add_one(client, 1))
-                except Exception as exc:  # noqa: BLE001 - counted: the test wants none
-                    errors.append(str(exc))
-            client.close()
-
-        threads = [threading.Thread(target=load) for _ in range(3)]
-        for thread in threads:
-            thread.start()
+        client = server.client()
 
         def reload() -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "serving.reload", "--url", server.grpc_url, "add_one"],
                                   cwd=REPO_ROOT, env={**os.environ, launcher.ADMIN_KEY_ENV: "k3y"},
                                   capture_output=True, text=True, timeout=60)
 
-        try:
+        with calls_in_background(lambda: infer_add_one(client, 1)) as (answers, errors):
             time.sleep(0.5)
             (add_one_repo / "add_one" / "2").mkdir()  # a new version: adds two
             (add_one_repo / "add_one" / "2" / "model.py").write_text(ADD_ONE.replace("x + 1", "x + 2"))
@@ -350,10 +331,7 @@ def test_hot_reload_under_load_fails_no_request_and_a_broken_version_leaves_the_
             assert "deliberately broken model" in refused.stderr
             assert "Traceback" not in refused.stderr
             time.sleep(0.5)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join()
+        client.close()
         assert errors == [], errors[:3]
         assert set(answers) == {2, 3} and answers[-1] == 3, "version 2 still serves after 3 failed"
         assert server.is_running() and server.heals == []  # a reload is not a death to heal

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +15,21 @@ import pytest
 from serving import graph
 from serving.contract import ServingLimits
 from serving.launcher import Tls
-from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, ProxySettings
+from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, NginxProxy, ProxyError, ProxySettings
 from serving.steps import MAX_TEXT_BYTES
 
 from .test_launcher import add_one_repo, infer_add_one, make_server  # noqa: F401 - fixture
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+def _has_nginx() -> bool:
+    try:
+        NginxProxy.binary()
+    except ProxyError:
+        return False
+    return True
+
+
+needs_nginx = pytest.mark.skipif(not _has_nginx(),
                                  reason="nginx is not installed (scripts/setup.sh installs Debian's nginx-light)")
 ITEM_SIZE = {"INT64": 8, "INT32": 4, "FP32": 4, "UINT8": 1, "BOOL": 1}
 
@@ -95,14 +100,8 @@ def test_an_oversized_request_is_refused_before_it_reaches_the_server(add_one_re
 @needs_nginx
 @pytest.mark.integration
 @pytest.mark.timeout(90)
-def test_tls_behind_the_proxy_covers_grpc_and_http(add_one_repo, tmp_path):  # noqa: F811
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed: no certificate to test TLS with")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+def test_tls_behind_the_proxy_covers_grpc_and_http(add_one_repo, self_signed_cert):  # noqa: F811
+    cert, key = self_signed_cert
     with make_server(add_one_repo, proxy=ProxySettings(), tls=Tls(cert, key)) as server:
         client = server.client()
         assert infer_add_one(client, 6) == 7

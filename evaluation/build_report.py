@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from evaluation.pipeline_quality import commit, with_section
+from evaluation.pipeline_quality import with_section
+from evaluation.provenance import commit
 from kernels.machine import cpu_description
 from serving.contract import BUILD_MANIFEST
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from data.build_data import build_data_of
 from data.sequences import leave_last_out
 from evaluation.metrics import topk_metrics
+from evaluation.provenance import commit
 from exporters.config import from_dict
 from kernels.machine import cpu_description
 from models.reference import MANIFEST, ReferencePipeline, run_ensemble
@@ -273,12 +273,6 @@ def render_markdown(result: dict) -> str:
         lines.append(f"| {name} | {row['users']} | {row['hr@10']:.4f} | {row['ndcg@10']:.4f} | {row['hr@5']:.4f} | "
                      f"{merge} | {shares} |")
     return "\n".join(lines) + "\n"
-
-
-def commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent)
-    return proc.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class ServingLimits:
     max_clip_rows: int = 64  # clip_embed: images/texts per request
     # Every step's queue is bounded: a request that waits longer than queue_timeout_ms, or finds max_queue_size
     # requests ahead of it, is refused at once (UNAVAILABLE) instead of hanging behind a stalled step.
-    queue_timeout_ms: int = 2000
+    queue_timeout_ms: int = 5000
     max_queue_size: int = 256
     tokens_per_event: int = 9  # GRACE tokens per history event (behaviour + item path); the build sets it
     # Set by the build from the dataset, published for clients: behaviour code i+1 is event_names[i]; category

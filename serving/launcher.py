@@ -540,6 +540,10 @@ class TritonServer:
                     return
                 counts = self._stub_counts()
                 for model, count in expected.items():
+                    # A stop asked meanwhile means the stubs are exiting with the server: nothing to heal (a reload
+                    # sent to a stopping server could block the stop for as long as its timeout).
+                    if self._watchdog_stop.is_set():
+                        return
                     if counts.get(model, 0) < count and not self._heal(client, model):
                         return
         finally:

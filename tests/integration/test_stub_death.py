@@ -3,6 +3,7 @@ answers as before (equal to the in-process reference) within seconds. Runs on a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -40,9 +41,13 @@ def kill_under_load(server, model: str, call, workers: int = 3) -> dict:
         thread.start()
     time.sleep(1.0)
     heals = len(server.heals)
-    stub = next(pid for pid, name in python_stubs(server.pid).items() if name == model)
+    # After a hot reload the old instance's stub may still be exiting: kill every stub of the model, so the one
+    # that serves is surely among them.
+    stubs = [pid for pid, name in python_stubs(server.pid).items() if name == model]
     killed = time.monotonic()
-    os.kill(stub, signal.SIGKILL)
+    for stub in stubs:
+        with contextlib.suppress(ProcessLookupError):  # an old stub that finished exiting meanwhile
+            os.kill(stub, signal.SIGKILL)
     try:
         while len(server.heals) == heals:
             assert time.monotonic() - killed < RECOVERY_LIMIT_S, f"{model} was not reloaded"

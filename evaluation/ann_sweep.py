@@ -8,6 +8,7 @@ CLI:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -124,17 +125,23 @@ def sweep_main(a) -> None:
         allv = clustered_vectors(a.synthetic + 1000, d, clusters=max(10, a.synthetic // 100), seed=0)
         base, q = allv[:a.synthetic], allv[a.synthetic:]
         results["synthetic"] = run_sweep(base, q, a.k)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
-    if a.md:
-        write_sweep_md(results, a.md, a.command, a.k)
+    from evaluation.provenance import provenance  # noqa: PLC0415
+
+    result = {**provenance("evaluation.ann_sweep", a.argv), "k": a.k, "sweeps": results}
+    # The result file first; the markdown is rendered from it (python -m evaluation.report checks it).
+    Path(a.json or Path(a.md).with_suffix(".json")).write_text(json.dumps(result, indent=1) + "\n")
+    Path(a.md).write_text(render(result))
     for key, res in results.items():
         print(key, "->", res["chosen"]["name"] if res["chosen"] else None)
 
 
-def write_sweep_md(results: dict, path, command: str, k: int) -> None:
+def render(result: dict) -> str:
+    """ann_sweep.md from its result file (ann_sweep.json)."""
+    from evaluation.provenance import line  # noqa: PLC0415
+
+    k = result["k"]
     parts = ["# ANN index sweep (FAISS, inner product over normalised CLIP embeddings)", "",
-             f"Command: `{command}`", "",
+             f"{line(result)}.", "",
              f"Recall@{k} against exact `IndexFlatIP`; latency = one query per `search` call at one thread "
              f"(faiss.omp_set_num_threads(1)), median and p99 over the queries. Chosen: the lowest median "
              f"latency with recall >= {RECALL_TARGET}.", "",
@@ -143,13 +150,13 @@ def write_sweep_md(results: dict, path, command: str, k: int) -> None:
              "drawn around N/100 random centres (queries: 1000 further points from the same clusters). The "
              "synthetic set has about as many clusters as IVF's nlist=1024, which favours IVF; real "
              "catalogues are less regular, so rerun this sweep at production scale before trusting the pick. "
-             "Timings come from a 2-core machine shared with other jobs: p99 values of about 4 ms are "
-             "scheduler preemption, not the index.", ""]
-    for key, res in results.items():
+             "Timings come from a 2-core machine shared with other jobs: large p99 values are scheduler "
+             "preemption, not the index.", ""]
+    for key, res in result["sweeps"].items():
         parts += [f"## {key}: {res['n']} vectors, d={res['d']}, {res['queries']} queries", "",
                   _table(res), "",
                   f"Chosen: **{res['chosen']['name'] if res['chosen'] else 'none meets the target'}**", ""]
-    Path(path).write_text("\n".join(parts))
+    return "\n".join(parts)
 
 
 def build_main(a) -> None:
@@ -177,8 +184,9 @@ def main() -> None:
     s.add_argument("--synthetic", type=int, default=100_000, help="also sweep N clustered vectors (0: skip)")
     s.add_argument("--dim", type=int, default=0)
     s.add_argument("--k", type=int, default=K_SWEEP)
-    s.add_argument("--md", default="docs/results/ann_sweep.md")
-    s.add_argument("--json", default="")
+    s.add_argument("--md", default="docs/results/ann_sweep.md", help="the table, rendered from the result file")
+    s.add_argument("--json", default="", help="the result file (command, commit, date, machine, every row; "
+                                               "default: --md with .json)")
     b = sub.add_parser("build")
     b.add_argument("--model-dir", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True)
@@ -186,7 +194,7 @@ def main() -> None:
     b.add_argument("--num-items", type=int, default=0, help="simulator num_items (0: default)")
     b.add_argument("--num-users", type=int, default=0, help="simulator num_users (0: default)")
     a = p.parse_args()
-    a.command = "python -m evaluation.ann_sweep " + " ".join(sys.argv[1:])
+    a.argv = sys.argv[1:]
     sweep_main(a) if a.cmd == "sweep" else build_main(a)
 
 

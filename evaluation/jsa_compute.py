@@ -21,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import itertools
+import json
 import os
 import platform
 import statistics
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels.machine import cpu_model
 from models.grace.jsa import BRANCHES, JourneySparseAttention, JSAConfig, count_attended_pairs
 
 
@@ -180,25 +180,37 @@ def train_step_timing(args, cfg: JSAConfig) -> dict:
     return row
 
 
-def _markdown(rows: list[dict], args, cfg: JSAConfig, load: tuple[float, float], train: dict | None) -> str:
-    cpu = cpu_model()
+def render_csv(result: dict) -> str:
+    """jsa_compute.csv: the rows of the result file, as `python -m evaluation.report --check` compares it."""
+    import io  # noqa: PLC0415
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(result["rows"][0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    return buf.getvalue()
+
+
+def render(result: dict) -> str:
+    """jsa_compute.md from the result file (jsa_compute.json)."""
+    from evaluation.provenance import line  # noqa: PLC0415
+
+    rows, args, cfg = result["rows"], argparse.Namespace(**result["settings"]), result["jsa_config"]
+    load, train = result["load_average"], result["train"]
     lines = [
         "# JSA compute: attention pairs and CPU time vs dense causal SDPA",
         "",
-        f"Command: `python -m evaluation.jsa_compute --lengths {' '.join(map(str, args.lengths))} --batch {args.batch} "
-        f"--heads {args.heads} --head-dim {args.head_dim} --repeats {args.repeats} "
-        f"--threads {' '.join(map(str, args.threads))} --train-batch {args.train_batch}`",
+        f"{line(result)}.",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} cores shared with other jobs: load average {load[0]:.1f} before and "
-        f"{load[1]:.1f} after the run, so figures are noisy; torch {torch.__version__}, Python "
-        f"{platform.python_version()}. When the machine is oversubscribed, 2 threads cost the JSA forward far "
+        f"Machine: {result['cores']} cores shared with other jobs: load average "
+        f"{load[0]:.1f} before and {load[1]:.1f} after the run, so figures are noisy; torch {result['torch']}, "
+        f"Python {result['python']}. When the machine is oversubscribed, 2 threads cost the JSA forward far "
         "more than SDPA (its many small ops each spin at an OpenMP barrier for a preempted worker: CPU time equals "
-        "wall time there; even SDPA alone is many times slower with 2 threads than with 1 at T=256); 1 thread is the "
-        "meaningful comparison on this box.",
+        "wall time there); 1 thread is the meaningful comparison on a shared box.",
         f"Input: batch {args.batch}, {args.heads} heads x head_dim {args.head_dim} (d_model "
         f"{args.heads * args.head_dim}), full histories (no padding), journeys of "
         f"{args.events_per_journey[0]}-{args.events_per_journey[1]} events x {args.tokens_per_event} tokens.",
-        f"JSAConfig: {dataclasses.asdict(cfg)}.",
+        f"JSAConfig: {cfg}.",
         "",
         "Pairs are (query, key) pairs per head summed over the batch; ratios are against full causal attention.",
         "`attended`: pairs inside the four branches' masks; `tiles`: pairs in the visited q_block x kv_block tiles "
@@ -240,8 +252,9 @@ def _markdown(rows: list[dict], args, cfg: JSAConfig, load: tuple[float, float],
             lines.append(f"| {label} | {train[f'{name}_ms_median']:.0f} ({train[f'{name}_ms_p10']:.0f}-"
                          f"{train[f'{name}_ms_p90']:.0f}) | {train[f'{name}_cpu_ms_median']:.0f} |")
         lines += ["", f"JSA / dense: {train['ratio']:.2f}x wall, {train['ratio_cpu']:.2f}x CPU time. At this length "
-                  "the layout covers most causal pairs (see T=256 above) and the gather path multiplies about twice "
-                  "the causal pairs, so JSA cannot beat dense attention here; it pays off on long histories."]
+                  "the layout covers most causal pairs (see the shortest T above) and the gather path multiplies "
+                  "more than the causal pairs, so JSA is not expected to beat dense attention here; it pays off on "
+                  "long histories."]
     return "\n".join(lines) + "\n"
 
 
@@ -286,19 +299,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"(tiles {row['ratio_tiles']:.1%}, gather "
               f"{row['ratio_gather']:.1%}); JSA {row['jsa_ms_median']:.1f} ms vs SDPA {row['sdpa_ms_median']:.1f} ms "
               f"-> {row['speedup']:.2f}x", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "jsa_compute.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     train = None
     if args.train_batch > 0:
         train = train_step_timing(args, cfg)
         print(f"train step B={args.train_batch} T={args.train_length}: JSA {train['jsa_ms_median']:.0f} ms vs "
               f"dense SDPA {train['sdpa_ms_median']:.0f} ms ({train['ratio']:.2f}x; CPU time "
               f"{train['ratio_cpu']:.2f}x)", flush=True)
-    load = (load_before, os.getloadavg()[0])
-    (args.out / "jsa_compute.md").write_text(_markdown(rows, args, cfg, load, train))
+    from evaluation.provenance import provenance  # noqa: PLC0415
+
+    result = {**provenance("evaluation.jsa_compute", argv),
+              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "jsa_config": dataclasses.asdict(cfg),
+              "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+              "load_average": [load_before, os.getloadavg()[0]], "rows": rows, "train": train}
+    # The result file first; the table and the CSV are rendered from it (python -m evaluation.report checks both).
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "jsa_compute.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "jsa_compute.csv").write_text(render_csv(result))
+    (args.out / "jsa_compute.md").write_text(render(result))
     return rows
 
 

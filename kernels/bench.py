@@ -15,7 +15,8 @@ Attention (one JSA-like layout, `jsa_bench_layout`, shared by every method):
 CLIP: clip_head (fused projection + L2 norm) vs the unfused torch ops; similarity top-k vs matmul + topk.
 TFLOP/s counts useful FLOPs: 4 * head_dim * attended (query, key) pairs of each method's mask, so dense causal
 is "causal halved" and a block-sparse method is credited only with the pairs its layout allows.
-Writes kernels_<device>.csv / .md / .png under --out.
+Writes the result file kernels_<device>.json (command, commit, date, machine, rows) under --out and,
+rendered from it, kernels_<device>.md / .csv / .png (`python -m evaluation.report --check` compares the .md/.csv).
 `python -m kernels.bench --compile-only [ARCH]` instead compiles every Triton kernel for sm_ARCH (default 90)
 with the ptxas shipped in the triton wheel: a no-GPU check of the compiled path.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import math
 import os
 import platform
@@ -125,8 +125,7 @@ def _time_cuda(fn):
 
 
 def machine_info(device: str) -> dict:
-    info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     try:
         import triton
 
@@ -317,20 +316,38 @@ def _fmt(ms) -> str:
     return "" if ms == "" else (f"{ms:.3f}" if ms < 10 else f"{ms:.1f}")
 
 
-def write_outputs(rows, info: dict, args, out_dir: Path) -> list[Path]:
-    import matplotlib
+SHAPE_KEYS = ("device", "batch", "heads", "head_dim", "block", "dtype", "repeats", "lengths")
+
+
+def result_of(rows, info: dict, args) -> dict:
+    """The result file's content: where it came from (command, commit, date, machine), the run's settings, the
+    machine details and the measured rows; `render` / `render_csv` / `plot` make everything else from it."""
+    from evaluation.provenance import provenance  # noqa: PLC0415 - only the CLI records provenance
+
+    return {**provenance("kernels.bench", args.argv), "settings": {k: getattr(args, k) for k in SHAPE_KEYS},
+            "info": info, "rows": rows}
+
+
+def render_csv(result: dict) -> str:
+    """The rows as CSV (kernels_<device>.csv), exactly as `python -m evaluation.report` checks it."""
+    import io  # noqa: PLC0415
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result["rows"])
+    return buf.getvalue()
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Median time and useful TFLOP/s of every attention method against the sequence length."""
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"kernels_{args.device}"
-    with open(f"{stem}.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    att = [r for r in rows if r["op"] == "attention" and r["ms_median"] != ""]
+    st, info = result["settings"], result["info"]
+    att = [r for r in result["rows"] if r["op"] == "attention" and r["ms_median"] != ""]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in dict.fromkeys(r["method"] for r in att):
         pts = [r for r in att if r["method"] == method]
@@ -343,32 +360,53 @@ def write_outputs(rows, info: dict, args, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     axes[0].legend()
-    fig.suptitle(f"JSA attention on {args.device} ({info.get('gpu', info['cpu'])[:60]}), "
-                 f"B={args.batch} H={args.heads} D={args.head_dim} block={args.block} {args.dtype}")
+    fig.suptitle(f"JSA attention on {st['device']} ({info.get('gpu', info['cpu'])[:60]}), "
+                 f"B={st['batch']} H={st['heads']} D={st['head_dim']} block={st['block']} {st['dtype']}")
     fig.tight_layout()
-    fig.savefig(f"{stem}.png", dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
+    return path
 
-    lines = [f"# Kernel microbenchmarks ({args.device})", "",
-             f"Command: `python -m kernels.bench {' '.join(args.argv)}`".rstrip() + "  ", ""]
-    lines += [f"- {k}: {v}" for k, v in info.items()]
-    lines += [f"- attention shape: B={args.batch} H={args.heads} D={args.head_dim}, layout block {args.block}, "
-              f"{args.dtype}; CLIP head N=4096 F=768 E=512 (cuda: N=65536); top-k Q=64 N=100000 E=512 k=10 "
+
+def render(result: dict) -> str:
+    """kernels_<device>.md from the result file (`python -m evaluation.report` renders it into BENCHMARKS.md)."""
+    from evaluation.provenance import line  # noqa: PLC0415
+
+    st, device = result["settings"], result["settings"]["device"]
+    lines = [f"# Kernel microbenchmarks ({device})", "", f"{line(result)}.", ""]
+    lines += [f"- {k}: {v}" for k, v in result["info"].items()]
+    lines += [f"- attention shape: B={st['batch']} H={st['heads']} D={st['head_dim']}, layout block {st['block']}, "
+              f"{st['dtype']}; CLIP head N=4096 F=768 E=512 (cuda: N=65536); top-k Q=64 N=100000 E=512 k=10 "
               f"(cuda: Q=256 N=1000000)"]
     lines += ["", "Attention: one JSA-like layout (kernels.bench.jsa_bench_layout: first block + 256-token causal "
               "window + 256 tokens of random earlier blocks per query block); density = visited tiles / causal "
               "tiles. TFLOP/s counts useful FLOPs (4·D·attended pairs; dense causal = causal halved). err = max "
               "abs difference to the torch gather path (sdpa_causal computes a different mask: no err). "
-              "Times: median (p10-p90) ms" + (" via triton.testing.do_bench." if args.device == "cuda" else
-                                               f" over {args.repeats} runs after warm-up (time.perf_counter)."),
+              "Times: median (p10-p90) ms" + (" via triton.testing.do_bench." if device == "cuda" else
+                                               f" over {st['repeats']} runs after warm-up (time.perf_counter)."),
+              f"The same rows: `kernels_{device}.json` (the result file), `kernels_{device}.csv`; plotted in "
+              f"`kernels_{device}.png`.",
               "", "| op | method | size | density | median ms | p10-p90 ms | TFLOP/s | err | note |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
+    for r in result["rows"]:
         spread = f"{_fmt(r['ms_p10'])}-{_fmt(r['ms_p90'])}" if r["ms_p10"] != "" else ""
         lines.append(f"| {r['op']} | {r['method']} | {r['size']} | {r['density']} | {_fmt(r['ms_median'])} | "
                      f"{spread} | {r['tflops']} | {r['max_err']} | {r['note']} |")
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n")
-    return [Path(f"{stem}.{ext}") for ext in ("csv", "md", "png")]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows, info: dict, args, out_dir: Path) -> list[Path]:
+    """kernels_<device>.json (the result file) and what is rendered from it: .md, .csv, .png."""
+    import json  # noqa: PLC0415
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"kernels_{args.device}"
+    result = result_of(rows, info, args)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(f"{stem}.csv").write_text(render_csv(result))
+    Path(f"{stem}.md").write_text(render(result))
+    plot(result, Path(f"{stem}.png"))
+    return [Path(f"{stem}.{ext}") for ext in ("json", "csv", "md", "png")]
 
 
 def main(argv=None):

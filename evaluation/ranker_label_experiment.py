@@ -3,7 +3,11 @@
 everything else unchanged; then evaluation.pipeline_quality on the copy.
 
     python -m evaluation.ranker_label_experiment --repository model_repository --labels events --out /tmp/repo_events
-    python -m evaluation.pipeline_quality --repository /tmp/repo_events --out docs/results/pipeline_quality_ranker_events.json
+    python -m evaluation.pipeline_quality --repository /tmp/repo_events --out /tmp/ranker_events.json \
+        --md /tmp/ranker_events.md
+
+No result of it is committed: a figure under docs/results/ must be rendered by `python -m evaluation.report`
+(register the result file there first).
 """
 
 from __future__ import annotations

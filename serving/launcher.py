@@ -39,7 +39,8 @@ from typing import IO
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from serving.contract import BUILD_MANIFEST
+from serving import liveness
+from serving.contract import BUILD_MANIFEST, ServingLimits
 from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, NginxProxy, ProxyError, ProxySettings, render_config
 
 # Passing this as `log_file` lets the server write straight to the launcher's stdout/stderr.
@@ -177,11 +178,13 @@ def _shm_regions(prefix: str) -> set[str]:
 
 @dataclass(frozen=True)
 class Heal:
-    """The watchdog reloaded `model` after its stub died (times are time.monotonic())."""
+    """The watchdog reloaded `model` after its stub died, or after it hung and the watchdog killed it (times are
+    time.monotonic(); `noticed` is when the death, or the hang, was noticed)."""
 
     model: str
     noticed: float
     reloaded: float
+    cause: str = "stub died"
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,8 @@ class TritonServer:
         tls: Tls | None = None,
         watchdog: bool = True,
         proxy: ProxySettings | None = None,
+        liveness_interval_s: float = 2.0,
+        liveness_timeout_s: float = 5.0,
     ) -> None:
         """`log_file`: None logs to a temporary file (its tail is quoted on failure, and it is deleted
         on a clean stop); INHERIT_OUTPUT ("-") shares the launcher's stdout/stderr; any other value
@@ -275,7 +280,10 @@ class TritonServer:
 
         `admin_key`: the model-repository, shared-memory, logging and trace APIs answer only requests with
         this key in the `admin-key` header ("" leaves them open to anyone). `tls`: gRPC over TLS (no HTTP).
-        `watchdog`: reload a model whose python stub died (explicit model control), within about a second.
+        `watchdog`: reload a model whose python stub died (explicit model control), within about a second; and
+        every `liveness_interval_s` (0: never) send each python step a probe request: a step that answers none
+        within `liveness_timeout_s` and completes no other request meanwhile is hung, its stubs are killed and
+        the watchdog reloads it (serving.liveness).
         `proxy`: nginx serves the gRPC and HTTP ports (request size limit, timeouts, TLS for both) and
         tritonserver listens on loopback ports of its own."""
         self.model_repository = Path(model_repository).resolve()
@@ -303,6 +311,11 @@ class TritonServer:
         self._watchdog_enabled = watchdog
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
+        self.liveness_interval_s = liveness_interval_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self._liveness: threading.Thread | None = None
+        self._hung: dict[str, float] = {}  # model -> when its hang was noticed, until the watchdog reloads it
+        self.probed_models: tuple[str, ...] = ()  # the steps the liveness probe covers
         self.heals: list[Heal] = []  # every model the watchdog reloaded
         self.unhealthy: str | None = None  # why the watchdog gave up and stopped the server
 
@@ -437,6 +450,8 @@ class TritonServer:
         if self._watchdog_enabled:
             self._watchdog = threading.Thread(target=self._watch, name="stub-watchdog", daemon=True)
             self._watchdog.start()
+            if self.liveness_interval_s > 0:
+                self._start_liveness(models)
         return models
 
     def _start_proxy(self, output: IO[bytes] | None) -> None:
@@ -549,6 +564,61 @@ class TritonServer:
         finally:
             client.close()
 
+    def _start_liveness(self, models: list[str]) -> None:
+        """Build a probe request per python step (from the build's limits and the server's own answers) and
+        probe them in a thread of their own. A repository without a build manifest (not built by this project)
+        gets no probes: the stub-death watch still runs."""
+        try:
+            limits = ServingLimits(**json.loads((self.model_repository / BUILD_MANIFEST).read_text())["limits"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("no liveness probes: %s has no readable %s", self.model_repository, BUILD_MANIFEST)
+            return
+        client = self.client()
+        try:
+            probes = liveness.probe_inputs(client, limits, set(models))
+        except InferenceServerException as exc:
+            log.warning("no liveness probes: a step did not answer its probe at start: %s", exc.message())
+            return
+        finally:
+            client.close()
+        self.probed_models = tuple(sorted(probes))
+        self._liveness = threading.Thread(target=self._probe_loop, args=(probes,), name="liveness", daemon=True)
+        self._liveness.start()
+
+    def _probe_loop(self, probes: dict[str, dict]) -> None:
+        # One thread per model and round: a hung step must not delay the others' probes.
+        client = self.client()
+        try:
+            while not self._watchdog_stop.wait(self.liveness_interval_s):
+                results: dict[str, str | None] = {}
+                threads = [threading.Thread(target=lambda m=m, v=v: results.__setitem__(
+                    m, liveness.check(client, m, v, self.liveness_timeout_s, self._watchdog_stop)), daemon=True)
+                    for m, v in probes.items() if m not in self._hung]
+                started = time.monotonic()
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                for model, why in results.items():
+                    if why is None or self._watchdog_stop.is_set():
+                        continue
+                    if any(h.model == model and h.reloaded > started for h in self.heals):
+                        continue  # its stub died and was reloaded meanwhile: the probe met the dead one
+                    self._kill_hung(model, why)
+        finally:
+            client.close()
+
+    def _kill_hung(self, model: str, why: str) -> None:
+        stubs = [pid for pid, name in python_stubs(self.pid or -1).items() if name == model]
+        log.error("model %s is hung: %s; killing its %d stub(s) for the watchdog to reload it", model, why,
+                  len(stubs))
+        self._hung[model] = time.monotonic()
+        for pid in stubs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def _stub_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for model in python_stubs(self.pid or -1).values():
@@ -565,8 +635,13 @@ class TritonServer:
             log.error("%s; stopping the server", self.unhealthy)
             self.send_signal(signal.SIGTERM)
             return False
-        self.heals.append(Heal(model, noticed, time.monotonic()))
-        log.error("model %s reloaded in %.1f s", model, self.heals[-1].reloaded - noticed)
+        hung_since = self._hung.pop(model, None)
+        if hung_since is not None:
+            self.heals.append(Heal(model, hung_since, time.monotonic(), cause="stub hung"))
+        else:
+            self.heals.append(Heal(model, noticed, time.monotonic()))
+        log.error("model %s reloaded %.1f s after its %s was noticed", model,
+                  self.heals[-1].reloaded - self.heals[-1].noticed, "hang" if hung_since is not None else "death")
         return True
 
     def send_signal(self, signum: int) -> None:
@@ -593,8 +668,9 @@ class TritonServer:
         if process is None:
             return None
         self._watchdog_stop.set()
-        if self._watchdog is not None and self._watchdog is not threading.current_thread():
-            self._watchdog.join()
+        for thread in (self._watchdog, self._liveness):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         if self._proxy is not None:  # first: no new requests reach a server that is going away
             self._proxy.stop()
         if process.poll() is None:
@@ -659,7 +735,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="largest request body accepted, enforced by nginx in front of tritonserver before any "
                              f"byte reaches it (default {DEFAULT_MAX_REQUEST_BYTES}); 0 serves without the proxy "
                              "and without a limit")
-    parser.add_argument("--no-watchdog", action="store_true", help="do not reload a model whose python stub died")
+    parser.add_argument("--no-watchdog", action="store_true",
+                        help="do not reload a model whose python stub died or hung")
+    parser.add_argument("--liveness-interval", type=float, default=2.0,
+                        help="seconds between liveness probes of every python step (0: no probes; default 2)")
+    parser.add_argument("--liveness-timeout", type=float, default=5.0,
+                        help="a step that answers no probe within this many seconds and completes no other request "
+                             "meanwhile is hung: its stubs are killed and it is reloaded (default 5)")
     parser.add_argument("tritonserver_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
                         help="flags passed to tritonserver as given, after `--` (they override the launcher's)")
     args = parser.parse_args(argv)
@@ -715,6 +797,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin_key=admin_key,
         tls=tls,
         watchdog=not args.no_watchdog,
+        liveness_interval_s=args.liveness_interval,
+        liveness_timeout_s=args.liveness_timeout,
         tritonserver_home=args.tritonserver_home,
         proxy=proxy,
     )

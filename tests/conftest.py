@@ -27,12 +27,14 @@ def model_repository(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def run_server(repository: Path):
-    """A real tritonserver on free loopback ports serving `repository`, stopped on exit."""
+def run_server(repository: Path, **options):
+    """A real tritonserver on free loopback ports serving `repository`, stopped on exit (`options` go to
+    TritonServer)."""
     from serving.launcher import TritonServer, free_ports
 
     grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    server = TritonServer(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+                          **options)
     server.start(ready_timeout_s=180)
     try:
         yield server

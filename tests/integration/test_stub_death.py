@@ -1,5 +1,6 @@
-"""A python stub killed under load: no request hangs, the launcher's watchdog reloads the model, and the server
-answers as before (equal to the in-process reference) within seconds. Runs on a server of its own."""
+"""A python stub killed, or stopped (hung), under load: no request hangs, the launcher's watchdog reloads the model
+(after killing a hung stub), and the server answers as before (equal to the in-process reference) within seconds.
+Runs on servers of their own."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ CLIENT_TIMEOUT_S = 20.0  # far above any healthy answer: a request that reaches 
 RECOVERY_LIMIT_S = 20.0  # CI machines are slow and shared; the measured figure goes in the closing note
 
 
-def kill_under_load(server, model: str, call, workers: int = 3) -> dict:
-    """Kill `model`'s stub while `workers` threads call `call` in a loop; return what the callers saw."""
+def kill_under_load(server, model: str, call, workers: int = 3, signum: int = signal.SIGKILL) -> dict:
+    """Send `signum` to `model`'s stubs (SIGKILL: they die; SIGSTOP: they hang) while `workers` threads call
+    `call` in a loop; return what the callers saw."""
     stop, log = threading.Event(), []  # (started, seconds, "ok" or the error)
 
     def load():
@@ -47,7 +49,7 @@ def kill_under_load(server, model: str, call, workers: int = 3) -> dict:
     killed = time.monotonic()
     for stub in stubs:
         with contextlib.suppress(ProcessLookupError):  # an old stub that finished exiting meanwhile
-            os.kill(stub, signal.SIGKILL)
+            os.kill(stub, signum)
     try:
         while len(server.heals) == heals:
             assert time.monotonic() - killed < RECOVERY_LIMIT_S, f"{model} was not reloaded"
@@ -77,9 +79,9 @@ def under_load(call, action) -> list:
     return answers
 
 
-def check(seen: dict, model: str) -> None:
+def check(seen: dict, model: str, cause: str = "stub died") -> None:
     print(f"{model}: reloaded {seen['recovered_s']:.1f} s after the kill; {len(seen['failed'])} requests failed")
-    assert seen["heal"].model == model
+    assert (seen["heal"].model, seen["heal"].cause) == (model, cause)
     assert seen["ok_before"] > 0
     assert seen["longest_s"] < CLIENT_TIMEOUT_S, "a request was left hanging"
     assert seen["recovered_s"] < RECOVERY_LIMIT_S
@@ -119,3 +121,30 @@ def test_killed_stubs_are_reloaded_under_load_and_nothing_hangs(model_repository
 
             check(kill_under_load(server, "score_ads", score), "score_ads")
         assert [heal.model for heal in server.heals] == ["grace_retrieve", "score_ads"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_hung_stub_is_killed_and_reloaded_under_load(model_repository, reference):
+    """SIGSTOP keeps the stub's process (so no death is seen) while it answers nothing: only the liveness probe
+    can tell. Every python step gets a probe built at start, and answers it."""
+    from serving import graph
+
+    rng = random.Random(1)
+    with run_server(model_repository, liveness_interval_s=1.0, liveness_timeout_s=3.0) as server:
+        assert server.probed_models == tuple(sorted(step.name for step in graph.SERVED_STEPS))
+        with RecommendClient(server.grpc_url, timeout_s=CLIENT_TIMEOUT_S) as client:
+            history = synthetic_history(client.limits(), 8, rng)
+            arrays = ([e.item_id for e in history], [int(e.behavior) for e in history], [e.timestamp for e in history])
+            expected_items = reference.recommend(*arrays, 10)[0]
+
+            def recommend():
+                got = client.recommend(history, 10)
+                np.testing.assert_array_equal([i.item_id for i in got.items], expected_items)
+
+            # Probes under ordinary load never find a healthy step hung.
+            under_load(recommend, lambda: time.sleep(4.0))
+            assert server.heals == []
+            check(kill_under_load(server, "grace_retrieve", recommend, signum=signal.SIGSTOP), "grace_retrieve",
+                  cause="stub hung")
+        assert [(heal.model, heal.cause) for heal in server.heals] == [("grace_retrieve", "stub hung")]

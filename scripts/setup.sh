@@ -16,6 +16,12 @@ if [ ${#DEBS[@]} -gt 0 ]; then
   $SUDO apt-get install -y -q "${DEBS[@]}" >/dev/null 2>&1 \
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${DEBS[@]}" >/dev/null; }
 fi
+# kubectl (its kustomize) builds deploy/ for the manifest tests; these machines ship it, this covers one that does not.
+if ! command -v kubectl >/dev/null; then
+  { [ "$(id -u)" = 0 ] && apt-get install -y -q kubectl >/dev/null 2>&1; } \
+    || { command -v sudo >/dev/null && sudo apt-get install -y -q kubectl >/dev/null 2>&1; } \
+    || echo "setup: kubectl could not be installed; tests/deploy will say so" >&2
+fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then

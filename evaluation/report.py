@@ -79,14 +79,56 @@ def _latency() -> str:
                       _load("latency_clip_embed.json")]))
 
 
-def _included(name: str) -> Callable[[], str]:
-    """A result that its command writes as markdown itself (`--out`/`--md docs/results/<name>.md`)."""
-    def render() -> str:
-        from evaluation.evaluate import benchmark_section  # noqa: PLC0415 - image links from the repository root
+def _clip() -> str:
+    from evaluation.clip_report import render  # noqa: PLC0415
 
-        return benchmark_section((RESULTS / f"{name}.md").read_text(), (RESULTS / f"{name}.md").relative_to(ROOT))
+    return render([_load("build_simulator.json"), _load("build_movielens.json")])
 
-    return render
+
+def _ctr() -> str:
+    from evaluation.ctr_evaluate import to_markdown  # noqa: PLC0415
+
+    return to_markdown(_load("ctr.json"))
+
+
+def _ann_sweep() -> str:
+    from evaluation.ann_sweep import render  # noqa: PLC0415
+
+    return render(_load("ann_sweep.json"))
+
+
+def _kernels_cpu() -> str:
+    from kernels.bench import render  # noqa: PLC0415
+
+    return render(_load("kernels_cpu.json"))
+
+
+def _kernels_cpu_csv() -> str:
+    from kernels.bench import render_csv  # noqa: PLC0415
+
+    return render_csv(_load("kernels_cpu.json"))
+
+
+def _jsa_compute() -> str:
+    from evaluation.jsa_compute import render  # noqa: PLC0415
+
+    return render(_load("jsa_compute.json"))
+
+
+def _jsa_compute_csv() -> str:
+    from evaluation.jsa_compute import render_csv  # noqa: PLC0415
+
+    return render_csv(_load("jsa_compute.json"))
+
+
+def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
+    """docs/results/<name>.md as a BENCHMARKS.md section: image links from the repository root."""
+    def section() -> str:
+        from evaluation.evaluate import benchmark_section  # noqa: PLC0415
+
+        return benchmark_section(render(), (RESULTS / f"{name}.md").relative_to(ROOT))
+
+    return section
 
 
 # BENCHMARKS.md section name -> its rendering (sections appear in the file between `<!-- name: begin/end -->`).
@@ -98,7 +140,11 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "build_report": _builds,
     "pipeline_quality": _pipeline,
     "pipeline_quality_movielens": _pipeline_movielens,
-    **{name: _included(name) for name in ("clip", "ctr", "ann_sweep", "kernels_cpu", "jsa_compute")},
+    "clip": _in_benchmarks("clip", _clip),
+    "ctr": _in_benchmarks("ctr", _ctr),
+    "ann_sweep": _in_benchmarks("ann_sweep", _ann_sweep),
+    "kernels_cpu": _in_benchmarks("kernels_cpu", _kernels_cpu),
+    "jsa_compute": _in_benchmarks("jsa_compute", _jsa_compute),
 }
 # docs/results/*.md rendered from the result file beside them.
 FILES: dict[str, Callable[[], str]] = {
@@ -107,6 +153,13 @@ FILES: dict[str, Callable[[], str]] = {
     "pipeline_quality.md": _pipeline,
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,
+    "clip.md": _clip,
+    "ctr.md": _ctr,
+    "ann_sweep.md": _ann_sweep,
+    "kernels_cpu.md": _kernels_cpu,
+    "kernels_cpu.csv": _kernels_cpu_csv,
+    "jsa_compute.md": _jsa_compute,
+    "jsa_compute.csv": _jsa_compute_csv,
 }
 
 

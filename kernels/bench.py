@@ -384,14 +384,15 @@ def render(result: dict) -> str:
               "abs difference to the torch gather path (sdpa_causal computes a different mask: no err). "
               "Times: median (p10-p90) ms" + (" via triton.testing.do_bench." if device == "cuda" else
                                                f" over {st['repeats']} runs after warm-up (time.perf_counter)."),
-              f"The same rows: `kernels_{device}.json` (the result file), `kernels_{device}.csv`; plotted in "
-              f"`kernels_{device}.png`.",
+              f"The same rows: `kernels_{device}.json` (the result file) and `kernels_{device}.csv`; the attention "
+              "rows are plotted below (written by the same run).",
               "", "| op | method | size | density | median ms | p10-p90 ms | TFLOP/s | err | note |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         spread = f"{_fmt(r['ms_p10'])}-{_fmt(r['ms_p90'])}" if r["ms_p10"] != "" else ""
         lines.append(f"| {r['op']} | {r['method']} | {r['size']} | {r['density']} | {_fmt(r['ms_median'])} | "
                      f"{spread} | {r['tflops']} | {r['max_err']} | {r['note']} |")
+    lines += ["", f"![attention time and useful TFLOP/s against the sequence length](kernels_{device}.png)"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """FAISS recall/latency sweep against exact IndexFlatIP, and an index build from a CLIP model folder.
 
 CLI:
-  python -m evaluation.ann_sweep sweep --model-dir CLIP_DIR [--synthetic 100000]   -> docs/results/ann_sweep.md
+  python -m evaluation.ann_sweep sweep --model-dir CLIP_DIR [--synthetic 100000]   -> docs/results/ann_sweep.json
+      (the result file: command, commit, date, machine, every row) and ann_sweep.md rendered from it
   python -m evaluation.ann_sweep build --model-dir CLIP_DIR --out DIR                 -> item + campaign indexes
 """
 

@@ -13,6 +13,8 @@ median of --repeats after a warm-up; torch.set_num_threads(n) for the timing onl
 FLOPs = 4 * head_dim * pairs * heads (QK^T and PV, 2 FLOPs per multiply-add).
 Also (unless --train-batch 0) a training step, forward + backward of one pre-norm encoder layer with JSA or
 dense SDPA (causal + padding mask) at GRACE-like sizes (batch 128, 150-288 tokens, d_model 64, 4 heads).
+Writes the result file <out>/jsa_compute.json (command, commit, date, machine, settings, rows) and, rendered from
+it, jsa_compute.md and jsa_compute.csv (`python -m evaluation.report --check` compares both).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from evaluation.metrics import topk_metrics
 from exporters.clip_export import export_clip
 from exporters.config import BuildConfig, load_config
 from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker
+from exporters.ordering import fit_ordering
 from models.ads.llm_hyper import generate_artifact
 from models.ads.logs import split_ad_logs
 from models.budget import TrainingBudget
@@ -101,6 +102,8 @@ def grace_stage(b: Build) -> dict:
     split = leave_last_out(dataset, b.limits.max_history, validation=cfg.patience > 0)
     test = split.test.subset(np.arange(min(cfg.eval_users, len(split.test))))
     b.shared["eval_examples"] = test
+    b.shared["valid_examples"] = (None if split.valid is None
+                                  else split.valid.subset(np.arange(min(cfg.valid_users, len(split.valid)))))
     retriever = GraceRecommender(cfg.variant, dataclasses.replace(cfg.model, beam_width=b.limits.beam_width))
     budget = TrainingBudget(epochs=cfg.epochs, max_examples_per_epoch=cfg.examples_per_epoch,
                             batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience, eval_users=cfg.valid_users)
@@ -195,10 +198,16 @@ def ads_stage(b: Build) -> dict:
     return meta["summary"]
 
 
+def ordering_stage(b: Build) -> dict:
+    """Last: calibrate's mix of the ranker's order and the merge order, picked on GRACE's validation users by
+    running the steps just written (exporters.ordering)."""
+    return fit_ordering(b.out, b.limits, b.shared.get("valid_examples"), b.data.catalog.item_ids)
+
+
 # In order: a stage may use what an earlier one handed on (recent evaluates on GRACE's users, ads embeds
-# its creatives with the CLIP model).
+# its creatives with the CLIP model, ordering runs every step of recommend).
 STAGES = (("catalog", catalog_stage), ("ranking", ranker_stage), ("grace", grace_stage), ("recent", recent_stage),
-          ("clip", clip_stage), ("ads", ads_stage))
+          ("clip", clip_stage), ("ads", ads_stage), ("ordering", ordering_stage))
 
 
 def steps_not_built(data: BuildData) -> dict[str, str]:

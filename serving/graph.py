@@ -25,7 +25,7 @@ from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FIL
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.grace.history import HISTORY_FILES
 from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, TOKENIZER_FILE
-from serving.ranking import RANKER_FILE
+from serving.ranking import ORDERING_FILE, RANKER_FILE
 
 DTYPES = ("INT32", "INT64", "FP32", "UINT8", "STRING")  # Triton's TYPE_* names used here
 
@@ -178,9 +178,10 @@ RANKER = Step(
     "ONNX Runtime call",
     inputs=(HIST_ITEMS, HIST_BEHAVIORS, CAND_ITEMS), outputs=(LOGITS, RELEVANCE), artifacts=(RANKER_FILE,))
 CALIBRATE = Step(
-    "calibrate", "the top-k by relevance, each with its pCTR (isotonic-calibrated CTR logit) and retrieval source",
+    "calibrate", "the top-k by the ranker's relevance mixed with the merge order (a weight the build picks on "
+    "validation users), each with its pCTR (isotonic-calibrated CTR logit) and retrieval source",
     inputs=(LOGITS, RELEVANCE, CAND_ITEMS, CAND_SOURCES, K), outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
-    artifacts=(CALIBRATOR_FILE, ITEM_IDS_FILE))
+    artifacts=(CALIBRATOR_FILE, ITEM_IDS_FILE, ORDERING_FILE))
 SCORE_ADS = Step(
     "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),

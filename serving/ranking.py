@@ -8,6 +8,7 @@ import numpy as np
 
 from serving.ort import session
 
+ORDERING_FILE = "ordering.json"  # calibrate's artifact: how much the merge order weighs against the ranker
 RANKER_FILE = "ranker.onnx"
 
 

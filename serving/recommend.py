@@ -91,13 +91,23 @@ def merge_candidates(source_items: list[np.ndarray], eligible: np.ndarray, max_c
     return cand, src
 
 
+def final_order(relevance: np.ndarray, pctr: np.ndarray, items: np.ndarray, merge_weight: float) -> np.ndarray:
+    """Candidate indices, best first: the ranker's order (relevance, ties by pCTR, then item id) mixed with the
+    merge order (the retrieval sources' own, candidates arrive in it) by rank: merge_weight 0 is the ranker's
+    order, 1 the merge order. The build picks the weight on validation users (exporters ordering stage)."""
+    by_ranker = np.empty(len(items), np.float64)
+    by_ranker[np.lexsort((items, -pctr, -relevance))] = np.arange(len(items))
+    mixed = (1.0 - merge_weight) * by_ranker + merge_weight * np.arange(len(items))
+    return np.lexsort((by_ranker, mixed))
+
+
 def calibrated_top_k(logits: np.ndarray, relevance: np.ndarray, cand_items: np.ndarray, cand_sources: np.ndarray,
-                     calibrate, k: int, source_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k real candidates by relevance (the ranker's next-interaction head; ties by calibrated pCTR, then
-    item id), each with its calibrated pCTR."""
+                     calibrate, k: int, source_names: tuple[str, ...], merge_weight: float = 0.0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-k real candidates in final_order, each with its calibrated pCTR."""
     real = cand_items > 0
     logits, relevance, items, sources = logits[real], relevance[real], cand_items[real], cand_sources[real]
     pctr = calibrate(logits)
-    order = np.lexsort((items, -pctr, -relevance))[:k]
+    order = final_order(relevance, pctr, items, merge_weight)[:k]
     names = np.array([source_names[s].encode() for s in sources[order]], dtype=object)
     return items[order], pctr[order].astype(np.float32), names

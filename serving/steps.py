@@ -4,6 +4,8 @@ classes (with the torch models swapped in for the neural ones)."""
 
 from __future__ import annotations
 
+import json
+
 import faiss
 import numpy as np
 
@@ -18,7 +20,7 @@ from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE, clip_r
 from serving.contract import RequestError, behavior_code
 from serving.grace.history import HistoryEncoder
 from serving.grace.retriever import OnnxGraceRetriever
-from serving.ranking import OnnxRanker
+from serving.ranking import ORDERING_FILE, OnnxRanker
 from serving.recent import REMOVAL_EVENT, recent_items
 from serving.recommend import calibrated_top_k, eligible_mask, merge_candidates, validate_and_featurize
 from serving.validation import integer_array, validate_history
@@ -137,10 +139,11 @@ class Calibrate(StepModel):
     def load(self):
         self.calibrator = IsotonicCalibrator.load(self.version_dir / CALIBRATOR_FILE)
         self.catalog = ItemIds.load(self.version_dir)
+        self.merge_weight = float(json.loads((self.version_dir / ORDERING_FILE).read_text())["merge_weight"])
 
     def run(self, logits, relevance, cand_items, cand_sources, k):
         items, pctr, sources = calibrated_top_k(logits, relevance, cand_items, cand_sources, self.calibrator,
-                                                int(k[0]), graph.SOURCE_NAMES)
+                                                int(k[0]), graph.SOURCE_NAMES, self.merge_weight)
         return self.catalog.to_external(items), pctr, sources  # the response speaks the dataset's ids
 
 

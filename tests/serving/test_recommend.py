@@ -253,3 +253,33 @@ def test_a_dataset_without_repeats_never_gets_its_history_back(tok):
     assert len(validate_and_featurize(tok, LIMITS, CATALOG, **request(item_ids=np.array([5]), behaviors=np.array([1]),
                                                                        timestamps=np.array([1]))).exclude_ids) == 1
     assert graph.EXCLUDE_IDS.length_limit(limits) == limits.max_exclude + 1 + limits.max_history
+
+
+def test_final_order_mixes_the_ranker_and_the_merge_order_by_rank():
+    from serving.recommend import final_order
+
+    # Candidates arrive in merge order 0..4; the ranker prefers the reverse.
+    relevance = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)
+    pctr = np.zeros(5, np.float32)
+    items = np.array([10, 11, 12, 13, 14])
+    assert final_order(relevance, pctr, items, 0.0).tolist() == [4, 3, 2, 1, 0]  # the ranker's order
+    assert final_order(relevance, pctr, items, 1.0).tolist() == [0, 1, 2, 3, 4]  # the merge order
+    # Halfway every candidate ties on the mix (rank 2): the ranker's order breaks the tie.
+    assert final_order(relevance, pctr, items, 0.5).tolist() == [4, 3, 2, 1, 0]
+    # Ranker order 2, 0, 4, 3, 1; half-and-half: 0 (0.5), 2 (1.0), 1 (2.5), then 4 and 3 tie at 3.0: ranker's 4 first.
+    relevance = np.array([0.5, 0.1, 0.9, 0.2, 0.3], np.float32)
+    assert final_order(relevance, pctr, items, 0.5).tolist() == [0, 2, 1, 4, 3]
+
+
+def test_merge_weight_is_picked_by_validation_hit_rate_then_ndcg_then_the_ranker():
+    from exporters.ordering import pick, score_weights
+
+    # One user: the target is the merge order's first candidate, which the ranker puts last of 12.
+    items = np.arange(1, 13)
+    rows = [{"items": items, "relevance": np.arange(12, dtype=np.float32), "pctr": np.zeros(12)}]
+    table = score_weights(rows, np.array([1]))
+    assert table[0.0]["hr@10"] == 0.0 and table[1.0]["hr@10"] == 1.0
+    assert pick(table) > 0.0 and table[pick(table)]["ndcg@10"] == max(m["ndcg@10"] for m in table.values())
+    # Target = the ranker's favourite: the ranker's order (weight 0) wins, ties go to the smallest weight.
+    table = score_weights(rows, np.array([12]))
+    assert pick(table) == 0.0

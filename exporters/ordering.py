@@ -1,0 +1,113 @@
+"""The build's last stage: how `calibrate` orders the merged candidates. The ranker's relevance is one order, the
+merge order (each retrieval source's own ranking, sources in graph priority) another; serving.recommend.final_order
+mixes them by rank with one weight. The weight is picked here on validation users (each user's second-last event,
+never a test target) by running the freshly written repository's served steps in process, so the served ordering is
+the one that retrieves best on held-out data: where the ranker helps (the simulator's repeat intent) it leads, where
+it hurts (MovieLens-100k, which never repeats) the retrieval sources' own order takes over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.metrics import topk_metrics
+from models.reference import run_ensemble
+from serving import graph
+from serving.calibration import IsotonicCalibrator, CALIBRATOR_FILE
+from serving.contract import ServingLimits
+from serving.ranking import ORDERING_FILE
+from serving.recommend import final_order
+from serving.steps import IMPLEMENTATIONS
+
+MERGE_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+K = 10
+
+
+def write_ordering(version_dir: Path, merge_weight: float, validation: dict | None) -> None:
+    (version_dir / ORDERING_FILE).write_text(json.dumps({"merge_weight": merge_weight, "validation": validation},
+                                                        indent=2) + "\n")
+
+
+def candidates_of(repository: Path, limits: ServingLimits, examples, external_ids: np.ndarray) -> list[dict]:
+    """For each example: the ranker's relevance, calibrated pCTR and internal ids of its real candidates (in merge
+    order), from the repository's served steps run in process."""
+    steps = {step.name: IMPLEMENTATIONS[step.name].create(repository / step.name / "1", limits)
+             for step in graph.RECOMMEND.steps}
+    calibrator = IsotonicCalibrator.load(repository / graph.CALIBRATE.name / "1" / CALIBRATOR_FILE)
+    rows = []
+    for i in range(len(examples)):
+        request = {graph.ITEM_IDS.name: external_ids[examples.histories[i]].astype(np.int64),
+                   graph.BEHAVIORS.name: np.asarray(examples.behaviors[i], np.int32),
+                   graph.TIMESTAMPS.name: np.asarray(examples.timestamps[i], np.int64),
+                   graph.K.name: np.array([K], np.int32)}
+        out = run_ensemble(graph.RECOMMEND, steps, request, every_tensor=True)
+        real = out[graph.CAND_ITEMS.name] > 0
+        rows.append({"items": out[graph.CAND_ITEMS.name][real], "relevance": out[graph.RELEVANCE.name][real],
+                     "pctr": calibrator(out[graph.LOGITS.name][real])})
+    return rows
+
+
+def score_weights(rows: list[dict], targets: np.ndarray) -> dict[float, dict[str, float]]:
+    """HR/NDCG@10 of the final order for each candidate weight."""
+    table = {}
+    for weight in MERGE_WEIGHTS:
+        ranked = np.zeros((len(rows), K), np.int64)
+        for i, row in enumerate(rows):
+            top = row["items"][final_order(row["relevance"], row["pctr"], row["items"], weight)[:K]]
+            ranked[i, :len(top)] = top
+        table[weight] = {m: round(v, 4) for m, v in topk_metrics(ranked, targets).items()}
+    return table
+
+
+def pick(table: dict[float, dict[str, float]]) -> float:
+    """Best HR@10, then NDCG@10; among equals the smallest weight (the ranker's order, the default)."""
+    return max(table, key=lambda w: (table[w]["hr@10"], table[w]["ndcg@10"], -w))
+
+
+def fit_ordering(repository: Path, limits: ServingLimits, examples, external_ids: np.ndarray) -> dict:
+    """Pick calibrate's merge weight on `examples` (validation users) and write it; returns the stage's metrics.
+    Without validation examples the ranker's order stays (weight 0) and the manifest says why."""
+    version_dir = repository / graph.CALIBRATE.name / "1"
+    if examples is None or len(examples) == 0:
+        write_ordering(version_dir, 0.0, None)
+        return {"merge_weight": 0.0, "tuned": False, "reason": "no validation split (grace.patience = 0)"}
+    write_ordering(version_dir, 0.0, None)  # calibrate loads it; the stage only reads relevance and candidates
+    table = score_weights(candidates_of(repository, limits, examples, external_ids), examples.targets)
+    weight = pick(table)
+    validation = {"users": len(examples), "by_merge_weight": {str(w): m for w, m in table.items()}}
+    write_ordering(version_dir, weight, validation)
+    return {"merge_weight": weight, "tuned": True, "valid_users": len(examples),
+            "valid_ranker_order": table[0.0], "valid_merge_order": table[1.0], "valid_chosen": table[weight]}
+
+
+def refit(repository: Path) -> dict:
+    """Pick the merge weight again on an already built repository (its manifest's data and split), e.g. after
+    replacing a step's artifacts; updates calibrate's ordering file and the manifest's `ordering` figures."""
+    from data.build_data import build_data_of  # noqa: PLC0415 (the build stage gets its data handed over)
+    from data.sequences import leave_last_out  # noqa: PLC0415
+    from exporters.config import from_dict  # noqa: PLC0415
+    from serving.contract import BUILD_MANIFEST  # noqa: PLC0415
+
+    manifest = json.loads((repository / BUILD_MANIFEST).read_text())
+    config, limits = from_dict(manifest["config"]), ServingLimits(**manifest["limits"])
+    data = build_data_of(config)
+    split = leave_last_out(data.sequences(), limits.max_history, validation=True)
+    valid = split.valid.subset(np.arange(min(config.grace.valid_users, len(split.valid))))
+    manifest["ordering"] = fit_ordering(repository, limits, valid, data.catalog.item_ids)
+    (repository / BUILD_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest["ordering"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m exporters.ordering", description=refit.__doc__)
+    parser.add_argument("--repository", type=Path, required=True)
+    print(json.dumps(refit(parser.parse_args(argv).repository), indent=2))
+
+
+if __name__ == "__main__":
+    main()

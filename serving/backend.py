@@ -7,18 +7,24 @@ request's input arrays (named by the graph, batch dimension removed) to its outp
 
 A bad request gets INVALID_ARGUMENT naming the field and the limit while the rest of the batch is served; a
 bug gets INTERNAL and the server keeps serving.
+
+Observability: every step counts its batch sizes and its rejected requests (by field) here (serving.metrics;
+no-ops in process), and logs through `self.log`: Triton's log (pb_utils.Logger) when served, the `logging`
+logger `serving.steps.<step>` otherwise.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
 import traceback
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from serving import metrics
 from serving.contract import RequestError, ServingLimits
 from serving.graph import Step
 
@@ -30,8 +36,33 @@ class InternalError(RuntimeError):
         super().__init__(f"internal error {incident}; the server log has the details")
 
 
+class StepLog:
+    """A step's logger: Triton's (pb_utils.Logger, into the server log) inside the python stub, the standard
+    `logging` logger `serving.steps.<step>` elsewhere."""
+
+    def __init__(self, step: str, pb_utils=None):
+        self.step, self._pb = step, pb_utils
+        self._logger = logging.getLogger(f"serving.steps.{step}")
+
+    def _log(self, level: int, pb_name: str, message: str) -> None:
+        if self._pb is not None:
+            getattr(self._pb.Logger, pb_name)(f"{self.step}: {message}")
+        else:
+            self._logger.log(level, message)
+
+    def info(self, message: str) -> None:
+        self._log(logging.INFO, "log_info", message)
+
+    def warning(self, message: str) -> None:
+        self._log(logging.WARNING, "log_warn", message)
+
+    def error(self, message: str) -> None:
+        self._log(logging.ERROR, "log_error", message)
+
+
 class StepModel:
     STEP: Step
+    pb = None  # triton_python_backend_utils, inside Triton only
 
     # --- in process (the reference pipeline, tests) and in Triton alike ---------------------------------
     @classmethod
@@ -41,10 +72,24 @@ class StepModel:
         model.setup(Path(version_dir), limits)
         return model
 
-    def setup(self, version_dir: Path, limits: ServingLimits) -> None:
+    def setup(self, version_dir: Path, limits: ServingLimits, registry: metrics.Metrics | None = None) -> None:
+        """`registry`: where the step's metrics go (None: nowhere, as in process). The metrics are created here,
+        once per model instance, before `load()` so that a step's `load` can create its own."""
         self.version_dir, self.limits = version_dir, limits
+        self.metrics = registry if registry is not None else metrics.Metrics(None)
+        self.log = StepLog(self.STEP.name, self.pb)
+        self.batch_size = self.metrics.histogram(metrics.BATCH_SIZE, model=self.STEP.name)
+        # Every input's series exists from the start (reads 0); other fields a step names appear when first used.
+        self.rejected = self.metrics.counters(metrics.REJECTED_REQUESTS, "field", [t.name for t in self.STEP.inputs],
+                                              model=self.STEP.name)
         check_signature(type(self))
         self.load()
+
+    def count_rejection(self, err: RequestError) -> None:
+        field = err.field
+        if field not in self.rejected:
+            self.rejected[field] = self.metrics.counter(metrics.REJECTED_REQUESTS, model=self.STEP.name, field=field)
+        self.rejected[field].add()
 
     def load(self) -> None:
         """Reads the step's artifacts from self.version_dir."""
@@ -96,7 +141,10 @@ class StepModel:
         config = json.loads(args["model_config"])
         check_config(self.STEP, config)
         limits = ServingLimits.from_json(config["parameters"]["limits"]["string_value"])
-        self.setup(Path(args["model_repository"]) / args["model_version"], limits)
+        self.setup(Path(args["model_repository"]) / args["model_version"], limits, metrics.Metrics(pb_utils))
+
+    def finalize(self) -> None:
+        self.metrics.close()
 
     def read_request(self, request) -> dict[str, np.ndarray]:
         inputs = {}
@@ -120,6 +168,17 @@ class StepModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def execute(self, requests):
+        try:
+            self.batch_size.observe(len(requests))
+            return self._execute(requests)
+        finally:
+            self.metrics.flush()
+
+    def _reject(self, err: RequestError):
+        self.count_rejection(err)
+        return self._error(str(err), self.pb.TritonError.INVALID_ARG)
+
+    def _execute(self, requests):
         responses: list = [None] * len(requests)
         batch, slots = [], []
         for i, request in enumerate(requests):
@@ -129,7 +188,7 @@ class StepModel:
                 batch.append(inputs)
                 slots.append(i)
             except RequestError as err:
-                responses[i] = self._error(str(err), self.pb.TritonError.INVALID_ARG)
+                responses[i] = self._reject(err)
         try:
             results = self.run_batch(batch) if batch else []
         except RequestError:
@@ -143,19 +202,30 @@ class StepModel:
         except Exception:  # a bug, not the client's fault: INTERNAL, and the server keeps serving
             # The client gets an opaque id; the server log carries it with the full traceback.
             incident = uuid.uuid4().hex[:12]
-            self.pb.Logger.log_error(f"{self.STEP.name} internal error {incident}:\n{traceback.format_exc()}")
+            self.log.error(f"internal error {incident}:\n{traceback.format_exc()}")
             results = [InternalError(incident)] * len(batch)
         add_batch_dim = not self.STEP.batching.rows_are_batch
         for i, result in zip(slots, results):
             if isinstance(result, RequestError):
-                responses[i] = self._error(str(result), self.pb.TritonError.INVALID_ARG)
+                responses[i] = self._reject(result)
             elif isinstance(result, Exception):
                 responses[i] = self._error(str(result), self.pb.TritonError.INTERNAL)
             else:
+                outputs = self.name_outputs(result)
+                self._count_served(outputs)
                 responses[i] = self.pb.InferenceResponse(output_tensors=[
-                    self.pb.Tensor(name, value[None] if add_batch_dim else value)
-                    for name, value in self.name_outputs(result).items()])
+                    self.pb.Tensor(name, value[None] if add_batch_dim else value) for name, value in outputs.items()])
         return responses
+
+    def count_served(self, outputs: dict[str, np.ndarray]) -> None:
+        """A step's metrics of one answered request (its named outputs): counted where the response is made, so
+        only what a client received counts (a batch redone one by one counts each answer once)."""
+
+    def _count_served(self, outputs: dict[str, np.ndarray]) -> None:
+        try:
+            self.count_served(outputs)
+        except Exception:  # noqa: BLE001 - a metric must never cost a client its answer
+            self.log.error(f"counting metrics failed:\n{traceback.format_exc()}")
 
 
 class RepositoryMismatch(RuntimeError):

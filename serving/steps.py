@@ -9,7 +9,7 @@ import json
 import faiss
 import numpy as np
 
-from serving import graph
+from serving import graph, metrics
 from serving.ads.scorer import SOURCES as AD_SOURCES, CtrScorer
 from serving.backend import StepModel
 from serving.calibration import CALIBRATOR_FILE, IsotonicCalibrator
@@ -48,6 +48,8 @@ class GraceRetrieve(StepModel):
     def load(self):
         self.retriever = OnnxGraceRetriever(self.version_dir)
         self.vocab_size = self.retriever.vocab_size
+        self.retriever.decoder_step = CountedRuns(self.retriever.decoder_step,
+                                                  self.metrics.counter(metrics.GRACE_BEAM_STEPS))
 
     def check_inputs(self, inputs):
         """Beyond the graph's limits: token ids inside the model's vocabulary, three aligned non-empty inputs."""
@@ -65,6 +67,20 @@ class GraceRetrieve(StepModel):
     def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
         return self.retriever(enc_tokens, enc_journey_ids, enc_journey_pos, self.limits.beam_width,
                               excluded(exclude_ids))
+
+
+class CountedRuns:
+    """An ONNX Runtime session whose `run` calls add one each to a counter; everything else is the session's."""
+
+    def __init__(self, session, counter: metrics.Counter):
+        self.session, self.counter = session, counter
+
+    def run(self, *args, **kwargs):
+        self.counter.add()
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
 
 
 def excluded(exclude_ids: np.ndarray) -> set[int]:
@@ -140,11 +156,15 @@ class Calibrate(StepModel):
         self.calibrator = IsotonicCalibrator.load(self.version_dir / CALIBRATOR_FILE)
         self.catalog = ItemIds.load(self.version_dir)
         self.merge_weight = float(json.loads((self.version_dir / ORDERING_FILE).read_text())["merge_weight"])
+        self.items_by_source = self.metrics.counters(metrics.RECOMMEND_ITEMS, "source", graph.SOURCE_NAMES)
 
     def run(self, logits, relevance, cand_items, cand_sources, k):
         items, pctr, sources = calibrated_top_k(logits, relevance, cand_items, cand_sources, self.calibrator,
                                                 int(k[0]), graph.SOURCE_NAMES, self.merge_weight)
         return self.catalog.to_external(items), pctr, sources  # the response speaks the dataset's ids
+
+    def count_served(self, outputs):
+        count_values(self.items_by_source, outputs[graph.RETRIEVAL_SOURCE.name])
 
 
 class ScoreAds(StepModel):
@@ -156,6 +176,10 @@ class ScoreAds(StepModel):
         self.scorer.max_campaigns, self.scorer.max_history = self.limits.max_campaigns, self.limits.ads_max_history
         self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
         self.catalog = ItemIds.load(self.version_dir)
+        self.predictions_by_source = self.metrics.counters(metrics.SCORE_ADS_PREDICTIONS, "model_source", AD_SOURCES)
+
+    def count_served(self, outputs):
+        count_values(self.predictions_by_source, outputs[graph.MODEL_SOURCE.name])
 
     def run(self, item_ids, behaviors, timestamps, campaign_ids):
         """The request speaks the dataset's item and campaign ids; the scorer its internal ones."""
@@ -216,6 +240,13 @@ class ClipEmbed(StepModel):
     def run(self, image=None, text=None):
         inputs = {t.name: v for t, v in ((graph.IMAGE, image), (graph.TEXT, text)) if v is not None}
         return self.run_batch([inputs])[0]
+
+
+def count_values(counters: dict[str, metrics.Counter], values: np.ndarray) -> None:
+    """Adds how often each (bytes) value occurs to the counter of that name."""
+    names, counts = np.unique(np.asarray(values, dtype=object).ravel(), return_counts=True)
+    for name, n in zip(names, counts):
+        counters[name.decode() if isinstance(name, bytes) else str(name)].add(int(n))
 
 
 def decode_texts(column: np.ndarray, tokenizer, context_length: int) -> list[str]:

@@ -1,0 +1,259 @@
+"""serving.metrics against a fake python backend (pb_utils), and the scaffold's counting in `execute`: batch sizes,
+rejections by field, and a step's served-result counters (each answer counted once)."""
+
+from __future__ import annotations
+
+import types
+import weakref
+
+import numpy as np
+import pytest
+
+from serving import graph, metrics
+from serving.backend import StepModel
+from serving.contract import RequestError, ServingLimits
+from serving.steps import CountedRuns, count_values
+
+LIMITS = ServingLimits(num_items=100, num_categories=4)
+
+
+# --- a fake triton_python_backend_utils ---------------------------------------------------------------------
+class FakeMetric:
+    """Like the python backend's, it does not keep its family alive."""
+
+    def __init__(self, family, labels, buckets=None):
+        self.name, self.log, self.labels, self.buckets = family.name, family.log, labels, buckets
+        self.increments, self.observations = [], []
+        family.log.append(("metric", family.name, dict(labels)))
+
+    def __del__(self):
+        self.log.append(("metric deleted", self.name))
+
+    def increment(self, value):
+        self.increments.append(value)
+
+    def observe(self, value):
+        self.observations.append(value)
+
+
+def fake_pb(histograms: bool = True):
+    log: list = []
+
+    class MetricFamily:
+        COUNTER, GAUGE = "COUNTER", "GAUGE"
+
+        def __init__(self, name, description, kind):
+            self.name, self.description, self.kind, self.log = name, description, kind, log
+            self._metrics = []
+            log.append(("family", name, kind))
+
+        def Metric(self, labels=None, buckets=None):  # noqa: N802 - the python backend's spelling
+            if self.kind == "HISTOGRAM" and buckets is None:
+                raise ValueError("Missing required buckets")
+            metric = FakeMetric(self, labels or {}, buckets)
+            self._metrics.append(weakref.ref(metric))
+            return metric
+
+        @property
+        def metrics(self):
+            return [m() for m in self._metrics if m() is not None]
+
+        def __del__(self):
+            log.append(("family deleted", self.name))
+
+    if histograms:
+        MetricFamily.HISTOGRAM = "HISTOGRAM"
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code):
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def as_numpy(self):
+            return self.value
+
+    class Logger:
+        lines: list = []
+
+        @classmethod
+        def log_error(cls, message):
+            cls.lines.append(("error", message))
+
+        log_info = log_warn = log_error
+
+    def get_input_tensor_by_name(request, name):
+        return Tensor(name, request[name]) if name in request else None
+
+    return types.SimpleNamespace(MetricFamily=MetricFamily, TritonError=TritonError, Logger=Logger, Tensor=Tensor,
+                                 InferenceResponse=InferenceResponse, get_input_tensor_by_name=get_input_tensor_by_name,
+                                 log=log)
+
+
+def family(registry: metrics.Metrics, name: str):
+    return registry._families[name]
+
+
+# --- the registry -------------------------------------------------------------------------------------------
+def test_outside_triton_metrics_are_checked_no_ops():
+    registry = metrics.Metrics.in_triton()  # triton_python_backend_utils is not importable here
+    assert not registry.enabled
+    counter = registry.counter(metrics.RECOMMEND_ITEMS, source="grace")
+    counter.add(3)
+    registry.flush()
+    registry.histogram(metrics.BATCH_SIZE, model="calibrate").observe(4)
+    assert counter.total == 3
+    with pytest.raises(ValueError, match="labels"):
+        registry.counter(metrics.RECOMMEND_ITEMS, model="calibrate")
+    with pytest.raises(TypeError, match="histogram"):
+        registry.counter(metrics.BATCH_SIZE, model="calibrate")
+    with pytest.raises(ValueError, match="only goes up"):
+        counter.add(-1)
+
+
+def test_counters_are_created_once_and_sent_once_per_flush():
+    pb = fake_pb()
+    registry = metrics.Metrics(pb)
+    grace = registry.counter(metrics.RECOMMEND_ITEMS, source="grace")
+    assert registry.counter(metrics.RECOMMEND_ITEMS, source="grace") is grace
+    recent = registry.counter(metrics.RECOMMEND_ITEMS, source="recent")
+    grace.add(2)
+    grace.add(3)
+    registry.flush()
+    registry.flush()  # nothing pending: nothing sent
+    assert grace._metric.increments == [5.0] and recent._metric.increments == []
+    assert grace._metric.labels == {"source": "grace"}
+    assert [e for e in pb.log if e[0] == "family"] == [("family", "recserve_recommend_items_total", "COUNTER")]
+
+
+def test_histogram_with_buckets_or_sum_and_count_counters():
+    registry = metrics.Metrics(fake_pb(histograms=True))
+    hist = registry.histogram(metrics.BATCH_SIZE, model="ranker")
+    hist.observe(3)
+    assert hist._metric.observations == [3.0] and hist._metric.buckets == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    assert family(registry, "recserve_batch_size").kind == "HISTOGRAM"
+
+    old = metrics.Metrics(fake_pb(histograms=False))  # a python backend without HISTOGRAM
+    hist = old.histogram(metrics.BATCH_SIZE, model="ranker")
+    hist.observe(3)
+    hist.observe(5)
+    old.flush()
+    assert family(old, "recserve_batch_size_sum").metrics[0].increments == [8.0]
+    assert family(old, "recserve_batch_size_count").metrics[0].increments == [2.0]
+
+
+def test_close_drops_metrics_before_their_families():
+    pb = fake_pb()
+    registry = metrics.Metrics(pb)
+    counter = registry.counter(metrics.GRACE_BEAM_STEPS)  # a step holds its counters past close
+    counter.add(4)
+    registry.close()
+    assert pb.log == [("family", "recserve_grace_beam_steps_total", "COUNTER"),
+                      ("metric", "recserve_grace_beam_steps_total", {}),
+                      ("metric deleted", "recserve_grace_beam_steps_total"),
+                      ("family deleted", "recserve_grace_beam_steps_total")]
+    counter.add(1)  # after close: counted locally, sent nowhere
+    registry.flush()
+
+
+def test_counted_runs_counts_every_decoder_call_and_delegates():
+    registry = metrics.Metrics(fake_pb())
+    counter = registry.counter(metrics.GRACE_BEAM_STEPS)
+    session = types.SimpleNamespace(run=lambda outputs, feeds: [feeds["x"] + 1], get_inputs=lambda: ["past_kv"])
+    counted = CountedRuns(session, counter)
+    assert [counted.run(None, {"x": i})[0] for i in range(3)] == [1, 2, 3]
+    assert counted.get_inputs() == ["past_kv"]
+    registry.flush()
+    assert counter._metric.increments == [3.0]
+
+
+def test_count_values_counts_bytes_labels():
+    registry = metrics.Metrics(None)
+    counters = registry.counters(metrics.RECOMMEND_ITEMS, "source", graph.SOURCE_NAMES)
+    count_values(counters, np.array([b"grace", b"recent", b"grace"], dtype=object))
+    assert {name: c.total for name, c in counters.items()} == {"grace": 2, "recent": 1, "embedding_knn": 0}
+
+
+# --- the scaffold -------------------------------------------------------------------------------------------
+class PickyCalibrate(StepModel):
+    """Answers every request but refuses k == 7 inside run (after the graph's checks): the scaffold redoes the
+    batch one by one."""
+
+    STEP = graph.CALIBRATE
+
+    def load(self):
+        self.items_by_source = self.metrics.counters(metrics.RECOMMEND_ITEMS, "source", graph.SOURCE_NAMES)
+
+    def run(self, logits, relevance, cand_items, cand_sources, k):
+        if int(k[0]) == 7:
+            raise RequestError("k", "seven is refused")
+        n = int(k[0])
+        return cand_items[:n], logits[:n], np.array([b"grace"] * (n - 1) + [b"recent"], dtype=object)
+
+    def count_served(self, outputs):
+        count_values(self.items_by_source, outputs[graph.RETRIEVAL_SOURCE.name])
+
+
+def _request(k: int, **changes):
+    c = LIMITS.max_candidates
+    request = dict(logits=np.zeros((1, c), np.float32), relevance=np.zeros((1, c), np.float32),
+                   cand_items=np.arange(c, dtype=np.int64)[None], cand_sources=np.zeros((1, c), np.int32),
+                   k=np.array([[k]], np.int32))
+    request.update(changes)
+    return {name: value for name, value in request.items() if value is not None}
+
+
+def _served(tmp_path, cls=PickyCalibrate):
+    pb = fake_pb()
+    step = cls()
+    step.pb = pb
+    step.setup(tmp_path, LIMITS, metrics.Metrics(pb))
+    return step, pb
+
+
+def _increments(registry, name):
+    return {tuple(sorted(m.labels.items())): sum(m.increments) for m in family(registry, name).metrics}
+
+
+def test_execute_counts_batch_size_rejections_by_field_and_answers_once(tmp_path):
+    step, pb = _served(tmp_path)
+    requests = [_request(3), _request(7), _request(0), _request(2, cand_items=None), _request(4)]
+    responses = step.execute(requests)
+    errors = [r.error.code if r.error else None for r in responses]
+    assert errors == [None, "INVALID_ARG", "INVALID_ARG", "INVALID_ARG", None]
+    assert family(step.metrics, "recserve_batch_size").metrics[0].observations == [5.0]
+    rejected = _increments(step.metrics, "recserve_rejected_requests_total")
+    assert rejected[(("field", "k"), ("model", "calibrate"))] == 2.0  # k=0 (graph check) and k=7 (run)
+    assert rejected[(("field", "cand_items"), ("model", "calibrate"))] == 1.0  # required input missing
+    assert rejected[(("field", "logits"), ("model", "calibrate"))] == 0.0  # every input's series exists
+    # The batch failed on k=7 and was redone one by one: each answered request is counted once.
+    items = _increments(step.metrics, "recserve_recommend_items_total")
+    assert items == {(("source", "grace"),): 2.0 + 3.0, (("source", "recent"),): 2.0,
+                     (("source", "embedding_knn"),): 0.0}
+
+
+def test_a_failing_metric_never_costs_the_answer(tmp_path):
+    class Broken(PickyCalibrate):
+        def count_served(self, outputs):
+            raise KeyError("no such source")
+
+    step, pb = _served(tmp_path, Broken)
+    responses = step.execute([_request(3)])
+    assert responses[0].error is None and len(responses[0].output_tensors) == 3
+    assert any("counting metrics failed" in line for _, line in pb.Logger.lines)
+
+
+def test_in_process_steps_log_through_logging(tmp_path, caplog):
+    step = PickyCalibrate.create(tmp_path, LIMITS)
+    with caplog.at_level("INFO", logger="serving.steps.calibrate"):
+        step.log.warning("hello")
+    assert [(r.name, r.levelname, r.message) for r in caplog.records] == [("serving.steps.calibrate", "WARNING",
+                                                                           "hello")]

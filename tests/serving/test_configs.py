@@ -236,3 +236,248 @@ def test_write_configs_creates_version_folders(tmp_path):
     # The limits embedded in the written configs are the ones passed in.
     cfg = validate((repo / "merge" / "config.pbtxt").read_text())
     assert json.loads(cfg.parameters["limits"].string_value)["num_items"] == 100
+
+
+# --- the gpu rendering ------------------------------------------------------------------------------------
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+from collections import Counter  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+from serving import gpu_graph, ort as serving_ort  # noqa: E402
+from serving.configs import CPU, GPU, TENSORRT_PARAMETERS, render_repository, repository_limits  # noqa: E402
+from serving.steps import IMPLEMENTATIONS  # noqa: E402
+
+NATIVE_MODELS = tuple(model.name for model in gpu_graph.NATIVE_MODELS)
+ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64",
+              onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.UINT8: "TYPE_UINT8"}
+
+
+@pytest.fixture(scope="module")
+def gpu_repository(model_repository, tmp_path_factory) -> Path:
+    """The built repository rendered for the GPU by the command CI and the GPU image run (no engine build)."""
+    out = tmp_path_factory.mktemp("gpu") / "model_repository_gpu"
+    subprocess.run([sys.executable, "-m", "serving.configs", "--target", "gpu", "--from-repository",
+                    str(model_repository), "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return out
+
+
+def _configs_of(repository: Path) -> dict[str, model_config_pb2.ModelConfig]:
+    return {p.parent.name: validate(p.read_text()) for p in repository.glob("*/config.pbtxt")}
+
+
+def test_gpu_repository_parses_with_native_models_on_the_gpu(gpu_repository):
+    configs = _configs_of(gpu_repository)
+    assert set(configs) == set(PYTHON_MODELS) | {"recommend"} | set(NATIVE_MODELS)
+    for name, cfg in configs.items():
+        assert cfg.name == name
+        kinds = {g.kind for g in cfg.instance_group}
+        if name in NATIVE_MODELS:
+            assert cfg.backend == "onnxruntime" and kinds == {model_config_pb2.ModelInstanceGroup.KIND_GPU}, name
+            assert cfg.default_model_filename == gpu_graph.NATIVE_FILE
+            assert (gpu_repository / name / "1" / gpu_graph.NATIVE_FILE).is_file()
+            assert [w.name for w in cfg.model_warmup] == ["smallest shapes", "largest shapes"]
+        elif name != "recommend":  # python steps stay python, on the CPU
+            assert cfg.backend == "python" and kinds == {model_config_pb2.ModelInstanceGroup.KIND_CPU}, name
+    # TensorRT execution provider (FP16) where the model converts; the decoder step runs on the CUDA EP.
+    for model in gpu_graph.NATIVE_MODELS:
+        accelerators = configs[model.name].optimization.execution_accelerators.gpu_execution_accelerator
+        if model.tensorrt:
+            assert [a.name for a in accelerators] == ["tensorrt"], model.name
+            assert dict(accelerators[0].parameters) == TENSORRT_PARAMETERS
+            assert accelerators[0].parameters["precision_mode"] == "FP16"
+        else:
+            assert len(accelerators) == 0 and model.why_not_tensorrt, model.name
+    limits, _ = repository_limits(gpu_repository)
+    batches = {name: cfg.max_batch_size for name, cfg in configs.items() if name in NATIVE_MODELS}
+    assert batches == {"grace_encoder": 0, "grace_decoder_step": 0, "ranker_onnx": MAX_BATCH_SIZE,
+                       "clip_image": limits.max_clip_rows, "clip_text": limits.max_clip_rows}
+    for name, batch in batches.items():  # Triton batches across requests only what has a batch axis
+        assert configs[name].HasField("dynamic_batching") == (batch > 0), name
+
+
+def test_gpu_native_tensors_match_the_onnx_files(gpu_repository):
+    """Names, dtypes and dims of every native model's config against the ONNX graph itself (read with onnx,
+    not the ONNX Runtime reader the rendering uses); the warmup requests fit those dims."""
+    configs = _configs_of(gpu_repository)
+    for name in NATIVE_MODELS:
+        cfg = configs[name]
+        graph_ = onnx.load(str(gpu_repository / name / "1" / gpu_graph.NATIVE_FILE)).graph
+        initializers = {i.name for i in graph_.initializer}
+
+        def declared(values):
+            return {v.name: (ONNX_TYPES[v.type.tensor_type.elem_type],
+                             [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim])
+                    for v in values if v.name not in initializers}
+
+        batch = [-1] if cfg.max_batch_size > 0 else []
+        for side, tensors in ((graph_.input, cfg.input), (graph_.output, cfg.output)):
+            configured = {t.name: (model_config_pb2.DataType.Name(t.data_type), batch + list(t.dims)) for t in tensors}
+            in_file = declared(side)
+            assert {n: t for n, (t, _) in configured.items()} == {n: t for n, (t, _) in in_file.items()}, name
+            for tensor, (_, dims) in configured.items():  # a dim the file fixes is the config's; a dynamic one
+                want = in_file[tensor][1]                  # may be what ONNX Runtime's shape inference fixed
+                assert len(dims) == len(want) and all(w in (-1, d) for w, d in zip(want, dims)), (name, tensor)
+        inputs = {t.name: list(t.dims) for t in cfg.input}
+        for warmup in cfg.model_warmup:
+            assert 1 <= warmup.batch_size <= max(cfg.max_batch_size, 1)
+            assert set(warmup.inputs) == set(inputs), name
+            for key, data in warmup.inputs.items():
+                assert len(data.dims) == len(inputs[key]) and data.zero_data != data.random_data
+                assert all(want in (-1, got) and got >= 1 for want, got in zip(inputs[key], data.dims)), (name, key)
+
+
+def test_gpu_rendering_keeps_the_graph(gpu_repository, model_repository):
+    """The python steps and the ensemble are the cpu rendering's, plus the steps' map to their native models."""
+    gpu, cpu = _configs_of(gpu_repository), _configs_of(model_repository)
+    assert set(cpu) == set(PYTHON_MODELS) | {"recommend"}
+    for name, cfg in cpu.items():
+        rendered = gpu[name]
+        key, mapping = serving_ort.ONNX_MODELS_PARAMETER, {}
+        if key in rendered.parameters:
+            mapping = json.loads(rendered.parameters[key].string_value)
+            del rendered.parameters[key]
+        assert mapping == {m.file: m.name for m in gpu_graph.NATIVE_MODELS if m.step.name == name}, name
+        assert rendered == cfg, name
+
+
+def test_cpu_rendering_of_a_repository_is_its_own_configs(model_repository, tmp_path):
+    render_repository(model_repository, tmp_path / "cpu", CPU)
+    assert _configs_of(tmp_path / "cpu") == _configs_of(model_repository)
+    assert not any((tmp_path / "cpu" / name).exists() for name in NATIVE_MODELS)
+    # The cpu rendering's steps open ONNX Runtime sessions, as before.
+    assert isinstance(serving_ort.session(tmp_path / "cpu" / "ranker" / "1" / "ranker.onnx"),
+                      serving_ort.ort.InferenceSession)
+
+
+def test_tensorrt_plans_render_on_the_tensorrt_backend(model_repository, tmp_path):
+    """Where exporters.tensorrt_export built a plan, the gpu rendering serves it on the tensorrt backend; a plan
+    for a model that does not convert is ignored."""
+    plans = tmp_path / "plans"
+    for name in ("ranker_onnx", "grace_decoder_step"):
+        (plans / name / "1").mkdir(parents=True)
+        (plans / name / "1" / gpu_graph.PLAN_FILE).write_bytes(b"not a real engine")
+    out = tmp_path / "gpu"
+    configs = {n: validate(t) for n, t in render_repository(model_repository, out, GPU, plans).items()}
+    ranker = configs["ranker_onnx"]
+    assert ranker.platform == "tensorrt_plan" and not ranker.backend
+    assert ranker.default_model_filename == gpu_graph.PLAN_FILE
+    assert len(ranker.optimization.execution_accelerators.gpu_execution_accelerator) == 0
+    assert (out / "ranker_onnx" / "1" / gpu_graph.PLAN_FILE).read_bytes() == b"not a real engine"
+    assert not (out / "ranker_onnx" / "1" / gpu_graph.NATIVE_FILE).exists()
+    assert configs["grace_decoder_step"].backend == "onnxruntime"
+    with pytest.raises(ValueError):
+        render_repository(model_repository, model_repository, GPU)
+
+
+def test_gpu_target_needs_the_onnx_files():
+    with pytest.raises(ValueError, match="built repository"):
+        render_configs(LIMITS, target=GPU)
+    with pytest.raises(ValueError, match="target"):
+        render_configs(LIMITS, target="tpu")
+
+
+class FakeBls(types.ModuleType):
+    """triton_python_backend_utils as far as BlsSession uses it: a request is checked against the native
+    model's config (names, dtypes, dims, batch size) as Triton would, then run by ONNX Runtime on the model's
+    file, so the gpu rendering's python steps can run here without a GPU."""
+
+    TRITONSERVER_MEMORY_CPU = 0
+
+    def __init__(self, repository: Path):
+        super().__init__("triton_python_backend_utils")
+        self.repository, self.calls, self.sessions = repository, Counter(), {}
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, array
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    @staticmethod
+    def PreferredMemory(kind, device):
+        return kind, device
+
+    def get_output_tensor_by_name(self, response, name):
+        return response.outputs.get(name)
+
+    def InferenceRequest(self, model_name, requested_output_names, inputs, preferred_memory=None):
+        bls = self
+        assert preferred_memory == (self.TRITONSERVER_MEMORY_CPU, 0)
+
+        class Response:
+            def __init__(self, outputs):
+                self.outputs = outputs
+
+            def has_error(self):
+                return False
+
+        class Request:
+            def exec(self):
+                cfg = validate((bls.repository / model_name / "config.pbtxt").read_text())
+                declared = {t.name: t for t in cfg.input}
+                feeds = {t.name(): t.as_numpy() for t in inputs}
+                assert set(feeds) == set(declared), (model_name, sorted(feeds))
+                for name, value in feeds.items():
+                    t = declared[name]
+                    want = model_config_pb2.DataType.Name(t.data_type).removeprefix("TYPE_")
+                    assert {"FP32": np.float32, "INT64": np.int64}[want] == value.dtype, (model_name, name)
+                    shape = value.shape[1:] if cfg.max_batch_size > 0 else value.shape
+                    if cfg.max_batch_size > 0:
+                        assert 1 <= value.shape[0] <= cfg.max_batch_size, (model_name, value.shape)
+                    assert len(shape) == len(t.dims), (model_name, name, value.shape)
+                    assert all(d in (-1, s) for d, s in zip(t.dims, shape)), (model_name, name, value.shape)
+                bls.calls[model_name] += 1
+                if model_name not in bls.sessions:
+                    path = bls.repository / model_name / "1" / gpu_graph.NATIVE_FILE
+                    bls.sessions[model_name] = serving_ort.ort.InferenceSession(
+                        str(path), providers=["CPUExecutionProvider"])
+                values = bls.sessions[model_name].run(list(requested_output_names), feeds)
+                return Response({n: bls.Tensor(n, v) for n, v in zip(requested_output_names, values)})
+
+        return Request()
+
+
+def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_repository, monkeypatch):
+    """The gpu rendering's python steps, loaded from its repository, send their ONNX feeds to the native models
+    (BLS, faked by ONNX Runtime here) and answer exactly what the cpu rendering's steps answer."""
+    fake = FakeBls(gpu_repository)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    limits, _ = repository_limits(model_repository)
+
+    def step(name, repository):
+        return IMPLEMENTATIONS[name].create(repository / name / "1", limits)
+
+    items = np.array(limits.example_item_ids[:5], np.int64)
+    request = dict(item_ids=items, behaviors=np.ones(len(items), np.int32),
+                   timestamps=np.arange(1_700_000_000, 1_700_000_000 + len(items), dtype=np.int64),
+                   k=np.array([10], np.int32))
+    features = step("features", model_repository)(**request)
+    grace = {t.name: features[t.name] for t in STEPS["grace_retrieve"].inputs}
+    cpu_grace, gpu_grace = step("grace_retrieve", model_repository)(**grace), step("grace_retrieve", gpu_repository)(**grace)
+    assert isinstance(step("grace_retrieve", gpu_repository).retriever.encoder, serving_ort.BlsSession)
+    for name in cpu_grace:
+        np.testing.assert_allclose(gpu_grace[name], cpu_grace[name], rtol=1e-5, atol=1e-5)
+    cand = np.zeros(limits.max_candidates, np.int64)
+    cand[:limits.beam_width] = cpu_grace["grace_items"]
+    rank = dict(hist_items=features["hist_items"], hist_behaviors=features["hist_behaviors"], cand_items=cand)
+    cpu_rank, gpu_rank = step("ranker", model_repository), step("ranker", gpu_repository)
+    for a, b in zip(cpu_rank.run_batch([rank] * 3), gpu_rank.run_batch([rank] * 3)):  # a batch of 3 in one call
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    clip = dict(image=np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8),
+                text=np.array([[b"a red sneaker"], [b"a bag"], [b"boots"]], dtype=object))
+    cpu_clip, gpu_clip = step("clip_embed", model_repository), step("clip_embed", gpu_repository)
+    texts = [t.decode() for t in clip["text"][:, 0]]
+    got = gpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
+    want = cpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert set(fake.calls) == set(NATIVE_MODELS), fake.calls
+    assert fake.calls["grace_encoder"] == 1 and fake.calls["ranker_onnx"] == 1

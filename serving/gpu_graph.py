@@ -72,8 +72,9 @@ NATIVE_MODELS = (
                                  "TensorRT would need a profile per length; the CUDA execution provider runs it"),
     NativeModel("ranker_onnx", graph.RANKER, RANKER_FILE,
                 sizes={"batch": (1, "ranker_max_batch")},
-                values={"hist_items": (0, "num_items"), "hist_behaviors": (0, "num_behaviors"),
-                        "cand_items": (0, "num_items")}),
+                # The exported ranker's tensors are the served step's (exporters.onnx_export.export_ranker).
+                values={graph.HIST_ITEMS.name: graph.HIST_ITEMS.values, graph.HIST_BEHAVIORS.name:
+                        graph.HIST_BEHAVIORS.values, graph.CAND_ITEMS.name: graph.CAND_ITEMS.values}),
     NativeModel("clip_image", graph.CLIP_EMBED, IMAGE_FILE, sizes={"batch": (1, "max_clip_rows")}),
     NativeModel("clip_text", graph.CLIP_EMBED, TEXT_FILE, sizes={"batch": (1, "max_clip_rows"),
                                                                   "tokens": (2, "context_length")},

@@ -65,7 +65,9 @@ NATIVE_MODELS = (
                         "journey_pos": (0, "max_history_tokens-1")}),
     # cross_kv's batch is axis 2, so Triton cannot batch it (max_batch_size 0); one request = one user.
     NativeModel("grace_decoder_step", graph.GRACE_RETRIEVE, DECODER_STEP_FILE,
-                sizes={"beams": (1, "beam_width"), "past": (1, "tokens_per_event"), "tokens": (1, "max_history_tokens")},
+                # The cache holds the decoded prefix: at most path_length-1 = tokens_per_event-2 tokens.
+                sizes={"beams": (1, "beam_width"), "past": (1, "tokens_per_event-2"),
+                       "tokens": (1, "max_history_tokens")},
                 values={"last_tokens": (0, "grace_vocab-1")},
                 tensorrt=False,
                 why_not_tensorrt="its KV cache is empty (a zero-length dim) at the first step and grows every step: "

@@ -481,3 +481,22 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert set(fake.calls) == set(NATIVE_MODELS), fake.calls
     assert fake.calls["grace_encoder"] == 1 and fake.calls["ranker_onnx"] == 1
+
+
+def test_gpu_warmup_requests_run_in_onnx_runtime(gpu_repository):
+    """Each warmup request, built as Triton builds it (zero or random data of the declared dims), runs on the
+    model file: a warmup the model cannot run would fail the native model's load on the GPU."""
+    numpy_types = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}
+    rng = np.random.default_rng(0)
+    for name in NATIVE_MODELS:
+        cfg = validate((gpu_repository / name / "config.pbtxt").read_text())
+        sess = serving_ort.ort.InferenceSession(str(gpu_repository / name / "1" / gpu_graph.NATIVE_FILE),
+                                                providers=["CPUExecutionProvider"])
+        for warmup in cfg.model_warmup:
+            feeds = {}
+            for key, data in warmup.inputs.items():
+                shape = ([warmup.batch_size] if cfg.max_batch_size > 0 else []) + list(data.dims)
+                dtype = numpy_types[model_config_pb2.DataType.Name(data.data_type)]
+                feeds[key] = rng.random(shape).astype(dtype) if data.random_data else np.zeros(shape, dtype)
+            outputs = sess.run(None, feeds)
+            assert len(outputs) == len(cfg.output), (name, warmup.name)

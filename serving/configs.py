@@ -119,10 +119,9 @@ def native_config(model: gpu_graph.NativeModel, io: gpu_graph.NativeIO, sizes: g
             entry = warmup.inputs[tensor.name]
             entry.data_type = pb.DataType.Value(f"TYPE_{tensor.dtype}")
             entry.dims.extend(sizes.shape(model, tensor, which)[skip:])
-            if tensor.dtype in ("FP32", "FP16"):
-                entry.random_data = True
-            else:  # 0 is a valid id (padding) for every integer input; a random one might not be
-                entry.zero_data = True
+            # Zeros: 0 is a valid id (padding) for every integer input, and an all-zero mask is a valid one
+            # (random floats are not: the GRACE encoder's `valid` is 0/1 and a fractional one can divide by 0).
+            entry.zero_data = True
     return config
 
 

@@ -89,21 +89,26 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
             {**{n: {0: "batch", 1: "tokens"} for n in enc_names}, "cross_kv": {2: "batch", 4: "tokens"}})
     layers, heads, hd = cfg.decoder_layers, cfg.num_heads, d // cfg.num_heads
 
-    def step_feeds(beams: int, past_len: int, t: int) -> dict[str, np.ndarray]:
+    def step_feeds(beams: int, past_len: int, t: int, requests: int = 1) -> dict[str, np.ndarray]:
+        """`requests` memories, each serving beams/requests consecutive beams (some of its memory padding)."""
+        valid = np.ones((requests, t), np.float32)
+        valid[1:, : t // 3] = 0.0
         return {"last_tokens": rng.integers(2, vocab, size=beams).astype(np.int64),
                 "past_kv": rng.normal(size=(layers, 2, beams, heads, past_len, hd)).astype(np.float32),
-                "cross_kv": rng.normal(size=(layers, 2, 1, heads, t, hd)).astype(np.float32),
-                "memory_valid": np.ones((1, t), np.float32)}
+                "cross_kv": rng.normal(size=(layers, 2, requests, heads, t, hd)).astype(np.float32),
+                "memory_valid": valid}
 
-    traced = step_feeds(3, 2, 4 * tpe)
+    traced = step_feeds(6, 2, 4 * tpe, requests=2)
     _export(step, tuple(torch.from_numpy(v) for v in traced.values()), step_path, list(traced),
             ["log_probs", "present_kv"],
-            {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {4: "tokens"},
-             "memory_valid": {1: "tokens"}, "log_probs": {0: "beams"}, "present_kv": {2: "beams", 4: "present"}})
-    # Parity on shapes other than the traced ones (the empty first-step cache included), so dynamic axes and
-    # the journey inputs are exercised too.
+            {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {2: "requests", 4: "tokens"},
+             "memory_valid": {0: "requests", 1: "tokens"}, "log_probs": {0: "beams"},
+             "present_kv": {2: "beams", 4: "present"}})
+    # Parity on shapes other than the traced ones (the empty first-step cache included; one request's beams and
+    # several requests' beams in one call), so dynamic axes and the journey inputs are exercised too.
     enc_diff = _max_diff(encoder, enc_path, sample_encoder_inputs(rng, vocab, tpe, [9, 3, 7]))
-    step_diff = max(_max_diff(step, step_path, step_feeds(5, past, 7 * tpe)) for past in (0, 1, 4))
+    step_diff = max(_max_diff(step, step_path, step_feeds(beams, past, 7 * tpe, requests))
+                    for past in (0, 1, 4) for beams, requests in ((5, 1), (12, 3), (4, 4)))
     return {enc_path.name: enc_diff, step_path.name: step_diff}
 
 

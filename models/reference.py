@@ -34,6 +34,9 @@ class TorchGraceRetrieve(GraceRetrieve):
         return grace_retrieve(self.model, self.trie, self.path_to_item, enc_tokens, enc_journey_ids, enc_journey_pos,
                               self.limits.beam_width, excluded(exclude_ids))
 
+    def run_batch(self, batch):  # the reference: one request at a time, the one-request search
+        return [self.run(**inputs) for inputs in batch]
+
 
 class TorchRank(Rank):
     def load(self):

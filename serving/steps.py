@@ -65,8 +65,14 @@ class GraceRetrieve(StepModel):
                                f"token {int(bad[0])} is out of range; valid range is 0..{self.vocab_size - 1}")
 
     def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
-        return self.retriever(enc_tokens, enc_journey_ids, enc_journey_pos, self.limits.beam_width,
-                              excluded(exclude_ids))
+        return self.run_batch([dict(enc_tokens=enc_tokens, enc_journey_ids=enc_journey_ids,
+                                    enc_journey_pos=enc_journey_pos, exclude_ids=exclude_ids)])[0]
+
+    def run_batch(self, batch):
+        """Every queued request in one encoder call and one decoder call per beam-search step."""
+        return self.retriever.batch([(inputs[graph.ENC_TOKENS.name], inputs[graph.ENC_JOURNEY_IDS.name],
+                                      inputs[graph.ENC_JOURNEY_POS.name], excluded(inputs[graph.EXCLUDE_IDS.name]))
+                                     for inputs in batch], self.limits.beam_width)
 
 
 class CountedRuns:

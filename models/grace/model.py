@@ -133,8 +133,17 @@ class DecoderBlock(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = x + self.drop(self.attn.attend(h, k, v, self_bias))
-        x = x + self.drop(self.cross(self.norm_cross(x), cross_kv, memory_bias))
+        x = x + self.drop(self.grouped_cross(self.norm_cross(x), cross_kv, memory_bias))
         return x + self.drop(self.ff(self.norm2(x))), (k, v)
+
+    def grouped_cross(self, x, cross_kv, memory_bias):
+        """Cross-attention where the R memories of cross_kv [R,H,T,hd] each serve B/R consecutive rows of x
+        [B,Tq,d] (R = B: one memory per row; R = 1: every beam of one request; else R requests' beam groups).
+        Cross-attention has no interaction between queries, so a memory's rows become one longer query
+        sequence: no copy of the memory per beam. memory_bias [R,1,1,T]."""
+        b, tq, d = x.shape
+        r = cross_kv[0].shape[0]
+        return self.cross(x.reshape(r, -1, d), cross_kv, memory_bias).reshape(b, tq, d)
 
     def forward_groups(self, x, group: int, self_bias, cross_kv, memory_bias):
         """Training: x [B, G*group, d] holds G independent decoder sequences of `group` tokens per row (one
@@ -211,8 +220,9 @@ class GraceModel(nn.Module):
     def decode_cached(self, new_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
                       memory_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """new_tokens [B,S_new] continue prefixes whose self-attention K/V are `past` [layers,2,B,H,S_past,hd]
-        -> (logits [B,S_new,V], present [layers,2,B,H,S_past+S_new,hd]). cross_kv and memory_valid may have
-        batch 1 and are then shared by all B prefixes (beams)."""
+        -> (logits [B,S_new,V], present [layers,2,B,H,S_past+S_new,hd]). cross_kv and memory_valid have batch R
+        dividing B: memory r serves rows r*B/R .. (r+1)*B/R-1 (R = 1: all B prefixes are one request's beams;
+        R > 1: several requests' beams, decoded in one call)."""
         s_new, s_past = new_tokens.shape[1], past.shape[4]
         pos = torch.arange(s_new, device=new_tokens.device) + s_past
         x = self.token_emb(new_tokens) + self.dec_pos(pos)

@@ -87,3 +87,91 @@ def _trie_index(path_to_item: dict[tuple[int, ...], int]) -> tuple[dict[tuple[in
     index = (sizes, {item: path for path, item in path_to_item.items()})
     _INDEX[id(path_to_item)] = (path_to_item, index)
     return index
+
+
+class TrieIndex:
+    """The prefix trie as CSR arrays, so that a search step expands every beam of every request with a few numpy
+    calls: node 0 is the empty prefix; the children of node n are child_token/child_node[offsets[n]:offsets[n+1]]
+    in the trie's (sorted) order; a leaf (a whole path) has its item in leaf_item."""
+
+    def __init__(self, trie: dict[tuple[int, ...], np.ndarray], path_to_item: dict[tuple[int, ...], int]):
+        self.path_length = len(next(iter(path_to_item)))
+        node_of: dict[tuple[int, ...], int] = {(): 0}
+        order = [()]
+        for prefix in order:  # breadth first: children get ids after their parent
+            if len(prefix) < self.path_length:
+                for token in trie[prefix].tolist():
+                    node_of[(*prefix, token)] = len(order)
+                    order.append((*prefix, token))
+        counts = np.array([len(trie[p]) if len(p) < self.path_length else 0 for p in order], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.child_token = np.concatenate([trie[p] for p in order if len(p) < self.path_length]).astype(np.int64)
+        self.child_node = np.array([node_of[(*p, t)] for p in order if len(p) < self.path_length
+                                    for t in trie[p].tolist()], np.int64)
+        self.leaf_item = np.zeros(len(order), np.int64)
+        for path, item in path_to_item.items():
+            self.leaf_item[node_of[tuple(path)]] = item
+        self.item_nodes = {item: [node_of[tuple(path[:d])] for d in range(1, self.path_length + 1)]
+                           for path, item in path_to_item.items()}  # the nodes on each item's path
+        self.size = np.zeros(len(order), np.int64)  # items under each node
+        for nodes in self.item_nodes.values():
+            self.size[nodes] += 1
+
+    def blocked_nodes(self, exclude: "set[int] | None") -> np.ndarray:
+        """Nodes whose items are all excluded: no beam may enter them (sorted node ids)."""
+        if not exclude:
+            return np.zeros(0, np.int64)
+        nodes = [n for item in exclude for n in self.item_nodes.get(item, ())]
+        if not nodes:
+            return np.zeros(0, np.int64)
+        ids, hits = np.unique(np.array(nodes, np.int64), return_counts=True)
+        return ids[hits == self.size[ids]]
+
+
+# run(last_tokens [N], past [layers,2,N,H,S,hd]) -> (log_probs [N,V], present [layers,2,N,H,S+1,hd]), where the N
+# rows are R requests x G beam slots (request r owns rows r*G .. r*G+G-1; the decoder reads G from N // R).
+BatchedRunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, beam_width: int,
+                        excludes: "list[set[int] | None]") -> list[tuple[np.ndarray, np.ndarray]]:
+    """constrained_beam_search for R requests at once: one decoder call per step for every beam of every request
+    (each request keeps G = the widest request's beam count slots; unused slots are padding whose answers are
+    ignored), the trie expanded with CSR arrays. Per request it keeps the same candidates in the same order
+    (beams in order, tokens in trie order, stable sort on score), hence the same result."""
+    r = len(excludes)
+    blocked = [index.blocked_nodes(e) for e in excludes]
+    nodes = [np.zeros(1, np.int64) for _ in range(r)]  # each request's beams, as trie nodes
+    scores = [np.zeros(1, np.float64) for _ in range(r)]
+    last = np.full(r, BOS, np.int64)
+    past = np.repeat(empty_cache, r, axis=2) if empty_cache.shape[2] == 1 else empty_cache
+    for _ in range(index.path_length):
+        width = len(last) // r  # slots per request in this call
+        log_probs, present = run(last, np.ascontiguousarray(past))
+        rows, tokens = [], []
+        for q in range(r):
+            starts, ends = index.offsets[nodes[q]], index.offsets[nodes[q] + 1]
+            counts = ends - starts
+            beam = np.repeat(np.arange(len(nodes[q])), counts)
+            edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+            child, token = index.child_node[edge], index.child_token[edge]
+            score = scores[q][beam] + log_probs[q * width + beam, token].astype(np.float64)
+            if len(blocked[q]):
+                keep = ~np.isin(child, blocked[q])
+                beam, child, token, score = beam[keep], child[keep], token[keep], score[keep]
+            keep = np.argsort(-score, kind="stable")[:beam_width]
+            nodes[q], scores[q] = child[keep], score[keep]
+            rows.append(q * width + beam[keep])
+            tokens.append(token[keep])
+        slots = max(len(n) for n in nodes)
+        # Next call's rows: each request's surviving beams, padded to `slots` with a copy of its first beam.
+        parent = np.concatenate([_padded(b, slots, q * width) for q, b in enumerate(rows)])
+        last = np.concatenate([_padded(t, slots, BOS) for t in tokens])
+        past = present[:, :, parent]
+    return [(index.leaf_item[n], s.astype(np.float32)) for n, s in zip(nodes, scores)]
+
+
+def _padded(values: np.ndarray, size: int, empty_fill: int) -> np.ndarray:
+    """`values` padded to `size` with copies of its first element (or `empty_fill` when it has none)."""
+    fill = values[0] if len(values) else empty_fill
+    return np.concatenate([values, np.full(size - len(values), fill, np.int64)])

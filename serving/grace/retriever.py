@@ -1,5 +1,6 @@
-"""The served GRACE retriever: the ONNX encoder once per request, then trie-constrained beam search over the
-ONNX decoder step, which feeds one token per beam and carries the decoder's self-attention KV cache."""
+"""The served GRACE retriever: the ONNX encoder once per batch of requests (left-padded with whole events), then
+the trie-constrained beam searches of every request advanced together, one ONNX decoder-step call per step for
+every beam of every request (the step feeds one token per beam and carries the self-attention KV cache)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.grace.beam_search import CachedStep, constrained_beam_search
+from serving.grace.beam_search import CachedStep, TrieIndex, batched_beam_search, constrained_beam_search
 from serving.grace.history import TOKENIZER_FILE
 from serving.grace.tokenizer import ItemTokenizer
 from serving.ort import session
@@ -31,19 +32,47 @@ class OnnxGraceRetriever:
         past = next(i for i in self.decoder_step.get_inputs() if i.name == "past_kv").shape
         # [layers, 2, beams, heads, past, head_dim]: the empty cache of the first step.
         self.empty_cache = np.zeros((past[0], 2, 1, past[3], 0, past[5]), np.float32)
+        self.index = TrieIndex(self.trie, self.path_to_item)
+        cross = next(i for i in self.decoder_step.get_inputs() if i.name == "cross_kv").shape
+        self.batched = not isinstance(cross[2], int)  # a dynamic requests axis: several requests per step call
 
     def __call__(self, tokens: np.ndarray, journey_ids: np.ndarray, journey_pos: np.ndarray, beam_width: int,
                  exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        valid = np.ones((1, len(tokens)), np.float32)
-        feeds = {"tokens": tokens[None].astype(np.int64), "valid": valid,
-                 "journey_ids": journey_ids[None].astype(np.int64), "journey_pos": journey_pos[None].astype(np.int64)}
-        # Cross-attention K/V once per request; every beam and step shares them (batch 1 broadcasts).
-        cross_kv = self.encoder.run(None, feeds)[0]
+        return self.batch([(tokens, journey_ids, journey_pos, exclude)], beam_width)[0]
+
+    def batch(self, requests: list[tuple[np.ndarray, np.ndarray, np.ndarray, set[int] | None]], beam_width: int
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(items, scores) of each request (tokens, journey_ids, journey_pos, excluded items)."""
+        if not self.batched:  # a repository exported before batched decoding: one request at a time
+            return [self._one(*request, beam_width) for request in requests]
+        t = max(len(request[0]) for request in requests)
+        n = len(requests)
+        # Left padding with whole events: the encoder's positions count from the first real token, so a history's
+        # memory does not depend on the padding (the padding is masked in every attention).
+        tokens, journey_ids = np.zeros((n, t), np.int64), np.full((n, t), -1, np.int64)
+        journey_pos, valid = np.zeros((n, t), np.int64), np.zeros((n, t), np.float32)
+        for row, (tok, jid, jpos, _) in enumerate(requests):
+            tokens[row, t - len(tok):], journey_ids[row, t - len(tok):] = tok, jid
+            journey_pos[row, t - len(tok):], valid[row, t - len(tok):] = jpos, 1.0
+        cross_kv = self.encoder.run(None, {"tokens": tokens, "valid": valid, "journey_ids": journey_ids,
+                                           "journey_pos": journey_pos})[0]
 
         def run(last_tokens, past):
             log_probs, present = self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past,
                                                               "cross_kv": cross_kv, "memory_valid": valid})
             return log_probs, present
+
+        return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests])
+
+    def _one(self, tokens, journey_ids, journey_pos, exclude, beam_width):
+        valid = np.ones((1, len(tokens)), np.float32)
+        feeds = {"tokens": tokens[None].astype(np.int64), "valid": valid,
+                 "journey_ids": journey_ids[None].astype(np.int64), "journey_pos": journey_pos[None].astype(np.int64)}
+        cross_kv = self.encoder.run(None, feeds)[0]
+
+        def run(last_tokens, past):
+            return self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
+                                                "memory_valid": valid})
 
         return constrained_beam_search(CachedStep(run, self.empty_cache), self.trie, self.path_to_item, beam_width,
                                        exclude)

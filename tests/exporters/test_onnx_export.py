@@ -221,3 +221,35 @@ def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
         np.testing.assert_array_equal(items, ref_items)
         np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
         assert len(items) == width
+
+
+def test_batched_served_retrieval_equals_the_torch_reference_per_request(grace_export):
+    """Several requests of different lengths in one encoder call (left-padded) and one decoder call per step, with
+    exclusions: each request gets the items the torch reference finds for it alone."""
+    from models.grace.recommender import grace_retrieve
+    from serving.grace.history import TOKENIZER_FILE
+    from serving.grace.retriever import OnnxGraceRetriever
+    from serving.grace.tokenizer import ItemTokenizer
+
+    model, out, _ = grace_export
+    rng = np.random.default_rng(12)
+    n = 40
+    leaf = np.r_[0, rng.integers(0, 6, size=n)]
+    tok = ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
+                                     np.r_[0, rng.integers(0, 3, size=n)])
+    tok.save(out / TOKENIZER_FILE)
+    retriever = OnnxGraceRetriever(out)
+    assert retriever.batched
+    requests = []
+    for events, exclude in ((4, None), (1, {3, 5}), (6, set(range(1, 30))), (2, set())):
+        enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))
+        journey_ids = np.repeat(np.sort(rng.integers(0, 2, size=events)).cumsum(), tok.tokens_per_event)
+        journey_ids -= journey_ids[0]
+        journey_pos = np.arange(len(enc)) - np.searchsorted(journey_ids, journey_ids)
+        requests.append((enc, journey_ids, journey_pos, exclude))
+    for width in (1, 6):
+        for (items, scores), (enc, jid, jpos, exclude) in zip(retriever.batch(requests, width), requests):
+            ref_items, ref_scores = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos,
+                                                   width, exclude)
+            np.testing.assert_array_equal(items, ref_items)
+            np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)

@@ -188,3 +188,51 @@ def test_excluded_items_never_complete_and_free_their_beams(tok, trie, p2i):
     assert not exclude & set(again.tolist()) and len(again) == 10
     assert set(items[4:].tolist()) <= set(again.tolist())  # the survivors keep their place; others fill in
     assert np.all(np.diff(scores) <= 0)
+
+
+def batched_run(fs: list):
+    """A fake KV-cached decoder for batched_beam_search: the 'cache' holds each row's tokens so far, and a row's
+    log-probs are its request's function of its prefix (request = row // slots)."""
+    calls = []
+
+    def run(last: np.ndarray, past: np.ndarray):
+        present = np.concatenate([past, last.astype(np.float32)[None, None, :, None, None, None]], axis=4)
+        slots = len(last) // len(fs)
+        calls.append(len(last))
+        rows = [tuple(int(t) for t in present[0, 0, row, 0, :, 0]) for row in range(len(last))]
+        return np.stack([fs[row // slots](prefix) for row, prefix in enumerate(rows)]), present
+
+    return run, calls
+
+
+@pytest.mark.parametrize("beam_width", [1, 5, 20])
+def test_batched_search_equals_one_search_per_request(tok, trie, p2i, beam_width):
+    """Several requests at once, each with its own log-probs and exclusions (one excludes a whole subtree, one
+    everything but a few items): per request the same items and scores as the one-request search, one decoder
+    call per step for all of them."""
+    from serving.grace.beam_search import TrieIndex, batched_beam_search
+
+    index = TrieIndex(trie, p2i)
+    items = np.arange(1, tok.num_items + 1)
+    subtree = {p2i[path] for path in p2i if path[0] == next(iter(p2i))[0]}
+    excludes = [None, set(items[:7].tolist()), subtree, set(items[5:].tolist()), set()]
+    fs = [random_log_probs(tok.vocab_size, seed) for seed in range(len(excludes))]
+    run, calls = batched_run(fs)
+    got = batched_beam_search(run, np.zeros((1, 1, 1, 1, 0, 1), np.float32), index, beam_width, excludes)
+    assert len(calls) == tok.path_length and calls[0] == len(excludes)
+    for f, exclude, (got_items, got_scores) in zip(fs, excludes, got):
+        want_items, want_scores = constrained_beam_search(make_step(f), trie, p2i, beam_width, exclude)
+        np.testing.assert_array_equal(got_items, want_items)
+        np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
+        assert not (set(got_items.tolist()) & (exclude or set()))
+
+
+def test_batched_search_with_everything_excluded_returns_nothing_for_that_request(tok, trie, p2i):
+    from serving.grace.beam_search import TrieIndex, batched_beam_search
+
+    fs = [random_log_probs(tok.vocab_size, 0), random_log_probs(tok.vocab_size, 1)]
+    run, _ = batched_run(fs)
+    everything = set(range(1, tok.num_items + 1))
+    (a, _), (b, _) = batched_beam_search(run, np.zeros((1, 1, 1, 1, 0, 1), np.float32), TrieIndex(trie, p2i), 4,
+                                         [everything, None])
+    assert len(a) == 0 and len(b) == 4

@@ -92,15 +92,15 @@ NUMPY_DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT3
 
 def sample_feeds(model: NativeModel, io: NativeIO, sizes: Sizes, which: int, rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
-    """Random inputs at the smallest (which=0) or largest (1) profile shape: floats in [0, 1), integers in the
-    range the model declares for them (ids the model can look up), else 0..1."""
+    """Random inputs at the smallest (which=0) or largest (1) profile shape: integers in the range the model
+    declares for the input (ids it can look up; a float mask's 0..1), other integers 0..1, floats in [0, 1)."""
     feeds = {}
     for tensor in io.inputs:
         shape = sizes.shape(model, tensor, which)
         dtype = NUMPY_DTYPES[tensor.dtype]
-        if np.issubdtype(dtype, np.floating):
+        if np.issubdtype(dtype, np.floating) and tensor.name not in model.values:
             feeds[tensor.name] = rng.random(shape).astype(dtype)
-        else:
+        else:  # integers, or a float input with declared values (a 0/1 mask)
             low, high = (sizes(v) for v in model.values.get(tensor.name, (0, 1)))
             feeds[tensor.name] = rng.integers(low, high + 1, size=shape).astype(dtype)
     return feeds

@@ -38,7 +38,8 @@ class NativeModel:
     # Named (symbolic) ONNX dims -> (smallest, largest) a request sends: the warmup requests and the TensorRT
     # optimisation profile cover exactly this range. "batch" is the batch dim of a batchable model.
     sizes: dict[str, tuple[int | str, int | str]]
-    # Inclusive value range of an integer input (random parity inputs must be valid ids); others: 0..1.
+    # Inclusive value range of an input (random parity inputs must be valid ids; a float mask is 0 or 1);
+    # other integer inputs: 0..1, other floats: [0, 1).
     values: dict[str, tuple[int | str, int | str]] = dataclasses.field(default_factory=dict)
     tensorrt: bool = True  # TensorRT (execution provider, or a plan) where it converts; else CUDA EP only
     why_not_tensorrt: str = ""
@@ -61,7 +62,7 @@ class NativeIO:
 NATIVE_MODELS = (
     NativeModel("grace_encoder", graph.GRACE_RETRIEVE, ENCODER_FILE,
                 sizes={"batch": (1, 1), "tokens": (1, "max_history_tokens")},
-                values={"tokens": (0, "grace_vocab-1"), "journey_ids": (0, "max_history-1"),
+                values={"tokens": (0, "grace_vocab-1"), "valid": (0, 1), "journey_ids": (0, "max_history-1"),
                         "journey_pos": (0, "max_history_tokens-1")}),
     # cross_kv's batch is axis 2, so Triton cannot batch it (max_batch_size 0); one request = one user.
     NativeModel("grace_decoder_step", graph.GRACE_RETRIEVE, DECODER_STEP_FILE,

@@ -43,6 +43,7 @@ PROVIDER = {
 NOT_A_DEPENDENCY = {
     "triton_python_backend_utils": "provided by Triton's python backend to the models it runs",
     "regex": "optional: the CLIP tokenizer falls back to `re` (serving/clip/text.py)",
+    "tensorrt": "GPU machines only: exporters/tensorrt_export.py uses it when importable, else trtexec",
 }
 # Which dependency groups each folder is installed with.
 GROUPS_OF = {

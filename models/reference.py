@@ -16,6 +16,7 @@ from models.grace.model import load_checkpoint as load_grace
 from models.grace.recommender import grace_retrieve
 from models.ranking.model import load_checkpoint as load_ranker
 from serving import graph
+from serving.graph import run_ensemble  # noqa: F401 (the reference's callers import it from here too)
 from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.retriever import load_decoding
@@ -51,17 +52,6 @@ class TorchRank(Rank):
 
 
 TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchRank)}
-
-
-def run_ensemble(ensemble: graph.Ensemble, steps: dict[str, StepModel], request: dict[str, np.ndarray],
-                 every_tensor: bool = False) -> dict[str, np.ndarray]:
-    """Runs the ensemble's steps in graph order over named tensors, as Triton's ensemble scheduler does; returns
-    the ensemble's outputs, or every tensor it made (the inputs of each step, for tests)."""
-    tensors = dict(request)
-    for step in ensemble.steps:
-        inputs = {t.name: tensors[t.name] for t in step.inputs if t.name in tensors}
-        tensors.update(steps[step.name](**inputs))
-    return tensors if every_tensor else {t.name: tensors[t.name] for t in ensemble.outputs}
 
 
 class ReferencePipeline:

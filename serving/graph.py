@@ -207,3 +207,14 @@ SERVED_STEPS = RECOMMEND.steps + (SCORE_ADS, CLIP_EMBED)  # python-backend model
 STEPS = {step.name: step for step in SERVED_STEPS}
 SOURCE_NAMES = tuple(source.name for source in RETRIEVAL_SOURCES)  # cand_sources indexes this
 GRAPH_CONSTANTS = {"num_sources": len(RETRIEVAL_SOURCES)}
+
+
+def run_ensemble(ensemble: Ensemble, steps: dict, request: dict, every_tensor: bool = False) -> dict:
+    """Runs the ensemble's steps (callables by step name: tensors in, named tensors out) in graph order over named
+    tensors, as Triton's ensemble scheduler does; returns the ensemble's outputs, or every tensor it made (the
+    inputs of each step, for tests). The in-process reference and the benchmarks' in-process side run it."""
+    tensors = dict(request)
+    for step in ensemble.steps:
+        inputs = {t.name: tensors[t.name] for t in step.inputs if t.name in tensors}
+        tensors.update(steps[step.name](**inputs))
+    return tensors if every_tensor else {t.name: tensors[t.name] for t in ensemble.outputs}

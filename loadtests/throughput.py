@@ -1,0 +1,197 @@
+"""Latency and throughput of `recommend` in one run: the served pipeline against the very same step code run in
+process (numpy + ONNX Runtime, no Triton, no gRPC), then closed-loop load at several concurrencies.
+
+    python -m loadtests.throughput --host 127.0.0.1:8001 --repository model_repository \
+        --out docs/results/throughput.json --plot docs/results/throughput.png
+
+1. Concurrency 1, interleaved: each seeded request is answered in process and then by the server, back to back,
+   so both see the same machine state; p50/p99 of each and their ratio.
+2. Closed loop at each concurrency (default 1 4 8 16 32): that many client threads, each with its own gRPC
+   connection, send requests back to back for --duration seconds; answers per second, p50/p99, errors.
+   The load generator runs on the same machine as the server (stated in the result).
+Histories are drawn from the server's published example items, --min-events..--max-events events each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clients import RecommendClient, synthetic_history
+from evaluation.provenance import line, provenance
+from serving import graph
+from serving.contract import BUILD_MANIFEST, ServingLimits
+
+WARMUP = 20
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "mean_ms": round(float(ms.mean()), 3), "requests": len(ms)}
+
+
+def in_process_pipeline(repository: Path):
+    """recommend's steps from the repository's own files, run in graph order by the served step classes."""
+    from serving.steps import IMPLEMENTATIONS  # noqa: PLC0415 (the benchmark's in-process side only)
+
+    limits = ServingLimits(**json.loads((repository / BUILD_MANIFEST).read_text())["limits"])
+    steps = {step.name: IMPLEMENTATIONS[step.name].create(repository / step.name / "1", limits)
+             for step in graph.RECOMMEND.steps}
+
+    def recommend(events, k: int):
+        request = {graph.ITEM_IDS.name: np.array([e.item_id for e in events], np.int64),
+                   graph.BEHAVIORS.name: np.array([int(e.behavior) for e in events], np.int32),
+                   graph.TIMESTAMPS.name: np.array([e.timestamp for e in events], np.int64),
+                   graph.K.name: np.array([k], np.int32)}
+        return graph.run_ensemble(graph.RECOMMEND, steps, request)[graph.TOP_ITEM_IDS.name]
+
+    return recommend
+
+
+def interleaved(host: str, repository: Path, histories: list, k: int) -> dict:
+    local = in_process_pipeline(repository)
+    in_process, served, same = [], [], 0
+    with RecommendClient(host) as client:
+        for events in histories[:WARMUP]:
+            local(events, k), client.recommend(events, k)
+        for events in histories:
+            started = time.perf_counter()
+            mine = local(events, k)
+            middle = time.perf_counter()
+            theirs = client.recommend(events, k)
+            in_process.append(middle - started)
+            served.append(time.perf_counter() - middle)
+            same += int(np.array_equal(mine, [item.item_id for item in theirs.items]))
+    a, b = percentiles(in_process), percentiles(served)
+    return {"in_process": a, "served": b, "served_over_in_process_p50": round(b["p50_ms"] / a["p50_ms"], 3),
+            "served_over_in_process_p99": round(b["p99_ms"] / a["p99_ms"], 3),
+            "same_top_k": round(same / len(histories), 4)}
+
+
+def closed_loop(host: str, histories: list, k: int, concurrency: int, duration_s: float) -> dict:
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def worker(slot: int) -> None:
+        rng = random.Random(slot)
+        with RecommendClient(host, timeout_s=30.0) as client:
+            for events in histories[:3]:  # a warm connection before the clock starts
+                client.recommend(events, k)
+            start.wait()
+            while time.perf_counter() < stop_at[0]:
+                events = histories[rng.randrange(len(histories))]
+                began = time.perf_counter()
+                try:
+                    client.recommend(events, k)
+                    latencies[slot].append(time.perf_counter() - began)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    errors.append(str(exc)[:200])
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + 3600  # until the barrier releases every worker at once
+    start.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + duration_s
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    answered = [s for per in latencies for s in per]
+    return {"concurrency": concurrency, "seconds": round(elapsed, 2),
+            "req_per_s": round(len(answered) / elapsed, 1), **percentiles(answered),
+            "errors": len(errors), "first_errors": errors[:3]}
+
+
+def render(result: dict) -> str:
+    c1 = result["interleaved"]
+    lines = [f"- {line(result)}",
+             f"- histories of {result['args']['min_events']}-{result['args']['max_events']} events, k="
+             f"{result['args']['k']}; the load generator runs on the same cores as the server", "",
+             "| concurrency 1, interleaved | requests | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
+    for name in ("in_process", "served"):
+        r = c1[name]
+        lines.append(f"| {name.replace('_', '-')} | {r['requests']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['mean_ms']:.2f} |")
+    lines += ["", f"Served / in-process: p50 {c1['served_over_in_process_p50']:.2f}x, p99 "
+              f"{c1['served_over_in_process_p99']:.2f}x; same top-{result['args']['k']} for "
+              f"{100 * c1['same_top_k']:.0f}% of the requests.", "",
+              "| concurrency | req/s | p50 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|"]
+    for r in result["closed_loop"]:
+        lines.append(f"| {r['concurrency']} | {r['req_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['requests']} | {r['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = result["closed_loop"]
+    c = [r["concurrency"] for r in rows]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    left.plot(c, [r["req_per_s"] for r in rows], "o-", color="tab:blue", label="req/s")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("answers per second", color="tab:blue")
+    right = left.twinx()
+    right.plot(c, [r["p50_ms"] for r in rows], "s--", color="tab:orange", label="p50")
+    right.plot(c, [r["p99_ms"] for r in rows], "^--", color="tab:red", label="p99")
+    right.set_ylabel("latency ms", color="tab:red")
+    right.legend(loc="upper left")
+    left.set_title(f"recommend, closed loop ({result['commit']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", required=True, help="the server's gRPC address")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"),
+                        help="the repository the server serves (the in-process side loads the same files)")
+    parser.add_argument("--requests", type=int, default=300, help="interleaved requests at concurrency 1")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
+    parser.add_argument("--min-events", type=int, default=5)
+    parser.add_argument("--max-events", type=int, default=16)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the result (JSON, with provenance) here")
+    parser.add_argument("--plot", type=Path, help="write the closed-loop plot (PNG) here")
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    with RecommendClient(args.host) as client:
+        limits = client.limits()
+    histories = [synthetic_history(limits, rng.randint(args.min_events, args.max_events), rng)
+                 for _ in range(max(args.requests, WARMUP))]
+    result = {**provenance("loadtests.throughput", argv), "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                                   for k, v in vars(args).items()}}
+    result["interleaved"] = interleaved(args.host, args.repository, histories[:args.requests], args.k)
+    result["closed_loop"] = [closed_loop(args.host, histories, args.k, c, args.duration) for c in args.concurrency]
+    best = max(result["closed_loop"], key=lambda r: r["req_per_s"])
+    result["best"] = {"concurrency": best["concurrency"], "req_per_s": best["req_per_s"],
+                      "over_concurrency_1": round(best["req_per_s"] / result["closed_loop"][0]["req_per_s"], 2)
+                      if result["closed_loop"][0]["concurrency"] == 1 else None}
+    print(render(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+"""loadtests.throughput on the real server, a tiny budget: the interleaved in-process/served comparison agrees on
+every answer, the closed-loop runs answer without errors, and the result renders and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadtests.throughput import main, render
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_throughput_command_on_the_real_server(triton_server, model_repository, tmp_path):
+    out, png = tmp_path / "throughput.json", tmp_path / "throughput.png"
+    assert main(["--host", triton_server.grpc_url, "--repository", str(model_repository), "--requests", "30",
+                 "--concurrency", "1", "3", "--duration", "2", "--out", str(out), "--plot", str(png)]) == 0
+    result = json.loads(out.read_text())
+    assert {"command", "commit", "date", "machine"} <= set(result)
+    c1 = result["interleaved"]
+    assert c1["same_top_k"] == 1.0  # the served pipeline answers what its own steps answer in process
+    assert c1["in_process"]["requests"] == c1["served"]["requests"] == 30
+    assert [r["concurrency"] for r in result["closed_loop"]] == [1, 3]
+    for run in result["closed_loop"]:
+        assert run["errors"] == 0 and run["requests"] > 0 and run["req_per_s"] > 0
+        assert run["p50_ms"] <= run["p99_ms"]
+    assert "| 3 |" in render(result) and png.stat().st_size > 1000

@@ -60,14 +60,17 @@ class NativeIO:
 
 
 NATIVE_MODELS = (
+    # grace_retrieve encodes every queued request in one call (left-padded), so the encoder's batch is up to
+    # grace_retrieve's max batch; cross_kv's batch is axis 2, so Triton itself does not batch it (max_batch_size 0).
     NativeModel("grace_encoder", graph.GRACE_RETRIEVE, ENCODER_FILE,
-                sizes={"batch": (1, 1), "tokens": (1, "max_history_tokens")},
+                sizes={"batch": (1, "grace_max_batch"), "tokens": (1, "max_history_tokens")},
                 values={"tokens": (0, "grace_vocab-1"), "valid": (0, 1), "journey_ids": (0, "max_history-1"),
                         "journey_pos": (0, "max_history_tokens-1")}),
-    # cross_kv's batch is axis 2, so Triton cannot batch it (max_batch_size 0); one request = one user.
+    # One call advances the beams of every queued request: `requests` memories, each serving beams/requests rows.
     NativeModel("grace_decoder_step", graph.GRACE_RETRIEVE, DECODER_STEP_FILE,
                 # The cache holds the decoded prefix: at most path_length-1 = tokens_per_event-2 tokens.
-                sizes={"beams": (1, "beam_width"), "past": (1, "tokens_per_event-2"),
+                sizes={"beams": (1, "grace_max_beams"), "requests": (1, "grace_max_batch"),
+                       "past": (1, "tokens_per_event-2"),
                        "tokens": (1, "max_history_tokens")},
                 values={"last_tokens": (0, "grace_vocab-1")},
                 tensorrt=False,
@@ -136,6 +139,8 @@ class Sizes:
     def __init__(self, limits, repo_facts: dict[str, int]):
         self.limits, self.facts = limits, dict(repo_facts)
         self.facts["ranker_max_batch"] = graph.RANKER.batching.max_batch(limits)
+        self.facts["grace_max_batch"] = graph.GRACE_RETRIEVE.batching.max_batch(limits)
+        self.facts["grace_max_beams"] = self.facts["grace_max_batch"] * limits.beam_width
         self.facts["num_behaviors"] = limits.num_behaviors
 
     def __call__(self, expression: int | str) -> int:

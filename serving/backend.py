@@ -8,8 +8,8 @@ request's input arrays (named by the graph, batch dimension removed) to its outp
 A bad request gets INVALID_ARGUMENT naming the field and the limit while the rest of the batch is served; a
 bug gets INTERNAL and the server keeps serving.
 
-Observability: every step counts its batch sizes and its rejected requests (by field) here (serving.metrics;
-no-ops in process), and logs through `self.log`: Triton's log (pb_utils.Logger) when served, the `logging`
+Observability: every step counts its batch sizes, its rejected requests (by field) and its internal errors here
+(serving.metrics; no-ops in process), and logs through `self.log`: Triton's log (pb_utils.Logger) when served, the `logging`
 logger `serving.steps.<step>` otherwise.
 """
 
@@ -82,6 +82,7 @@ class StepModel:
         # Every input's series exists from the start (reads 0); other fields a step names appear when first used.
         self.rejected = self.metrics.counters(metrics.REJECTED_REQUESTS, "field", [t.name for t in self.STEP.inputs],
                                               model=self.STEP.name)
+        self.internal_errors = self.metrics.counter(metrics.INTERNAL_ERRORS, model=self.STEP.name)
         check_signature(type(self))
         self.load()
 
@@ -204,6 +205,7 @@ class StepModel:
             incident = uuid.uuid4().hex[:12]
             self.log.error(f"internal error {incident}:\n{traceback.format_exc()}")
             results = [InternalError(incident)] * len(batch)
+            self.internal_errors.add(len(batch))
         add_batch_dim = not self.STEP.batching.rows_are_batch
         for i, result in zip(slots, results):
             if isinstance(result, RequestError):

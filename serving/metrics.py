@@ -36,6 +36,9 @@ SCORE_ADS_PREDICTIONS = MetricSpec(
 REJECTED_REQUESTS = MetricSpec(
     "recserve_rejected_requests_total", "requests a step answered INVALID_ARGUMENT, by step and by the field the "
     "error names", COUNTER, ("model", "field"))
+INTERNAL_ERRORS = MetricSpec(
+    "recserve_internal_errors_total", "requests a step answered INTERNAL (a bug; the server log has the incident's "
+    "traceback), by step", COUNTER, ("model",))
 BATCH_SIZE = MetricSpec(
     "recserve_batch_size", "requests per execution of a step (the dynamic batch it was handed)", HISTOGRAM,
     ("model",), buckets=(1, 2, 4, 8, 16, 32, 64))
@@ -43,7 +46,7 @@ GRACE_BEAM_STEPS = MetricSpec(
     "recserve_grace_beam_steps_total", "GRACE decoder-step calls (ONNX Runtime runs of the cached decoder step, one "
     "per beam-search level) in grace_retrieve", COUNTER)
 
-ALL = (RECOMMEND_ITEMS, SCORE_ADS_PREDICTIONS, REJECTED_REQUESTS, BATCH_SIZE, GRACE_BEAM_STEPS)
+ALL = (RECOMMEND_ITEMS, SCORE_ADS_PREDICTIONS, REJECTED_REQUESTS, INTERNAL_ERRORS, BATCH_SIZE, GRACE_BEAM_STEPS)
 
 
 class Counter:

@@ -240,6 +240,18 @@ def test_execute_counts_batch_size_rejections_by_field_and_answers_once(tmp_path
                      (("source", "embedding_knn"),): 0.0}
 
 
+def test_a_bug_counts_every_request_of_the_batch_as_an_internal_error(tmp_path):
+    class Buggy(PickyCalibrate):
+        def run(self, **inputs):
+            raise ZeroDivisionError("a bug")
+
+    step, pb = _served(tmp_path, Buggy)
+    responses = step.execute([_request(3), _request(0), _request(4)])
+    assert [r.error.code for r in responses] == ["INTERNAL", "INVALID_ARG", "INTERNAL"]
+    assert _increments(step.metrics, "recserve_internal_errors_total") == {(("model", "calibrate"),): 2.0}
+    assert any("internal error" in line and "ZeroDivisionError" in line for _, line in pb.Logger.lines)
+
+
 def test_a_failing_metric_never_costs_the_answer(tmp_path):
     class Broken(PickyCalibrate):
         def count_served(self, outputs):

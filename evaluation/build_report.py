@@ -70,6 +70,13 @@ ROWS = (
                f"{_num(_get(m, 'ranking', 'test_calibrated', 'ece_15'))}"),
     ("ranker epochs (early stopping), train time (s)",
      lambda m: f"{_get(m, 'ranking', 'epochs_run')}, {_num(_get(m, 'ranking', 'train_seconds'), 1)}"),
+    ("final order: merge-order weight; validation NDCG@10 ranker / merge order / chosen",
+     lambda m: "n/a (built before the ordering stage)" if "ordering" not in m else
+               f"{_num(_get(m, 'ordering', 'merge_weight'), 1)}; "
+               f"{_num(_get(m, 'ordering', 'valid_ranker_order', 'ndcg@10'))} / "
+               f"{_num(_get(m, 'ordering', 'valid_merge_order', 'ndcg@10'))} / "
+               f"{_num(_get(m, 'ordering', 'valid_chosen', 'ndcg@10'))} "
+               f"({_get(m, 'ordering', 'valid_users')} users)"),
     ("CLIP image tower", lambda m: _get(m, "clip", "image_tower", default="n/a")),
     ("CLIP held-out image->text / text->image R@10",
      lambda m: f"{_num(_get(m, 'clip', 'validation', 'i2t_recall@10'))} / "

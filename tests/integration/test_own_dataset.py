@@ -67,8 +67,8 @@ def test_manifest_describes_the_dataset_and_what_was_skipped(shop):
     # calibrate's order was picked on validation users: the pick scores at least the ranker's and the merge order.
     ordering = manifest["ordering"]
     assert ordering["tuned"] and 0.0 <= ordering["merge_weight"] <= 1.0
-    assert ordering["valid_chosen"]["hr@10"] >= max(ordering["valid_ranker_order"]["hr@10"],
-                                                    ordering["valid_merge_order"]["hr@10"])
+    assert ordering["valid_chosen"]["ndcg@10"] >= max(ordering["valid_ranker_order"]["ndcg@10"],
+                                                      ordering["valid_merge_order"]["ndcg@10"])
     limits = manifest["limits"]
     assert limits["category_names"] == ["bags", "home", "shoes", "tops"]
     assert limits["event_names"] == ["view", "add_to_cart", "remove_from_cart", "purchase"]

@@ -271,7 +271,7 @@ def test_final_order_mixes_the_ranker_and_the_merge_order_by_rank():
     assert final_order(relevance, pctr, items, 0.5).tolist() == [0, 2, 1, 4, 3]
 
 
-def test_merge_weight_is_picked_by_validation_hit_rate_then_ndcg_then_the_ranker():
+def test_merge_weight_is_picked_by_validation_ndcg_then_hit_rate_then_the_ranker():
     from exporters.ordering import pick, score_weights
 
     # One user: the target is the merge order's first candidate, which the ranker puts last of 12.
@@ -280,6 +280,9 @@ def test_merge_weight_is_picked_by_validation_hit_rate_then_ndcg_then_the_ranker
     table = score_weights(rows, np.array([1]))
     assert table[0.0]["hr@10"] == 0.0 and table[1.0]["hr@10"] == 1.0
     assert pick(table) > 0.0 and table[pick(table)]["ndcg@10"] == max(m["ndcg@10"] for m in table.values())
+    # NDCG decides before the hit rate: a weight that hits as often but ranks the target higher wins.
+    assert pick({0.0: {"hr@10": 0.5, "ndcg@10": 0.30}, 0.5: {"hr@10": 0.5, "ndcg@10": 0.31},
+                 1.0: {"hr@10": 0.6, "ndcg@10": 0.29}}) == 0.5
     # Target = the ranker's favourite: the ranker's order (weight 0) wins, ties go to the smallest weight.
     table = score_weights(rows, np.array([12]))
     assert pick(table) == 0.0

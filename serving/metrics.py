@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from serving import graph
+
 COUNTER, HISTOGRAM = "counter", "histogram"
 
 
@@ -32,7 +34,7 @@ RECOMMEND_ITEMS = MetricSpec(
     COUNTER, ("source",))
 SCORE_ADS_PREDICTIONS = MetricSpec(
     "recserve_score_ads_predictions_total", "score_ads predictions (one per campaign), by the weights that made them: "
-    "warm (the campaign's own LR) or a cold-start source (hyper, llm, median)", COUNTER, ("model_source",))
+    "warm (the campaign's own LR) or a cold-start source (hyper, llm, median)", COUNTER, (graph.MODEL_SOURCE.name,))
 REJECTED_REQUESTS = MetricSpec(
     "recserve_rejected_requests_total", "requests a step answered INVALID_ARGUMENT, by step and by the field the "
     "error names", COUNTER, ("model", "field"))

@@ -182,7 +182,8 @@ class ScoreAds(StepModel):
         self.scorer.max_campaigns, self.scorer.max_history = self.limits.max_campaigns, self.limits.ads_max_history
         self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
         self.catalog = ItemIds.load(self.version_dir)
-        self.predictions_by_source = self.metrics.counters(metrics.SCORE_ADS_PREDICTIONS, "model_source", AD_SOURCES)
+        self.predictions_by_source = self.metrics.counters(metrics.SCORE_ADS_PREDICTIONS, graph.MODEL_SOURCE.name,
+                                                          AD_SOURCES)
 
     def count_served(self, outputs):
         count_values(self.predictions_by_source, outputs[graph.MODEL_SOURCE.name])

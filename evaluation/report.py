@@ -70,6 +70,14 @@ def _recommend_load() -> str:
             + render([_load("load_recommend_c1.json"), _load("load_recommend_c4.json")]))
 
 
+def _throughput() -> str:
+    from loadtests.throughput import render  # noqa: PLC0415
+
+    return ("# `recommend`: served vs in process, and closed-loop throughput\n\nThe default build behind the "
+            "launcher's defaults (nginx proxy, admin key, watchdog with liveness probes); the in-process side runs "
+            "the very same step code without Triton. ![closed loop](throughput.png)\n\n" + render(_load("throughput.json")))
+
+
 def _latency() -> str:
     from loadtests.latency import render  # noqa: PLC0415
 
@@ -134,6 +142,7 @@ def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
 # BENCHMARKS.md section name -> its rendering (sections appear in the file between `<!-- name: begin/end -->`).
 SECTIONS: dict[str, Callable[[], str]] = {
     "load_recommend": _recommend_load,
+    "load_throughput": _in_benchmarks("throughput", _throughput),
     "load_latency": _latency,
     "soak": _soak,
     "grace_quality": _grace_section,
@@ -153,6 +162,7 @@ FILES: dict[str, Callable[[], str]] = {
     "pipeline_quality.md": _pipeline,
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,
+    "throughput.md": _throughput,
     "clip.md": _clip,
     "ctr.md": _ctr,
     "ann_sweep.md": _ann_sweep,

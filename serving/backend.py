@@ -143,6 +143,7 @@ class StepModel:
         check_config(self.STEP, config)
         limits = ServingLimits.from_json(config["parameters"]["limits"]["string_value"])
         self.setup(Path(args["model_repository"]) / args["model_version"], limits, metrics.Metrics(pb_utils))
+        self.metrics.start()  # sent every few seconds by a thread, never from execute (serving.metrics)
 
     def finalize(self) -> None:
         self.metrics.close()
@@ -169,11 +170,8 @@ class StepModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def execute(self, requests):
-        try:
-            self.batch_size.observe(len(requests))
-            return self._execute(requests)
-        finally:
-            self.metrics.flush()
+        self.batch_size.observe(len(requests))
+        return self._execute(requests)
 
     def _reject(self, err: RequestError):
         self.count_rejection(err)

@@ -6,18 +6,24 @@ model instance, when it loads (the scaffold, `serving.backend.StepModel.setup`, 
 Triton (the in-process reference, `StepModel.create`, unit tests) `triton_python_backend_utils` does not exist:
 `Metrics(None)` hands out the same objects, checked the same way, whose updates go nowhere.
 
-Each update of a Triton metric is a message from the python stub to the server process, so counters add up
-locally and are sent once per `execute` (`Metrics.flush`, which the scaffold calls after every batch).
+Updates are local and sent to Triton by a background thread every `FLUSH_INTERVAL_S`, never from `execute`. Each
+update of a Triton metric is a round trip from the python stub to the server process, and the server waits for the
+stub's acknowledgement without a timeout (python backend 24.10, `ProcessMessage`). A stub killed mid-update (the
+OOM killer, a crash) wedges that instance's message thread, so tritonserver can no longer unload it: the
+watchdog's reload hangs, and with it every model load. Sending one batch of changed series every few seconds,
+instead of a few updates per execution, makes that window a negligible share of the stub's life. Histograms are
+therefore counters too (`_bucket{le=...}`, `_sum`, `_count`, as Prometheus lays a histogram out): a counter can
+add up many observations in one update, while the python backend's HISTOGRAM kind takes them one update each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterable
 
-from serving import graph
-
 COUNTER, HISTOGRAM = "counter", "histogram"
+FLUSH_INTERVAL_S = 5.0  # Prometheus scrapes every 15 s (deploy/base ServiceMonitor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +40,7 @@ RECOMMEND_ITEMS = MetricSpec(
     COUNTER, ("source",))
 SCORE_ADS_PREDICTIONS = MetricSpec(
     "recserve_score_ads_predictions_total", "score_ads predictions (one per campaign), by the weights that made them: "
-    "warm (the campaign's own LR) or a cold-start source (hyper, llm, median)", COUNTER, (graph.MODEL_SOURCE.name,))
+    "warm (the campaign's own LR) or a cold-start source (hyper, llm, median)", COUNTER, ("model_source",))
 REJECTED_REQUESTS = MetricSpec(
     "recserve_rejected_requests_total", "requests a step answered INVALID_ARGUMENT, by step and by the field the "
     "error names", COUNTER, ("model", "field"))
@@ -51,50 +57,66 @@ GRACE_BEAM_STEPS = MetricSpec(
 ALL = (RECOMMEND_ITEMS, SCORE_ADS_PREDICTIONS, REJECTED_REQUESTS, INTERNAL_ERRORS, BATCH_SIZE, GRACE_BEAM_STEPS)
 
 
+def _le(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
 class Counter:
     """A counter child (one label set). `add` is local; `Metrics.flush` sends what was added since."""
 
-    def __init__(self, metric=None):
-        self._metric, self.pending, self.total = metric, 0, 0
+    def __init__(self, metric=None, lock: threading.Lock | None = None):
+        self._metric, self._lock = metric, lock or threading.Lock()
+        self.pending, self.total = 0, 0
 
     def add(self, amount: int | float = 1) -> None:
         if amount < 0:
             raise ValueError(f"a counter only goes up, got {amount}")
-        self.pending += amount
-        self.total += amount
+        with self._lock:
+            self.pending += amount
+            self.total += amount
 
-    def flush(self) -> None:
-        if self.pending and self._metric is not None:
-            self._metric.increment(float(self.pending))
-        self.pending = 0
+    def take(self) -> int | float:
+        """The amount added since the last take (under the registry's lock)."""
+        amount, self.pending = self.pending, 0
+        return amount
 
 
 class Histogram:
-    """A histogram child (one label set). Where the python backend has no HISTOGRAM kind it is two counters,
-    `<name>_sum` and `<name>_count`, so `rate(_sum) / rate(_count)` reads the mean either way."""
+    """A histogram child (one label set), kept as Prometheus' counters: cumulative `<name>_bucket{le}`, `_sum` and
+    `_count`, so `histogram_quantile` and `rate(_sum) / rate(_count)` work on it."""
 
-    def __init__(self, metric=None, sum_counter: Counter | None = None, count_counter: Counter | None = None):
-        self._metric, self._sum, self._count = metric, sum_counter, count_counter
-        self.count, self.sum = 0, 0.0
+    def __init__(self, buckets: dict[float, Counter], sum_counter: Counter, count_counter: Counter):
+        self._buckets, self._sum, self._count = buckets, sum_counter, count_counter
+
+    @property
+    def count(self) -> int:
+        return self._count.total
+
+    @property
+    def sum(self) -> float:
+        return self._sum.total
 
     def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        if self._metric is not None:
-            self._metric.observe(float(value))
-        elif self._sum is not None:
-            self._sum.add(value)
-            self._count.add(1)
+        for bound, counter in self._buckets.items():
+            if value <= bound:
+                counter.add(1)
+        self._sum.add(value)
+        self._count.add(1)
 
 
 class Metrics:
     """The metric families and children of one model instance. `pb_utils`: the python backend's module (inside
     Triton), or None (a no-op registry)."""
 
-    def __init__(self, pb_utils=None):
-        self._pb = pb_utils
+    def __init__(self, pb_utils=None, flush_interval_s: float = FLUSH_INTERVAL_S):
+        self._pb, self.flush_interval_s = pb_utils, flush_interval_s
+        self._lock = threading.Lock()  # counts (execute) against takes (the flusher)
         self._families: dict[str, object] = {}
-        self._children: dict[tuple, Counter | Histogram] = {}
+        self._counters: dict[tuple, Counter] = {}
+        self._triton: dict[tuple, object] = {}  # counter key -> its pb_utils.Metric (None in process)
+        self._histograms: dict[tuple, Histogram] = {}
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     @classmethod
     def in_triton(cls) -> "Metrics":
@@ -108,51 +130,55 @@ class Metrics:
     def enabled(self) -> bool:
         return self._pb is not None
 
-    @property
-    def has_histograms(self) -> bool:
-        return self._pb is not None and hasattr(self._pb.MetricFamily, "HISTOGRAM")
-
     def counter(self, spec: MetricSpec, **labels: str) -> Counter:
         self._check(spec, COUNTER, labels)
-        key = (spec.name, tuple(sorted(labels.items())))
-        if key not in self._children:
-            self._children[key] = Counter(self._triton_metric(spec.name, spec.description, "COUNTER", labels))
-        return self._children[key]
+        return self._counter(spec.name, spec.description, labels)
 
     def histogram(self, spec: MetricSpec, **labels: str) -> Histogram:
         self._check(spec, HISTOGRAM, labels)
         key = (spec.name, tuple(sorted(labels.items())))
-        if key not in self._children:
-            if not self.enabled:
-                child = Histogram()
-            elif self.has_histograms:
-                child = Histogram(self._triton_metric(spec.name, spec.description, "HISTOGRAM", labels,
-                                                      buckets=[float(b) for b in spec.buckets]))
-            else:
-                parts = [self.counter(MetricSpec(f"{spec.name}_{part}", f"{spec.description} ({part})", COUNTER,
-                                                 spec.labels), **labels) for part in ("sum", "count")]
-                child = Histogram(None, *parts)
-            self._children[key] = child
-        return self._children[key]
+        if key not in self._histograms:
+            buckets = {float(b): self._counter(f"{spec.name}_bucket", spec.description, {**labels, "le": _le(b)})
+                       for b in spec.buckets}
+            buckets[float("inf")] = self._counter(f"{spec.name}_bucket", spec.description, {**labels, "le": "+Inf"})
+            self._histograms[key] = Histogram(buckets, self._counter(f"{spec.name}_sum", spec.description, labels),
+                                              self._counter(f"{spec.name}_count", spec.description, labels))
+        return self._histograms[key]
 
     def counters(self, spec: MetricSpec, label: str, values: Iterable[str], **labels: str) -> dict[str, Counter]:
         """One counter per value of `label` (created now, so each series reads 0 before its first event)."""
         return {value: self.counter(spec, **labels, **{label: value}) for value in values}
 
+    def start(self) -> None:
+        """Starts the background flusher (inside Triton; the in-process registry sends nothing)."""
+        if self.enabled and self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="recserve-metrics", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a metric must never take the step down; the next flush retries
+                pass
+
     def flush(self) -> None:
-        """Sends every counter's pending amount to Triton (once per execute)."""
-        for child in self._children.values():
-            if isinstance(child, Counter):
-                child.flush()
+        """Sends every counter's pending amount to Triton: one update per changed series."""
+        with self._lock:
+            amounts = [(key, counter.take()) for key, counter in self._counters.items()]
+        for key, amount in amounts:
+            metric = self._triton.get(key)
+            if amount and metric is not None:
+                metric.increment(float(amount))
 
     def close(self) -> None:
-        """Drops the Triton metrics before their families (the python backend requires that order)."""
+        """Stops the flusher, sends what is pending, then drops the Triton metrics before their families (the
+        python backend requires that order)."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=self.flush_interval_s + 5)
         self.flush()
-        for child in self._children.values():  # steps keep their children: let go of the Triton metric itself
-            child._metric = None
-            if isinstance(child, Histogram):
-                child._sum = child._count = None
-        self._children.clear()
+        self._triton.clear()
         self._families.clear()
 
     @staticmethod
@@ -162,10 +188,20 @@ class Metrics:
         if set(labels) != set(spec.labels):
             raise ValueError(f"{spec.name} takes labels {sorted(spec.labels)}, got {sorted(labels)}")
 
-    def _triton_metric(self, name: str, description: str, kind: str, labels: dict[str, str], **options):
-        if self._pb is None:
-            return None
-        if name not in self._families:
-            self._families[name] = self._pb.MetricFamily(name=name, description=description,
-                                                         kind=getattr(self._pb.MetricFamily, kind))
-        return self._families[name].Metric(labels={k: str(v) for k, v in labels.items()}, **options)
+    def _counter(self, name: str, description: str, labels: dict[str, str]) -> Counter:
+        """Created by the step's own thread (initialize, execute); the flusher only reads, under the lock."""
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            counter = self._counters.get(key)
+        if counter is not None:
+            return counter
+        metric = None
+        if self._pb is not None:
+            if name not in self._families:
+                self._families[name] = self._pb.MetricFamily(name=name, description=description,
+                                                             kind=self._pb.MetricFamily.COUNTER)
+            metric = self._families[name].Metric(labels={k: str(v) for k, v in labels.items()})
+        counter = Counter(lock=self._lock)
+        with self._lock:
+            self._counters[key], self._triton[key] = counter, metric
+        return counter

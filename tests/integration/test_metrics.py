@@ -2,12 +2,14 @@
 score_ads requests and one invalid request of each move the counters by exactly what was served, with the right
 labels, next to Triton's own nv_* metrics.
 
-The server runs without the liveness probe (its requests would move the counters too)."""
+The server runs without the liveness probe (its requests would move the counters too). The steps send their
+counts every serving.metrics.FLUSH_INTERVAL_S, so the test waits that long before its last scrape."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections import Counter
 
@@ -121,6 +123,7 @@ def test_custom_metrics_count_what_was_served(server, model_repository, limits):
                 ads.score_ads(*histories[0], [limits.num_campaigns + 10**6])  # an unknown campaign
             assert err.value.code == "StatusCode.INVALID_ARGUMENT" and "campaign_ids" in err.value.message
 
+    time.sleep(metrics.FLUSH_INTERVAL_S + 1.5)  # the steps send their counts every FLUSH_INTERVAL_S
     delta = Delta(before, scrape(server))
     n = len(histories)
 

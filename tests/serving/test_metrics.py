@@ -3,6 +3,7 @@ rejections by field, and a step's served-result counters (each answer counted on
 
 from __future__ import annotations
 
+import time
 import types
 import weakref
 
@@ -109,8 +110,11 @@ def test_outside_triton_metrics_are_checked_no_ops():
     counter = registry.counter(metrics.RECOMMEND_ITEMS, source="grace")
     counter.add(3)
     registry.flush()
-    registry.histogram(metrics.BATCH_SIZE, model="calibrate").observe(4)
-    assert counter.total == 3
+    hist = registry.histogram(metrics.BATCH_SIZE, model="calibrate")
+    hist.observe(4)
+    registry.start()  # no thread: nothing to send
+    registry.close()
+    assert (counter.total, hist.count, hist.sum) == (3, 1, 4)
     with pytest.raises(ValueError, match="labels"):
         registry.counter(metrics.RECOMMEND_ITEMS, model="calibrate")
     with pytest.raises(TypeError, match="histogram"):
@@ -129,25 +133,39 @@ def test_counters_are_created_once_and_sent_once_per_flush():
     grace.add(3)
     registry.flush()
     registry.flush()  # nothing pending: nothing sent
-    assert grace._metric.increments == [5.0] and recent._metric.increments == []
-    assert grace._metric.labels == {"source": "grace"}
+    assert _increments(registry, "recserve_recommend_items_total") == {(("source", "grace"),): 5.0,
+                                                                        (("source", "recent"),): 0.0}
     assert [e for e in pb.log if e[0] == "family"] == [("family", "recserve_recommend_items_total", "COUNTER")]
+    assert [len(m.increments) for m in family(registry, "recserve_recommend_items_total").metrics] == [1, 0]
 
 
-def test_histogram_with_buckets_or_sum_and_count_counters():
-    registry = metrics.Metrics(fake_pb(histograms=True))
+def test_a_histogram_is_prometheus_counters_sent_in_one_update_each():
+    registry = metrics.Metrics(fake_pb())
     hist = registry.histogram(metrics.BATCH_SIZE, model="ranker")
-    hist.observe(3)
-    assert hist._metric.observations == [3.0] and hist._metric.buckets == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
-    assert family(registry, "recserve_batch_size").kind == "HISTOGRAM"
+    for size in (3, 5, 1):
+        hist.observe(size)
+    registry.flush()
+    buckets = {dict(labels)["le"]: value for labels, value in _increments(registry, "recserve_batch_size_bucket").items()}
+    assert buckets == {"1": 1.0, "2": 1.0, "4": 2.0, "8": 3.0, "16": 3.0, "32": 3.0, "64": 3.0, "+Inf": 3.0}
+    assert _increments(registry, "recserve_batch_size_sum") == {(("model", "ranker"),): 9.0}
+    assert _increments(registry, "recserve_batch_size_count") == {(("model", "ranker"),): 3.0}
+    assert all(len(m.increments) <= 1 for m in family(registry, "recserve_batch_size_bucket").metrics)
+    assert all(f.kind == "COUNTER" for f in registry._families.values())
 
-    old = metrics.Metrics(fake_pb(histograms=False))  # a python backend without HISTOGRAM
-    hist = old.histogram(metrics.BATCH_SIZE, model="ranker")
-    hist.observe(3)
-    hist.observe(5)
-    old.flush()
-    assert family(old, "recserve_batch_size_sum").metrics[0].increments == [8.0]
-    assert family(old, "recserve_batch_size_count").metrics[0].increments == [2.0]
+
+def test_the_flusher_sends_from_its_own_thread_and_close_sends_the_rest():
+    registry = metrics.Metrics(fake_pb(), flush_interval_s=0.05)
+    counter = registry.counter(metrics.GRACE_BEAM_STEPS)
+    registry.start()
+    counter.add(2)
+    deadline = time.monotonic() + 5
+    while not _increments(registry, "recserve_grace_beam_steps_total")[()] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _increments(registry, "recserve_grace_beam_steps_total") == {(): 2.0}
+    counter.add(3)
+    registry.close()
+    assert not registry._flusher.is_alive()
+    assert counter.total == 5
 
 
 def test_close_drops_metrics_before_their_families():
@@ -172,7 +190,7 @@ def test_counted_runs_counts_every_decoder_call_and_delegates():
     assert [counted.run(None, {"x": i})[0] for i in range(3)] == [1, 2, 3]
     assert counted.get_inputs() == ["past_kv"]
     registry.flush()
-    assert counter._metric.increments == [3.0]
+    assert _increments(registry, "recserve_grace_beam_steps_total") == {(): 3.0}
 
 
 def test_count_values_counts_bytes_labels():
@@ -229,7 +247,10 @@ def test_execute_counts_batch_size_rejections_by_field_and_answers_once(tmp_path
     responses = step.execute(requests)
     errors = [r.error.code if r.error else None for r in responses]
     assert errors == [None, "INVALID_ARG", "INVALID_ARG", "INVALID_ARG", None]
-    assert family(step.metrics, "recserve_batch_size").metrics[0].observations == [5.0]
+    assert _increments(step.metrics, "recserve_batch_size_count") == {(("model", "calibrate"),): 0.0}  # not yet
+    step.metrics.flush()
+    assert _increments(step.metrics, "recserve_batch_size_count") == {(("model", "calibrate"),): 1.0}
+    assert _increments(step.metrics, "recserve_batch_size_sum") == {(("model", "calibrate"),): 5.0}
     rejected = _increments(step.metrics, "recserve_rejected_requests_total")
     assert rejected[(("field", "k"), ("model", "calibrate"))] == 2.0  # k=0 (graph check) and k=7 (run)
     assert rejected[(("field", "cand_items"), ("model", "calibrate"))] == 1.0  # required input missing
@@ -248,6 +269,7 @@ def test_a_bug_counts_every_request_of_the_batch_as_an_internal_error(tmp_path):
     step, pb = _served(tmp_path, Buggy)
     responses = step.execute([_request(3), _request(0), _request(4)])
     assert [r.error.code for r in responses] == ["INTERNAL", "INVALID_ARG", "INTERNAL"]
+    step.metrics.flush()
     assert _increments(step.metrics, "recserve_internal_errors_total") == {(("model", "calibrate"),): 2.0}
     assert any("internal error" in line and "ZeroDivisionError" in line for _, line in pb.Logger.lines)
 

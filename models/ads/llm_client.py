@@ -1,8 +1,13 @@
-"""A minimal OpenAI-compatible chat client (stdlib urllib) and the validation of LLM-written CTR weights.
+"""The OpenAI-compatible chat client (the `openai` SDK) and the validation of LLM-written CTR weights.
 
-POST {base_url}/v1/chat/completions with {"model", "messages", "temperature"}; the API key (if any) is read
-from the environment (OPENAI_API_KEY by default) and sent as a Bearer token. 5xx answers, 429, connection
-errors and timeouts are retried with exponential backoff; 4xx answers are not (they will not get better).
+POST {base_url}/v1/chat/completions with {"model", "messages", "temperature"} through `openai.OpenAI`, with
+its retries and timeouts configured: `max_retries` retries (the SDK's exponential backoff with jitter, 0.5 s
+doubling up to 8 s, or the server's Retry-After / retry-after-ms when it sends one) of 5xx answers, 429, 408,
+409, connection errors and timeouts; other 4xx answers are not retried (they will not get better). `timeout_s`
+bounds each attempt (connect, read, write). The API key (if any) is read from the environment (OPENAI_API_KEY
+by default) and sent as a Bearer token; without one the request goes out with no key (a local endpoint).
+Every failure surfaces as LLMError, which models.ads.llm_hyper catches to keep the retrieval-weighted weights;
+without an endpoint no client is built at all (the offline path).
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import json
 import math
 import os
 import re
-import socket
-import time
-import urllib.error
-import urllib.request
+
+import openai
+
+
+_NO_KEY = "no-key"
 
 
 class LLMError(RuntimeError):
@@ -28,7 +34,6 @@ class ChatClient:
     model: str
     timeout_s: float = 30.0
     max_retries: int = 3
-    backoff_s: float = 0.5
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
 
@@ -39,37 +44,50 @@ class ChatClient:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        self._client: openai.OpenAI | None = None
+
+    @property
+    def api_base(self) -> str:
+        """The SDK's base_url: ours with /v1 appended unless it is already there."""
+        base = self.base_url.rstrip("/")
+        return base if base.endswith("/v1") else base + "/v1"
 
     @property
     def url(self) -> str:
-        base = self.base_url.rstrip("/")
-        return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        return self.api_base + "/chat/completions"
+
+    @property
+    def client(self) -> openai.OpenAI:
+        if self._client is None:
+            # The SDK refuses a missing key: without one it gets a placeholder, and chat() leaves the Authorization
+            # header out (an endpoint without auth sees no key, as before).
+            self._client = openai.OpenAI(base_url=self.api_base, api_key=self._key() or _NO_KEY,
+                                         timeout=self.timeout_s, max_retries=self.max_retries)
+        return self._client
+
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
 
     def chat(self, messages: list[dict]) -> str:
         """The assistant message's content of the first choice."""
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature}).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as e:
-                if e.code >= 500 or e.code == 429:
-                    last = LLMError(f"{self.url} answered HTTP {e.code}")
-                    continue
-                raise LLMError(f"{self.url} answered HTTP {e.code}: {e.read()[:300]!r}") from e
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                last = LLMError(f"{self.url} unreachable or timed out after {self.timeout_s}s: {e}")
-                continue
-            return _content(raw, self.url)
-        raise LLMError(f"giving up after {self.max_retries + 1} attempts: {last}")
+        attempts = self.max_retries + 1
+        extra_headers = None if self._key() else {"Authorization": openai.Omit()}
+        try:
+            # The raw body, validated by _content below (the SDK's own parsing is lenient about missing fields).
+            raw = self.client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, temperature=self.temperature, extra_headers=extra_headers)
+        except openai.APIStatusError as e:
+            code = e.status_code
+            if code >= 500 or code in (408, 409, 429):  # retried by the SDK
+                raise LLMError(f"giving up after {attempts} attempts: {self.url} answered HTTP {code}") from e
+            raise LLMError(f"{self.url} answered HTTP {code}: {e.response.content[:300]!r}") from e
+        except openai.APITimeoutError as e:
+            raise LLMError(f"giving up after {attempts} attempts: {self.url} timed out after {self.timeout_s}s") from e
+        except openai.APIConnectionError as e:
+            raise LLMError(f"giving up after {attempts} attempts: {self.url} unreachable: {e}") from e
+        except openai.OpenAIError as e:
+            raise LLMError(f"{self.url}: {e}") from e
+        return _content(raw.http_response.content, self.url)
 
 
 def _content(raw: bytes, url: str) -> str:

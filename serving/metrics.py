@@ -22,6 +22,8 @@ import dataclasses
 import threading
 from collections.abc import Iterable
 
+from serving import graph
+
 COUNTER, HISTOGRAM = "counter", "histogram"
 FLUSH_INTERVAL_S = 5.0  # Prometheus scrapes every 15 s (deploy/base ServiceMonitor)
 
@@ -40,7 +42,7 @@ RECOMMEND_ITEMS = MetricSpec(
     COUNTER, ("source",))
 SCORE_ADS_PREDICTIONS = MetricSpec(
     "recserve_score_ads_predictions_total", "score_ads predictions (one per campaign), by the weights that made them: "
-    "warm (the campaign's own LR) or a cold-start source (hyper, llm, median)", COUNTER, ("model_source",))
+    "warm (the campaign's own LR) or a cold-start source (hyper, llm, median)", COUNTER, (graph.MODEL_SOURCE.name,))
 REJECTED_REQUESTS = MetricSpec(
     "recserve_rejected_requests_total", "requests a step answered INVALID_ARGUMENT, by step and by the field the "
     "error names", COUNTER, ("model", "field"))

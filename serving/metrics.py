@@ -53,8 +53,8 @@ BATCH_SIZE = MetricSpec(
     "recserve_batch_size", "requests per execution of a step (the dynamic batch it was handed)", HISTOGRAM,
     ("model",), buckets=(1, 2, 4, 8, 16, 32, 64))
 GRACE_BEAM_STEPS = MetricSpec(
-    "recserve_grace_beam_steps_total", "GRACE decoder-step calls (ONNX Runtime runs of the cached decoder step, one "
-    "per beam-search level) in grace_retrieve", COUNTER)
+    "recserve_grace_beam_steps_total", "GRACE decoder-step calls in grace_retrieve (ONNX Runtime runs of the cached "
+    "decoder step; one per beam-search level serves every request batched together)", COUNTER)
 
 ALL = (RECOMMEND_ITEMS, SCORE_ADS_PREDICTIONS, REJECTED_REQUESTS, INTERNAL_ERRORS, BATCH_SIZE, GRACE_BEAM_STEPS)
 

@@ -42,7 +42,17 @@ def in_process_pipeline(repository: Path):
     from serving.steps import IMPLEMENTATIONS  # noqa: PLC0415 (the benchmark's in-process side only)
 
     limits = ServingLimits(**json.loads((repository / BUILD_MANIFEST).read_text())["limits"])
-    steps = {step.name: IMPLEMENTATIONS[step.name].create(repository / step.name / "1", limits)
+    seconds: dict[str, list[float]] = {step.name: [] for step in graph.RECOMMEND.steps}
+
+    def timed(name, run):
+        def call(**inputs):
+            began = time.perf_counter()
+            out = run(**inputs)
+            seconds[name].append(time.perf_counter() - began)
+            return out
+        return call
+
+    steps = {step.name: timed(step.name, IMPLEMENTATIONS[step.name].create(repository / step.name / "1", limits))
              for step in graph.RECOMMEND.steps}
 
     def recommend(events, k: int):
@@ -52,6 +62,7 @@ def in_process_pipeline(repository: Path):
                    graph.K.name: np.array([k], np.int32)}
         return graph.run_ensemble(graph.RECOMMEND, steps, request)[graph.TOP_ITEM_IDS.name]
 
+    recommend.step_seconds = seconds  # each step's time in process, per request, in call order
     return recommend
 
 
@@ -70,7 +81,8 @@ def interleaved(host: str, repository: Path, histories: list, k: int) -> dict:
             served.append(time.perf_counter() - middle)
             same += int(np.array_equal(mine, [item.item_id for item in theirs.items]))
     a, b = percentiles(in_process), percentiles(served)
-    return {"in_process": a, "served": b, "served_over_in_process_p50": round(b["p50_ms"] / a["p50_ms"], 3),
+    by_step = {name: round(1000 * float(np.median(times[WARMUP:])), 3) for name, times in local.step_seconds.items()}
+    return {"in_process": a, "served": b, "in_process_step_p50_ms": by_step, "served_over_in_process_p50": round(b["p50_ms"] / a["p50_ms"], 3),
             "served_over_in_process_p99": round(b["p99_ms"] / a["p99_ms"], 3),
             "same_top_k": round(same / len(histories), 4)}
 
@@ -122,6 +134,9 @@ def render(result: dict) -> str:
         r = c1[name]
         lines.append(f"| {name.replace('_', '-')} | {r['requests']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['mean_ms']:.2f} |")
+    if c1.get("in_process_step_p50_ms"):
+        steps = c1["in_process_step_p50_ms"]
+        lines += ["", "In process, p50 per step (ms): " + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())]
     lines += ["", f"Served / in-process: p50 {c1['served_over_in_process_p50']:.2f}x, p99 "
               f"{c1['served_over_in_process_p99']:.2f}x; same top-{result['args']['k']} for "
               f"{100 * c1['same_top_k']:.0f}% of the requests.", "",

@@ -21,6 +21,10 @@ def test_throughput_command_on_the_real_server(triton_server, model_repository, 
     c1 = result["interleaved"]
     assert c1["same_top_k"] == 1.0  # the served pipeline answers what its own steps answer in process
     assert c1["in_process"]["requests"] == c1["served"]["requests"] == 30
+    from serving import graph
+    steps = c1["in_process_step_p50_ms"]
+    assert list(steps) == [step.name for step in graph.RECOMMEND.steps] and all(ms > 0 for ms in steps.values())
+    assert sum(steps.values()) <= c1["in_process"]["p50_ms"] * 1.5  # the steps are the in-process request
     assert [r["concurrency"] for r in result["closed_loop"]] == [1, 3]
     for run in result["closed_loop"]:
         assert run["errors"] == 0 and run["requests"] > 0 and run["req_per_s"] > 0

@@ -165,12 +165,24 @@ def test_latency_100_campaigns(built):
 
 
 def test_served_ece_on_held_out(built):
-    """End to end on the small world: served (calibrated) pCTR on TEST logs is reasonably calibrated."""
-    prep, models, cals, *_ = built
+    """End to end on the small world, through the served scorer (what score_ads runs): its calibrated pCTR on the
+    TEST logs (later in time than CALIB, which the calibrators saw) is well calibrated, and equals the offline
+    pipeline's. Not asserted: that calibration lowers ECE here. The per-campaign logistic regressions are already
+    calibrated on their own distribution, and TEST drifts from CALIB, so on this world served ECE goes 0.011 -> 0.019
+    (printed); the families' before/after figures are test_calibration_reduces_ece_on_held_out's."""
+    prep, models, cals, *_, out, _ = built
+    scorer = CtrScorer.load(out)
     cs = prep.campaigns
     rows = cs.logs(TEST)
+    assert len(cs.logs(CALIB)) and not np.intersect1d(cs.logs(CALIB), rows).size
+    served = np.array([scorer.score(*_request(prep, r), [cs.log_campaign[r]])[0] for r in rows])
+    raw = np.array([scorer.logits(*_request(prep, r), [cs.log_campaign[r]])[0] for r in rows])
+    clicks = cs.log_click[rows]
+    before = expected_calibration_error(1.0 / (1.0 + np.exp(-raw)), clicks)
+    after = expected_calibration_error(served, clicks)
+    print(f"served ECE on {len(rows)} TEST logs: {before:.4f} uncalibrated -> {after:.4f}")
+    assert after < 0.03
     z = lh.log_logits(prep, models.weights, models.bias, rows)
     src = models.source[cs.log_campaign[rows]]
-    p = np.where(src == lh.WARM, lh.apply_calibrator(cals["warm"], z), lh.apply_calibrator(cals["hyper"], z))
-    assert expected_calibration_error(p, cs.log_click[rows]) < 0.03
-    assert len(cs.logs(CALIB)) and not np.intersect1d(cs.logs(CALIB), rows).size
+    offline = np.where(src == lh.WARM, lh.apply_calibrator(cals["warm"], z), lh.apply_calibrator(cals["hyper"], z))
+    np.testing.assert_allclose(served, offline, rtol=2e-5, atol=1e-5)  # float32 weights near an isotonic step

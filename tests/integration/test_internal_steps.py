@@ -112,4 +112,5 @@ def test_grace_retrieve_spends_its_beams_on_items_the_request_may_receive(triton
     feeds[graph.EXCLUDE_IDS.name] = first[:5]
     again = _call(triton_server.grpc_url, graph.GRACE_RETRIEVE, feeds).as_numpy(graph.GRACE_ITEMS.name)[0]
     assert len(again) == len(first) and not set(first[:5].tolist()) & set(again.tolist())
-    assert set(first[5:].tolist()) <= set(again.tolist())
+    # Not asserted: that the other items all stay. Beam search does not promise it (the freed beams can admit
+    # prefixes whose completions outrank a kept item), and a smaller build broke it.

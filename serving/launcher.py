@@ -396,9 +396,6 @@ class TritonServer:
             "--model-control-mode=explicit",
             "--load-model=*",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            # Latency quantiles (p50..p99.9 summaries per model) on the metrics endpoint: without it Triton exposes
-            # only cumulative means, and a p99 dashboard has nothing to read (docs/operations.md, Metrics).
-            "--metrics-config=summary_latencies=true",
             *self._security_args(),
             *self.extra_args,
         ]

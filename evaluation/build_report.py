@@ -70,6 +70,10 @@ ROWS = (
                f"{_num(_get(m, 'ranking', 'test_calibrated', 'ece_15'))}"),
     ("ranker epochs (early stopping), train time (s)",
      lambda m: f"{_get(m, 'ranking', 'epochs_run')}, {_num(_get(m, 'ranking', 'train_seconds'), 1)}"),
+    ("merge's source priority (validation NDCG@10 of each source alone)",
+     lambda m: "graph order (built before the priority was picked)" if "source_priority" not in m.get("ordering", {})
+               else ", ".join(f"{s} {_num(_get(m, 'ordering', 'valid_sources', s, 'ndcg@10'))}"
+                              for s in _get(m, "ordering", "source_priority"))),
     ("final order: merge-order weight; validation NDCG@10 ranker / merge order / chosen",
      lambda m: "n/a (built before the ordering stage)" if "ordering" not in m else
                f"{_num(_get(m, 'ordering', 'merge_weight'), 1)}; "

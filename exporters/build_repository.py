@@ -31,7 +31,7 @@ from evaluation.harness import evaluate_recommender
 from evaluation.metrics import topk_metrics
 from exporters.clip_export import export_clip
 from exporters.config import BuildConfig, load_config
-from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker
+from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker, export_sasrec
 from exporters.ordering import fit_ordering
 from models.ads.llm_hyper import generate_artifact
 from models.ads.logs import split_ad_logs
@@ -42,6 +42,7 @@ from models.grace.model import save_checkpoint as save_grace
 from models.grace.recommender import GraceRecommender
 from models.ranking.model import save_checkpoint as save_ranker
 from models.ranking.train import train_ranker
+from models.sasrec import save_checkpoint as save_sasrec
 from models.reference import CLIP_CHECKPOINT_DIR, MANIFEST
 from serving import graph
 from serving.calibration import CALIBRATOR_FILE
@@ -102,6 +103,7 @@ def grace_stage(b: Build) -> dict:
     split = leave_last_out(dataset, b.limits.max_history, validation=cfg.patience > 0)
     test = split.test.subset(np.arange(min(cfg.eval_users, len(split.test))))
     b.shared["eval_examples"] = test
+    b.shared["split"] = split
     b.shared["valid_examples"] = (None if split.valid is None
                                   else split.valid.subset(np.arange(min(cfg.valid_users, len(split.valid)))))
     retriever = GraceRecommender(cfg.variant, dataclasses.replace(cfg.model, beam_width=b.limits.beam_width))
@@ -130,14 +132,38 @@ def baseline_metrics(dataset, split, test, budget: TrainingBudget, b: Build) -> 
     out = {}
     for name, model in (("sasrec", SASRec(max_len=b.limits.max_history)), ("mostpop", MostPopular()),
                         ("recency", MostRecent())):
-        started = time.perf_counter()
-        model.fit(dataset, split.train, seed=b.config.seed, budget=SASREC_BUDGET if budget.patience else
-                  dataclasses.replace(SASREC_BUDGET, patience=0, epochs=budget.epochs), valid=split.valid)
-        info = getattr(model, "info", {})
-        out[name] = {**evaluate_recommender(model, test, exclude_history=b.limits.exclude_history),
-                     "train_seconds": info.get("train_seconds", round(time.perf_counter() - started, 1)),
-                     **{k: v for k, v in info.items() if k in ("valid_hr@10", "best_step", "seconds_to_best")}}
+        out[name] = fit_and_evaluate(model, dataset, split, test, budget, b)
+        if name == "sasrec":  # served as a retrieval source too (sasrec_stage exports this very model)
+            b.shared["sasrec"] = (model, out[name])
     return out
+
+
+def fit_and_evaluate(model, dataset, split, test, budget: TrainingBudget, b: Build) -> dict:
+    started = time.perf_counter()
+    model.fit(dataset, split.train, seed=b.config.seed, budget=SASREC_BUDGET if budget.patience else
+              dataclasses.replace(SASREC_BUDGET, patience=0, epochs=budget.epochs), valid=split.valid)
+    info = getattr(model, "info", {})
+    return {**evaluate_recommender(model, test, exclude_history=b.limits.exclude_history),
+            "train_seconds": info.get("train_seconds", round(time.perf_counter() - started, 1)),
+            **{k: v for k, v in info.items() if k in ("valid_hr@10", "best_step", "seconds_to_best")}}
+
+
+def sasrec_stage(b: Build) -> dict:
+    """SASRec served as a retrieval source (sasrec_retrieve): the model the GRACE stage trained as its baseline
+    (one loss per position, early stopping on the same validation users), or trained here when the build skips
+    the baselines; exported to ONNX, with the torch checkpoint for the in-process reference."""
+    if "sasrec" in b.shared:
+        model, metrics = b.shared["sasrec"]
+    else:
+        cfg = b.config.grace
+        budget = TrainingBudget(epochs=cfg.epochs, patience=cfg.patience, eval_users=cfg.valid_users)
+        model = SASRec(max_len=b.limits.max_history)
+        metrics = fit_and_evaluate(model, b.data.sequences(), b.shared["split"], b.shared["eval_examples"], budget, b)
+    out = b.dir(graph.SASREC_RETRIEVE)
+    b.parity.update({f"{graph.SASREC_RETRIEVE.name}/{k}": v for k, v in export_sasrec(model.model, out,
+                                                                                        seed=b.config.seed).items()})
+    save_sasrec(model.model, out)
+    return metrics
 
 
 def recent_stage(b: Build) -> dict:
@@ -204,9 +230,10 @@ def ordering_stage(b: Build) -> dict:
     return fit_ordering(b.out, b.limits, b.shared.get("valid_examples"), b.data.catalog.item_ids)
 
 
-# In order: a stage may use what an earlier one handed on (recent evaluates on GRACE's users, ads embeds
-# its creatives with the CLIP model, ordering runs every step of recommend).
-STAGES = (("catalog", catalog_stage), ("ranking", ranker_stage), ("grace", grace_stage), ("recent", recent_stage),
+# In order: a stage may use what an earlier one handed on (sasrec exports GRACE's baseline and recent evaluates
+# on GRACE's users, ads embeds its creatives with the CLIP model, ordering runs every step of recommend).
+STAGES = (("catalog", catalog_stage), ("ranking", ranker_stage), ("grace", grace_stage), ("sasrec", sasrec_stage),
+          ("recent", recent_stage),
           ("clip", clip_stage), ("ads", ads_stage), ("ordering", ordering_stage))
 
 
@@ -227,7 +254,8 @@ def data_limits(config: BuildConfig, data: BuildData):
     GRACE beam or nearest-neighbour count caps them (a beam per item at most)."""
     popular = np.argsort(-data.item_popularity()[1:], kind="stable")[:EXAMPLE_ITEMS] + 1
     serving = dataclasses.replace(config.serving, beam_width=min(config.serving.beam_width, data.num_items),
-                                  knn_candidates=min(config.serving.knn_candidates, data.num_items))
+                                  knn_candidates=min(config.serving.knn_candidates, data.num_items),
+                                  sasrec_candidates=min(config.serving.sasrec_candidates, data.num_items))
     return serving.limits(
         num_items=data.num_items, num_categories=data.catalog.num_top_categories,
         num_campaigns=data.campaigns.num_campaigns if data.campaigns is not None else 0,

@@ -10,10 +10,12 @@ from torch import nn
 
 from models.grace.model import GraceModel
 from models.ranking.model import Ranker
+from models.sasrec import SASRecModel
 from serving.graph import RANKER
 from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE
 from serving.ort import session
 from serving.ranking import RANKER_FILE
+from serving.sasrec import ITEMS_INPUT, SASREC_FILE
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -131,3 +133,20 @@ def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates
     _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path, inputs, outputs,
             {name: {0: "batch"} for name in inputs + outputs})
     return {path.name: _max_diff(model, path, dict(zip(inputs, sample(5))))}
+
+
+def export_sasrec(model: SASRecModel, out_dir: Path, seed: int = 0) -> dict[str, float]:
+    """Writes sasrec.onnx: right-aligned item ids [B, max_len] -> next-item scores [B, N] (dynamic batch)."""
+    rng = np.random.default_rng(seed)
+    n, length = model.cfg.num_items, model.cfg.max_len
+
+    def sample(b: int) -> np.ndarray:
+        items = rng.integers(1, n + 1, size=(b, length)).astype(np.int64)
+        for row, real in enumerate(rng.integers(1, length + 1, size=b)):
+            items[row, : length - real] = 0  # histories of every length, padding in front
+        return items
+
+    path = out_dir / SASREC_FILE
+    _export(model, (torch.from_numpy(sample(2)),), path, [ITEMS_INPUT], ["scores"],
+            {ITEMS_INPUT: {0: "batch"}, "scores": {0: "batch"}})
+    return {path.name: _max_diff(model, path, {ITEMS_INPUT: sample(5)})}

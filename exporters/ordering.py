@@ -1,9 +1,12 @@
-"""The build's last stage: how `calibrate` orders the merged candidates. The ranker's relevance is one order, the
-merge order (each retrieval source's own ranking, sources in graph priority) another; serving.recommend.final_order
-mixes them by rank with one weight. The weight is picked here on validation users (each user's second-last event,
-never a test target) by running the freshly written repository's served steps in process, so the served ordering is
-the one that retrieves best on held-out data: where the ranker helps (the simulator's repeat intent) it leads, where
-it hurts (MovieLens-100k, which never repeats) the retrieval sources' own order takes over.
+"""The build's last stage: how `merge` and `calibrate` order the candidates, picked on validation users (each
+user's second-last event, never a test target) by running the freshly written repository's served steps in process.
+
+1. Source priority (merge's artifact): the retrieval sources sorted by their own validation NDCG@10 (then HR@10,
+   then graph order), so the merge order starts with the source that retrieves best on this data.
+2. Final order (calibrate's artifact): the ranker's relevance is one order, the merge order another;
+   serving.recommend.final_order mixes them by rank with one weight, the one with the best validation NDCG@10:
+   where the ranker helps (the simulator's repeat intent) it leads, where it hurts (MovieLens-100k, which never
+   repeats) the merge order takes over.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from models.reference import run_ensemble
 from serving import graph
 from serving.calibration import IsotonicCalibrator, CALIBRATOR_FILE
 from serving.contract import ServingLimits
-from serving.ranking import ORDERING_FILE
+from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE
 from serving.recommend import final_order
 from serving.steps import IMPLEMENTATIONS
 
@@ -31,9 +34,14 @@ def write_ordering(version_dir: Path, merge_weight: float, validation: dict | No
                                                         indent=2) + "\n")
 
 
+def write_priority(version_dir: Path, names: list[str], validation: dict | None) -> None:
+    (version_dir / MERGE_PRIORITY_FILE).write_text(json.dumps({"priority": list(names), "validation": validation},
+                                                              indent=2) + "\n")
+
+
 def candidates_of(repository: Path, limits: ServingLimits, examples, external_ids: np.ndarray) -> list[dict]:
     """For each example: the ranker's relevance, calibrated pCTR and internal ids of its real candidates (in merge
-    order), from the repository's served steps run in process."""
+    order), and each retrieval source's own items, from the repository's served steps run in process."""
     steps = {step.name: IMPLEMENTATIONS[step.name].create(repository / step.name / "1", limits)
              for step in graph.RECOMMEND.steps}
     calibrator = IsotonicCalibrator.load(repository / graph.CALIBRATE.name / "1" / CALIBRATOR_FILE)
@@ -46,8 +54,27 @@ def candidates_of(repository: Path, limits: ServingLimits, examples, external_id
         out = run_ensemble(graph.RECOMMEND, steps, request, every_tensor=True)
         real = out[graph.CAND_ITEMS.name] > 0
         rows.append({"items": out[graph.CAND_ITEMS.name][real], "relevance": out[graph.RELEVANCE.name][real],
-                     "pctr": calibrator(out[graph.LOGITS.name][real])})
+                     "pctr": calibrator(out[graph.LOGITS.name][real]),
+                     **{source.name: out[source.items.name] for source in graph.RETRIEVAL_SOURCES}})
     return rows
+
+
+def score_sources(rows: list[dict], targets: np.ndarray) -> dict[str, dict[str, float]]:
+    """HR/NDCG@10 of each retrieval source's own top 10 (its items are already filtered for the request)."""
+    table = {}
+    for source in graph.SOURCE_NAMES:
+        ranked = np.zeros((len(rows), K), np.int64)
+        for i, row in enumerate(rows):
+            top = np.asarray(row[source], np.int64)[:K]
+            ranked[i, :len(top)] = top
+        table[source] = {m: round(v, 4) for m, v in topk_metrics(ranked, targets).items()}
+    return table
+
+
+def rank_sources(table: dict[str, dict[str, float]]) -> list[str]:
+    """Best NDCG@10 first, then HR@10, then graph order."""
+    return sorted(graph.SOURCE_NAMES, key=lambda s: (-table[s]["ndcg@10"], -table[s]["hr@10"],
+                                                     graph.SOURCE_NAMES.index(s)))
 
 
 def score_weights(rows: list[dict], targets: np.ndarray) -> dict[float, dict[str, float]]:
@@ -69,24 +96,33 @@ def pick(table: dict[float, dict[str, float]]) -> float:
 
 
 def fit_ordering(repository: Path, limits: ServingLimits, examples, external_ids: np.ndarray) -> dict:
-    """Pick calibrate's merge weight on `examples` (validation users) and write it; returns the stage's metrics.
-    Without validation examples the ranker's order stays (weight 0) and the manifest says why."""
+    """Pick merge's source priority and calibrate's merge weight on `examples` (validation users) and write them;
+    returns the stage's metrics. Without validation examples the graph's source order and the ranker's order stay
+    (weight 0) and the manifest says why."""
     version_dir = repository / graph.CALIBRATE.name / "1"
+    merge_dir = repository / graph.MERGE.name / "1"
+    # merge and calibrate load these; the first pass reads only what does not depend on them
+    write_priority(merge_dir, list(graph.SOURCE_NAMES), None)
+    write_ordering(version_dir, 0.0, None)
     if examples is None or len(examples) == 0:
-        write_ordering(version_dir, 0.0, None)
-        return {"merge_weight": 0.0, "tuned": False, "reason": "no validation split (grace.patience = 0)"}
-    write_ordering(version_dir, 0.0, None)  # calibrate loads it; the stage only reads relevance and candidates
+        return {"merge_weight": 0.0, "source_priority": list(graph.SOURCE_NAMES), "tuned": False,
+                "reason": "no validation split (grace.patience = 0)"}
+    sources = score_sources(candidates_of(repository, limits, examples, external_ids), examples.targets)
+    priority = rank_sources(sources)
+    write_priority(merge_dir, priority, {"users": len(examples), "by_source": sources})
     table = score_weights(candidates_of(repository, limits, examples, external_ids), examples.targets)
     weight = pick(table)
     validation = {"users": len(examples), "by_merge_weight": {str(w): m for w, m in table.items()}}
     write_ordering(version_dir, weight, validation)
-    return {"merge_weight": weight, "tuned": True, "valid_users": len(examples),
-            "valid_ranker_order": table[0.0], "valid_merge_order": table[1.0], "valid_chosen": table[weight]}
+    return {"merge_weight": weight, "source_priority": priority, "tuned": True, "valid_users": len(examples),
+            "valid_sources": sources, "valid_ranker_order": table[0.0], "valid_merge_order": table[1.0],
+            "valid_chosen": table[weight]}
 
 
 def refit(repository: Path) -> dict:
-    """Pick the merge weight again on an already built repository (its manifest's data and split), e.g. after
-    replacing a step's artifacts; updates calibrate's ordering file and the manifest's `ordering` figures."""
+    """Pick the source priority and merge weight again on an already built repository (its manifest's data and
+    split), e.g. after replacing a step's artifacts; updates merge's and calibrate's files and the manifest's
+    `ordering` figures."""
     from data.build_data import build_data_of  # noqa: PLC0415 (the build stage gets its data handed over)
     from data.sequences import leave_last_out  # noqa: PLC0415
     from exporters.config import from_dict  # noqa: PLC0415

@@ -15,12 +15,14 @@ from models.clip.model import ClipEmbedder
 from models.grace.model import load_checkpoint as load_grace
 from models.grace.recommender import grace_retrieve
 from models.ranking.model import load_checkpoint as load_ranker
+from models.sasrec import load_checkpoint as load_sasrec
 from serving import graph
 from serving.graph import run_ensemble  # noqa: F401 (the reference's callers import it from here too)
 from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.retriever import load_decoding
-from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds, excluded
+from serving.sasrec import top_eligible
+from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, SasrecRetrieve, ScoreAds, excluded
 
 CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
 
@@ -51,7 +53,22 @@ class TorchRank(Rank):
         return list(zip(logits.numpy(), relevance.numpy()))
 
 
-TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchRank)}
+class TorchSasrecRetrieve(SasrecRetrieve):
+    def load(self):
+        super(SasrecRetrieve, self).load()  # the catalog table; the torch model instead of the ONNX export
+        self.model = load_sasrec(self.version_dir)
+
+    @torch.no_grad()
+    def run_batch(self, batch):
+        results = []
+        for inputs in batch:
+            hist = torch.from_numpy(np.asarray(inputs[graph.HIST_ITEMS.name], np.int64)[None, -self.model.cfg.max_len:])
+            eligible = self.eligible(inputs[graph.EXCLUDE_IDS.name], inputs[graph.ALLOWED_CATEGORIES.name])
+            results.append(top_eligible(self.model(hist)[0].numpy(), eligible, self.limits.sasrec_candidates))
+        return results
+
+
+TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchSasrecRetrieve, TorchRank)}
 
 
 class ReferencePipeline:

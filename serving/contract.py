@@ -23,6 +23,7 @@ class ServingLimits:
     beam_width: int = 20  # GRACE beams = GRACE candidates
     knn_candidates: int = 64  # CLIP-embedding nearest neighbours
     recent_candidates: int = 16  # distinct recently interacted items
+    sasrec_candidates: int = 20  # SASRec's top items
     max_candidates: int = 64  # ranker width after the merge
     num_campaigns: int = 0  # score_ads: campaign ids are 0..num_campaigns-1
     max_campaigns: int = 256  # score_ads: campaigns per request

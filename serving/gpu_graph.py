@@ -23,6 +23,7 @@ from serving import graph
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
 from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE
 from serving.ranking import RANKER_FILE
+from serving.sasrec import ITEMS_INPUT, SASREC_FILE
 
 NATIVE_FILE = "model.onnx"  # the onnxruntime backend's default model file name
 PLAN_FILE = "model.plan"  # the tensorrt backend's
@@ -81,6 +82,8 @@ NATIVE_MODELS = (
                 # The exported ranker's tensors are the served step's (exporters.onnx_export.export_ranker).
                 values={graph.HIST_ITEMS.name: graph.HIST_ITEMS.values, graph.HIST_BEHAVIORS.name:
                         graph.HIST_BEHAVIORS.values, graph.CAND_ITEMS.name: graph.CAND_ITEMS.values}),
+    NativeModel("sasrec_onnx", graph.SASREC_RETRIEVE, SASREC_FILE, sizes={"batch": (1, "sasrec_max_batch")},
+                values={ITEMS_INPUT: graph.HIST_ITEMS.values}),
     NativeModel("clip_image", graph.CLIP_EMBED, IMAGE_FILE, sizes={"batch": (1, "max_clip_rows")}),
     NativeModel("clip_text", graph.CLIP_EMBED, TEXT_FILE, sizes={"batch": (1, "max_clip_rows"),
                                                                   "tokens": (2, "context_length")},
@@ -140,6 +143,7 @@ class Sizes:
         self.limits, self.facts = limits, dict(repo_facts)
         self.facts["ranker_max_batch"] = graph.RANKER.batching.max_batch(limits)
         self.facts["grace_max_batch"] = graph.GRACE_RETRIEVE.batching.max_batch(limits)
+        self.facts["sasrec_max_batch"] = graph.SASREC_RETRIEVE.batching.max_batch(limits)
         self.facts["grace_max_beams"] = self.facts["grace_max_batch"] * limits.beam_width
         self.facts["num_behaviors"] = limits.num_behaviors
 

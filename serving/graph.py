@@ -25,7 +25,8 @@ from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FIL
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.grace.history import HISTORY_FILES
 from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, TOKENIZER_FILE
-from serving.ranking import ORDERING_FILE, RANKER_FILE
+from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE, RANKER_FILE
+from serving.sasrec import SASREC_FILE
 
 DTYPES = ("INT32", "INT64", "FP32", "UINT8", "STRING")  # Triton's TYPE_* names used here
 
@@ -130,6 +131,8 @@ RECENT_ITEMS = Tensor("recent_items", "INT64", values=(1, "num_items"), max_len=
 RECENT_SCORES = Tensor("recent_scores", "FP32")
 KNN_ITEMS = Tensor("knn_items", "INT64", values=(1, "num_items"), max_len="knn_candidates")
 KNN_SCORES = Tensor("knn_scores", "FP32")
+SASREC_ITEMS = Tensor("sasrec_items", "INT64", values=(1, "num_items"), max_len="sasrec_candidates")
+SASREC_SCORES = Tensor("sasrec_scores", "FP32")
 CAND_ITEMS = Tensor("cand_items", "INT64", ("max_candidates",), values=(0, "num_items"))
 CAND_SOURCES = Tensor("cand_sources", "INT32", ("max_candidates",), values=(-1, "num_sources-1"))
 LOGITS = Tensor("logits", "FP32", ("max_candidates",))
@@ -162,17 +165,25 @@ CLIP_RETRIEVE = Step(
     inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS, outputs=(KNN_ITEMS, KNN_SCORES),
     artifacts=(ITEM_INDEX_FILE, ITEM_EMBEDDINGS_FILE, CATEGORY_FILE))
 
-# Merge order = priority: an item found by several sources is credited to the first.
+SASREC_RETRIEVE = Step(
+    "sasrec_retrieve", "SASRec's next-item scores of every item after the history (one ONNX call for all queued "
+    "requests), the top sasrec_candidates items the request may receive",
+    inputs=(HIST_ITEMS,) + FILTERS, outputs=(SASREC_ITEMS, SASREC_SCORES), artifacts=(SASREC_FILE, CATEGORY_FILE))
+
+# The sources `cand_sources` indexes, in this order. The merge takes them in the priority its build picked on
+# validation users (MERGE_PRIORITY_FILE, exporters.ordering): an item found by several sources is credited to the
+# first, and the merge order is the one calibrate mixes with the ranker's.
 RETRIEVAL_SOURCES = (
     RetrievalSource("grace", GRACE_RETRIEVE, GRACE_ITEMS),
     RetrievalSource("recent", RECENT_RETRIEVE, RECENT_ITEMS),
     RetrievalSource("embedding_knn", CLIP_RETRIEVE, KNN_ITEMS),
+    RetrievalSource("sasrec", SASREC_RETRIEVE, SASREC_ITEMS),
 )
 
 MERGE = Step(
-    "merge", "union of the retrieval sources in graph order, deduplicated and filtered, padded",
+    "merge", "union of the retrieval sources in the build's priority order, deduplicated and filtered, padded",
     inputs=tuple(source.items for source in RETRIEVAL_SOURCES) + FILTERS, outputs=(CAND_ITEMS, CAND_SOURCES),
-    artifacts=(CATEGORY_FILE,))
+    artifacts=(CATEGORY_FILE, MERGE_PRIORITY_FILE))
 RANKER = Step(
     "ranker", "the ONNX ranker, two heads: CTR logits and next-interaction relevance; all queued requests in one "
     "ONNX Runtime call",

@@ -10,6 +10,8 @@ from serving.ort import session
 
 ORDERING_FILE = "ordering.json"  # calibrate's artifact: how much the merge order weighs against the ranker
 RANKER_FILE = "ranker.onnx"
+# merge's artifact: the retrieval sources by name, highest priority first (picked on validation users)
+MERGE_PRIORITY_FILE = "source_priority.json"
 
 
 class OnnxRanker:

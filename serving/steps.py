@@ -20,8 +20,9 @@ from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE, clip_r
 from serving.contract import RequestError, behavior_code
 from serving.grace.history import HistoryEncoder
 from serving.grace.retriever import OnnxGraceRetriever
-from serving.ranking import ORDERING_FILE, OnnxRanker
+from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE, OnnxRanker
 from serving.recent import REMOVAL_EVENT, recent_items
+from serving.sasrec import OnnxSasrec
 from serving.recommend import calibrated_top_k, eligible_mask, merge_candidates, validate_and_featurize
 from serving.validation import integer_array, validate_history
 
@@ -132,12 +133,46 @@ class ClipRetrieve(FilteredStep):
                              self.behavior_weights)
 
 
+class SasrecRetrieve(FilteredStep):
+    STEP = graph.SASREC_RETRIEVE
+
+    def load(self):
+        super().load()
+        self.model = OnnxSasrec(self.version_dir)
+
+    def run(self, hist_items, exclude_ids, allowed_categories):
+        return self.run_batch([dict(hist_items=hist_items, exclude_ids=exclude_ids,
+                                    allowed_categories=allowed_categories)])[0]
+
+    def run_batch(self, batch):
+        """Every queued request in one ONNX Runtime call."""
+        eligible = np.stack([self.eligible(b[graph.EXCLUDE_IDS.name], b[graph.ALLOWED_CATEGORIES.name]) for b in batch])
+        hist = np.stack([b[graph.HIST_ITEMS.name] for b in batch])
+        return self.model.retrieve(hist, eligible, self.limits.sasrec_candidates)
+
+
+def load_source_priority(version_dir) -> tuple[int, ...]:
+    """Indices into graph.RETRIEVAL_SOURCES, highest merge priority first (MERGE_PRIORITY_FILE, written by the
+    build's ordering stage); every source exactly once."""
+    names = json.loads((version_dir / MERGE_PRIORITY_FILE).read_text())["priority"]
+    if sorted(names) != sorted(graph.SOURCE_NAMES):
+        raise ValueError(f"{MERGE_PRIORITY_FILE} must name each of {list(graph.SOURCE_NAMES)} once, got {names}")
+    return tuple(graph.SOURCE_NAMES.index(name) for name in names)
+
+
 class Merge(FilteredStep):
     STEP = graph.MERGE
 
+    def load(self):
+        super().load()
+        self.priority = load_source_priority(self.version_dir)
+
     def run(self, exclude_ids, allowed_categories, **source_items):
-        ordered = [source_items[source.items.name] for source in graph.RETRIEVAL_SOURCES]
-        return merge_candidates(ordered, self.eligible(exclude_ids, allowed_categories), self.limits.max_candidates)
+        ordered = [source_items[graph.RETRIEVAL_SOURCES[s].items.name] for s in self.priority]
+        cand, src = merge_candidates(ordered, self.eligible(exclude_ids, allowed_categories),
+                                     self.limits.max_candidates)
+        # cand_sources speaks graph order (what calibrate names), not the priority order
+        return cand, np.where(src >= 0, np.asarray(self.priority, np.int32)[np.maximum(src, 0)], -1).astype(np.int32)
 
 
 class Rank(StepModel):
@@ -277,4 +312,5 @@ def decode_texts(column: np.ndarray, tokenizer, context_length: int) -> list[str
 
 
 IMPLEMENTATIONS = {cls.STEP.name: cls for cls in
-                   (Features, GraceRetrieve, RecentRetrieve, ClipRetrieve, Merge, Rank, Calibrate, ScoreAds, ClipEmbed)}
+                   (Features, GraceRetrieve, RecentRetrieve, ClipRetrieve, SasrecRetrieve, Merge, Rank, Calibrate,
+                    ScoreAds, ClipEmbed)}

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from data.sequences import SequenceDataset, leave_last_out
-from evaluation.baselines import MostPopular, MostRecent, Recommender, SASRec, SASRecConfig, SASRecModel, check_recommendations
+from evaluation.baselines import MostPopular, MostRecent, Recommender, SASRec, check_recommendations
+from models.sasrec import SASRecConfig, SASRecModel
 from models.budget import TrainingBudget
 
 torch.set_num_threads(1)

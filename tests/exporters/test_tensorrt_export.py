@@ -28,7 +28,7 @@ def test_arguments_and_tolerances(tmp_path):
 
 def test_which_models_convert():
     convert, skipped = te.select_models()
-    assert [m.name for m in convert] == ["grace_encoder", "ranker_onnx", "clip_image", "clip_text"]
+    assert [m.name for m in convert] == ["grace_encoder", "ranker_onnx", "sasrec_onnx", "clip_image", "clip_text"]
     assert set(skipped) == {"grace_decoder_step"} and "KV cache" in skipped["grace_decoder_step"]
     convert, skipped = te.select_models(["ranker_onnx", "grace_decoder_step"])
     assert [m.name for m in convert] == ["ranker_onnx"] and set(skipped) == {"grace_decoder_step"}

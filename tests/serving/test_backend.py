@@ -38,7 +38,7 @@ def test_good_inputs_pass_and_outputs_are_named(step):
 @pytest.mark.parametrize("name, value, words", [
     ("cand_items", 101, "valid range is 0..100"),
     ("cand_items", -1, "value -1 is out of range"),
-    ("cand_sources", 3, f"valid range is -1..{len(graph.RETRIEVAL_SOURCES) - 1}"),
+    ("cand_sources", len(graph.RETRIEVAL_SOURCES), f"valid range is -1..{len(graph.RETRIEVAL_SOURCES) - 1}"),
     ("k", 0, f"1..{LIMITS.max_k}"),
     ("logits", np.inf, "finite"),
     ("relevance", np.nan, "finite"),

@@ -294,7 +294,7 @@ def test_gpu_repository_parses_with_native_models_on_the_gpu(gpu_repository):
     limits, _ = repository_limits(gpu_repository)
     batches = {name: cfg.max_batch_size for name, cfg in configs.items() if name in NATIVE_MODELS}
     assert batches == {"grace_encoder": 0, "grace_decoder_step": 0, "ranker_onnx": MAX_BATCH_SIZE,
-                       "clip_image": limits.max_clip_rows, "clip_text": limits.max_clip_rows}
+                       "sasrec_onnx": MAX_BATCH_SIZE, "clip_image": limits.max_clip_rows, "clip_text": limits.max_clip_rows}
     for name, batch in batches.items():  # Triton batches across requests only what has a batch axis
         assert configs[name].HasField("dynamic_batching") == (batch > 0), name
 
@@ -479,8 +479,13 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
     got = gpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
     want = cpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    sasrec = [{t.name: features[t.name] for t in STEPS["sasrec_retrieve"].inputs}] * 2  # two queued requests
+    cpu_sasrec, gpu_sasrec = step("sasrec_retrieve", model_repository), step("sasrec_retrieve", gpu_repository)
+    for (cpu_items, cpu_scores), (gpu_items, gpu_scores) in zip(cpu_sasrec.run_batch(sasrec), gpu_sasrec.run_batch(sasrec)):
+        np.testing.assert_array_equal(gpu_items, cpu_items)
+        np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=1e-5, atol=1e-5)
     assert set(fake.calls) == set(NATIVE_MODELS), fake.calls
-    assert fake.calls["grace_encoder"] == 1 and fake.calls["ranker_onnx"] == 1
+    assert fake.calls["grace_encoder"] == 1 and fake.calls["ranker_onnx"] == 1 and fake.calls["sasrec_onnx"] == 1
 
 
 def test_gpu_warmup_requests_run_in_onnx_runtime(gpu_repository):

@@ -61,7 +61,7 @@ def test_every_retrieval_source_feeds_the_merge_in_graph_order():
     for source in graph.RETRIEVAL_SOURCES:
         assert source.items in source.step.outputs
         assert source.step in graph.RECOMMEND.steps
-    assert graph.SOURCE_NAMES == ("grace", "recent", "embedding_knn")
+    assert graph.SOURCE_NAMES == ("grace", "recent", "embedding_knn", "sasrec")
 
 
 def test_ensemble_steps_run_in_dataflow_order():

@@ -197,7 +197,7 @@ def test_count_values_counts_bytes_labels():
     registry = metrics.Metrics(None)
     counters = registry.counters(metrics.RECOMMEND_ITEMS, "source", graph.SOURCE_NAMES)
     count_values(counters, np.array([b"grace", b"recent", b"grace"], dtype=object))
-    assert {name: c.total for name, c in counters.items()} == {"grace": 2, "recent": 1, "embedding_knn": 0}
+    assert {name: c.total for name, c in counters.items()} == {"grace": 2, "recent": 1, "embedding_knn": 0, "sasrec": 0}
 
 
 # --- the scaffold -------------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def test_execute_counts_batch_size_rejections_by_field_and_answers_once(tmp_path
     # The batch failed on k=7 and was redone one by one: each answered request is counted once.
     items = _increments(step.metrics, "recserve_recommend_items_total")
     assert items == {(("source", "grace"),): 2.0 + 3.0, (("source", "recent"),): 2.0,
-                     (("source", "embedding_knn"),): 0.0}
+                     (("source", "embedding_knn"),): 0.0, (("source", "sasrec"),): 0.0}
 
 
 def test_a_bug_counts_every_request_of_the_batch_as_an_internal_error(tmp_path):

@@ -1,0 +1,46 @@
+"""SASRec as a served retrieval source: the exported model scores every item after the request's history (one
+ONNX Runtime call for all queued requests), and the top-n items the request may receive come back, best first.
+Numpy + ONNX Runtime only (serving imports it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from serving.ort import session
+
+SASREC_FILE = "sasrec.onnx"
+ITEMS_INPUT = "items"  # the exported graph's one input: [B, max_len] right-aligned item ids, 0 = padding
+
+
+class OnnxSasrec:
+    def __init__(self, directory: Path):
+        self.session = session(Path(directory) / SASREC_FILE)
+        # The model was trained on histories of this many events; the export fixes the length.
+        self.max_len = int(self.session.get_inputs()[0].shape[1])
+
+    def scores(self, hist_items: np.ndarray) -> np.ndarray:
+        """[B, L] right-aligned histories -> next-item scores [B, N] (column j is item j + 1); a history longer
+        than the model's window keeps its newest max_len events."""
+        items = np.asarray(hist_items, np.int64)
+        if items.shape[1] < self.max_len:
+            items = np.pad(items, ((0, 0), (self.max_len - items.shape[1], 0)))
+        return self.session.run(None, {ITEMS_INPUT: np.ascontiguousarray(items[:, -self.max_len:])})[0]
+
+    def retrieve(self, hist_items: np.ndarray, eligible: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """hist_items [B, L], eligible [B, N + 1] booleans -> per row the top-n eligible items and their scores,
+        score descending, ties by ascending id."""
+        return [top_eligible(row, mask, n) for row, mask in zip(self.scores(hist_items), eligible)]
+
+
+def top_eligible(scores: np.ndarray, eligible: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """scores [N] of items 1..N, eligible [N + 1] (index 0 = padding) -> (item ids, float32 scores), best first."""
+    ids = np.flatnonzero(eligible[1:])
+    n = min(n, len(ids))
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    candidate = scores[ids]
+    part = np.argpartition(-candidate, n - 1)[:n] if n < len(ids) else np.arange(len(ids))
+    order = part[np.lexsort((ids[part], -candidate[part]))]
+    return (ids[order] + 1).astype(np.int64), candidate[order].astype(np.float32)

@@ -1,0 +1,104 @@
+"""SASRec as a served retrieval source: its exported scores, the eligible top-n, the step over a batch, and the
+merge's build-picked source priority."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from exporters.onnx_export import export_sasrec
+from exporters.ordering import rank_sources, score_sources, write_priority
+from models.sasrec import SASRecConfig, SASRecModel, load_checkpoint, save_checkpoint
+from serving import graph
+from serving.catalog import save_top_category
+from serving.contract import ServingLimits
+from serving.sasrec import OnnxSasrec, top_eligible
+from serving.steps import Merge, SasrecRetrieve, load_source_priority
+
+N = 30
+LIMITS = ServingLimits(num_items=N, num_categories=3, max_history=8, sasrec_candidates=5)
+
+
+@pytest.fixture(scope="module")
+def version_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SASRecModel(SASRecConfig(num_items=N, max_len=LIMITS.max_history, dropout=0.0)).eval()
+    out = tmp_path_factory.mktemp("sasrec_retrieve")
+    diff = export_sasrec(model, out)
+    assert diff["sasrec.onnx"] < 1e-4
+    save_checkpoint(model, out)
+    save_top_category(out, np.arange(N + 1) % 3)  # item i's top category is i % 3
+    return out
+
+
+def test_top_eligible_is_best_first_filtered_and_ties_go_to_the_smaller_id():
+    scores = np.array([0.5, 2.0, 2.0, -1.0, 3.0], np.float32)  # items 1..5
+    eligible = np.array([False, True, True, True, True, False])  # item 5 (the best) excluded
+    items, got = top_eligible(scores, eligible, 3)
+    assert items.tolist() == [2, 3, 1] and got.tolist() == [2.0, 2.0, 0.5]
+    items, _ = top_eligible(scores, eligible, 10)  # fewer eligible than asked: all of them, no padding
+    assert items.tolist() == [2, 3, 1, 4]
+    items, got = top_eligible(scores, np.zeros(6, bool), 3)
+    assert items.size == 0 and got.size == 0
+
+
+def test_onnx_scores_match_torch_and_a_short_history_is_left_padded(version_dir):
+    served, model = OnnxSasrec(version_dir), load_checkpoint(version_dir)
+    assert served.max_len == LIMITS.max_history
+    hist = np.array([[0, 0, 0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7, 8]], np.int64)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(hist)).numpy()
+    np.testing.assert_allclose(served.scores(hist), expected, atol=1e-4)
+    # Three events given without padding score like the same events right-aligned in the full window.
+    np.testing.assert_allclose(served.scores(hist[:1, -3:]), expected[:1], atol=1e-4)
+
+
+def test_step_answers_each_queued_request_with_its_own_filters(version_dir):
+    step = SasrecRetrieve.create(version_dir, LIMITS)
+    hist = np.zeros(LIMITS.max_history, np.int64)
+    hist[-3:] = [4, 5, 6]
+    free = dict(hist_items=hist, exclude_ids=np.zeros(1, np.int64), allowed_categories=np.arange(3))
+    only_cat1 = dict(free, allowed_categories=np.array([1]))
+    unfiltered = step.run(**free)[0]
+    excluded = dict(free, exclude_ids=np.array([0, unfiltered[0]]))
+    answers = step.run_batch([free, only_cat1, excluded])
+    assert answers[0][0].tolist() == unfiltered.tolist() and len(unfiltered) == LIMITS.sasrec_candidates
+    assert all(i % 3 == 1 for i in answers[1][0])
+    assert unfiltered[0] not in answers[2][0] and answers[2][0].tolist() == unfiltered[1:].tolist() + \
+        [i for i in answers[2][0] if i not in unfiltered]
+    scores = answers[0][1]
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_merge_takes_sources_in_the_build_priority_and_names_them_in_graph_order(version_dir, tmp_path):
+    save_top_category(tmp_path, np.arange(N + 1) % 3)
+    priority = ["sasrec", "recent", "grace", "embedding_knn"]
+    write_priority(tmp_path, priority, None)
+    merge = Merge.create(tmp_path, LIMITS)
+    out = merge(grace_items=np.array([1, 2]), recent_items=np.array([3, 2]), knn_items=np.array([9]),
+                sasrec_items=np.array([2, 7]), exclude_ids=np.zeros(1, np.int64), allowed_categories=np.arange(3))
+    cand, src = out[graph.CAND_ITEMS.name], out[graph.CAND_SOURCES.name]
+    real = cand > 0
+    assert cand[real].tolist() == [2, 7, 3, 1, 9]
+    assert [graph.SOURCE_NAMES[s] for s in src[real]] == ["sasrec", "sasrec", "recent", "grace", "embedding_knn"]
+    assert (src[~real] == -1).all()
+
+
+def test_a_priority_file_must_name_every_source_once(tmp_path):
+    (tmp_path / "source_priority.json").write_text(json.dumps({"priority": ["grace", "grace", "recent"]}))
+    with pytest.raises(ValueError, match="each of"):
+        load_source_priority(tmp_path)
+
+
+def test_sources_are_ranked_by_validation_ndcg_then_hit_rate_then_graph_order():
+    rows = [{"grace": np.array([5, 1]), "recent": np.array([1]), "embedding_knn": np.array([7]),
+             "sasrec": np.array([9])},
+            {"grace": np.array([2]), "recent": np.array([4]), "embedding_knn": np.array([3]),
+             "sasrec": np.array([3])}]
+    table = score_sources(rows, np.array([1, 3]))
+    assert table["recent"]["hr@10"] == 0.5 and table["grace"]["ndcg@10"] < table["recent"]["ndcg@10"]
+    # knn and sasrec tie (the same hit at rank 1): graph order breaks it
+    assert rank_sources(table) == ["recent", "embedding_knn", "sasrec", "grace"]

@@ -8,55 +8,32 @@ SDK honours, so retries after a 5xx take milliseconds (a timeout has no answer t
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from models.ads.llm_client import ChatClient, LLMError, parse_weights
+from tests.models.ads.chat_endpoint import ChatEndpoint
 
 NAMES = ("a", "b", "c")
 
 
-class _Server:
+class _Server(ChatEndpoint):
     """Answers POST /v1/chat/completions from a queue of (status, body, delay_s); records requests."""
 
     def __init__(self):
         self.script: list[tuple[int, bytes, float]] = []
         self.requests: list[dict] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append({"path": self.path, "body": json.loads(body),
-                                       "auth": self.headers.get("Authorization"),
-                                       "retry": self.headers.get("x-stainless-retry-count")})
-                status, payload, delay = outer.script.pop(0) if outer.script else (500, b"{}", 0.0)
-                time.sleep(delay)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    if status >= 400:
-                        self.send_header("retry-after-ms", "10")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+        def answer(request):
+            headers = request["headers"]
+            self.requests.append({"path": request["path"], "body": request["body"],
+                                  "auth": headers.get("Authorization"), "retry": headers.get("x-stainless-retry-count")})
+            status, payload, delay = self.script.pop(0) if self.script else (500, b"{}", 0.0)
+            time.sleep(delay)
+            return status, {"retry-after-ms": "10"} if status >= 400 else {}, payload
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(answer)
 
 
 def _completion(content: str) -> bytes:

@@ -5,8 +5,6 @@ leave-one-out selection, and the cold-start weights against a global-average bas
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from models.ads import llm_hyper as lh
 from models.ads.logs import CALIB, TEST, TRAIN, split_ad_logs
 from serving.ads.features import FEATURE_NAMES
 from models.ads.llm_client import ChatClient
+from tests.models.ads.chat_endpoint import ChatEndpoint, chat_completion
 
 
 @pytest.fixture(scope="module")
@@ -133,36 +132,17 @@ def test_generate_cold_retrieval(prep, emb):
         lh.generate_cold(prep, emb, intercept_target="bogus")
 
 
-class _LLM:
-    """A local OpenAI-compatible server: fixed weights, or garbage for the campaigns listed in `bad`."""
+class _LLM(ChatEndpoint):
+    """Fixed weights as the answer, or garbage for every `bad_every`-th call."""
 
     def __init__(self, weights, bad_every: int = 0):
-        self.calls = 0
-        outer = self
+        def answer(request):
+            self.last_prompt = request["body"]["messages"][1]["content"]
+            bad = bad_every and self.calls % bad_every == 0
+            return 200, {}, chat_completion("I cannot help" if bad else
+                                            json.dumps({"weights": dict(zip(FEATURE_NAMES, weights))}))
 
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.calls += 1
-                outer.last_prompt = body["messages"][1]["content"]
-                bad = bad_every and outer.calls % bad_every == 0
-                content = "I cannot help" if bad else json.dumps({"weights": dict(zip(FEATURE_NAMES, weights))})
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(answer)
 
 
 def test_generate_cold_llm_path(prep, emb):

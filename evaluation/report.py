@@ -93,40 +93,22 @@ def _clip() -> str:
     return render([_load("build_simulator.json"), _load("build_movielens.json")])
 
 
-def _ctr() -> str:
-    from evaluation.ctr_evaluate import to_markdown  # noqa: PLC0415
+def _from(module: str, function: str, result: str) -> Callable[[], str]:
+    """The page that `module.function(result file)` renders (imported when rendered: some import torch)."""
+    def render() -> str:
+        import importlib  # noqa: PLC0415
 
-    return to_markdown(_load("ctr.json"))
+        return getattr(importlib.import_module(module), function)(_load(result))
 
-
-def _ann_sweep() -> str:
-    from evaluation.ann_sweep import render  # noqa: PLC0415
-
-    return render(_load("ann_sweep.json"))
+    return render
 
 
-def _kernels_cpu() -> str:
-    from kernels.bench import render  # noqa: PLC0415
-
-    return render(_load("kernels_cpu.json"))
-
-
-def _kernels_cpu_csv() -> str:
-    from kernels.bench import render_csv  # noqa: PLC0415
-
-    return render_csv(_load("kernels_cpu.json"))
-
-
-def _jsa_compute() -> str:
-    from evaluation.jsa_compute import render  # noqa: PLC0415
-
-    return render(_load("jsa_compute.json"))
-
-
-def _jsa_compute_csv() -> str:
-    from evaluation.jsa_compute import render_csv  # noqa: PLC0415
-
-    return render_csv(_load("jsa_compute.json"))
+_ctr = _from("evaluation.ctr_evaluate", "to_markdown", "ctr.json")
+_ann_sweep = _from("evaluation.ann_sweep", "render", "ann_sweep.json")
+_kernels_cpu = _from("kernels.bench", "render", "kernels_cpu.json")
+_kernels_cpu_csv = _from("kernels.bench", "render_csv", "kernels_cpu.json")
+_jsa_compute = _from("evaluation.jsa_compute", "render", "jsa_compute.json")
+_jsa_compute_csv = _from("evaluation.jsa_compute", "render_csv", "jsa_compute.json")
 
 
 def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:

@@ -188,19 +188,26 @@ def test_ranker_rows_are_independent_in_onnx(ranker_export):
         np.testing.assert_allclose(single[0], batched[r], atol=1e-5)
 
 
+def _small_tokenizer(rng: np.random.Generator, n: int):
+    """A random CoT tokenizer of n items (6 leaves under 2 top categories, 4 brands, 3 price buckets) that fits
+    the exported test model's vocabulary."""
+    from serving.grace.tokenizer import ItemTokenizer
+
+    leaf = np.r_[0, rng.integers(0, 6, size=n)]
+    return ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
+                                      np.r_[0, rng.integers(0, 3, size=n)])
+
+
 def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
     """The served retrieval path (ORT encoder + cached ORT step inside the shared beam search) returns the same
     items as the in-process torch reference."""
     from serving.grace.beam_search import CachedStep, constrained_beam_search
     from models.grace.recommender import grace_retrieve
-    from serving.grace.tokenizer import ItemTokenizer
 
     model, out, _ = grace_export
     rng = np.random.default_rng(11)
     n = 40
-    leaf = np.r_[0, rng.integers(0, 6, size=n)]
-    tok = ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
-                                     np.r_[0, rng.integers(0, 3, size=n)])
+    tok = _small_tokenizer(rng, n)
     assert tok.vocab_size <= GRACE_CFG.vocab_size and tok.path_length == GRACE_CFG.path_length
     trie, p2i = tok.build_trie(), tok.path_to_item()
     enc = tok.event_tokens(rng.integers(1, n + 1, size=4), rng.integers(1, 5, size=4))
@@ -229,14 +236,11 @@ def test_batched_served_retrieval_equals_the_torch_reference_per_request(grace_e
     from models.grace.recommender import grace_retrieve
     from serving.grace.history import TOKENIZER_FILE
     from serving.grace.retriever import OnnxGraceRetriever
-    from serving.grace.tokenizer import ItemTokenizer
 
     model, out, _ = grace_export
     rng = np.random.default_rng(12)
     n = 40
-    leaf = np.r_[0, rng.integers(0, 6, size=n)]
-    tok = ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
-                                     np.r_[0, rng.integers(0, 3, size=n)])
+    tok = _small_tokenizer(rng, n)
     tok.save(out / TOKENIZER_FILE)
     retriever = OnnxGraceRetriever(out)
     assert retriever.batched

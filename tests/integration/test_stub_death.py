@@ -91,19 +91,26 @@ def check(seen: dict, model: str, cause: str = "stub died") -> None:
         assert "Traceback" not in failure and "DEADLINE" not in failure, failure
 
 
+def checked_recommend(client, reference, events: int, rng: random.Random):
+    """A synthetic history's arrays, and a call that recommends for it and checks the answer equals the reference's."""
+    history = synthetic_history(client.limits(), events, rng)
+    arrays = ([e.item_id for e in history], [int(e.behavior) for e in history], [e.timestamp for e in history])
+    expected_items = reference.recommend(*arrays, 10)[0]
+
+    def recommend():
+        got = client.recommend(history, 10)
+        np.testing.assert_array_equal([i.item_id for i in got.items], expected_items)
+
+    return arrays, recommend
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(420)
 def test_killed_stubs_are_reloaded_under_load_and_nothing_hangs(model_repository, reference):
     rng = random.Random(0)
     with run_server(model_repository) as server:
         with RecommendClient(server.grpc_url, timeout_s=CLIENT_TIMEOUT_S) as client:
-            history = synthetic_history(client.limits(), 12, rng)
-            arrays = ([e.item_id for e in history], [int(e.behavior) for e in history], [e.timestamp for e in history])
-            expected_items = reference.recommend(*arrays, 10)[0]
-
-            def recommend():
-                got = client.recommend(history, 10)
-                np.testing.assert_array_equal([i.item_id for i in got.items], expected_items)
+            arrays, recommend = checked_recommend(client, reference, 12, rng)
 
             # A hot reload (same artifacts, new instances) under the same load fails no request.
             seen = under_load(recommend, lambda: reload_model(server.client(), "grace_retrieve",
@@ -134,13 +141,7 @@ def test_hung_stub_is_killed_and_reloaded_under_load(model_repository, reference
     with run_server(model_repository, liveness_interval_s=1.0, liveness_timeout_s=3.0) as server:
         assert server.probed_models == tuple(sorted(step.name for step in graph.SERVED_STEPS))
         with RecommendClient(server.grpc_url, timeout_s=CLIENT_TIMEOUT_S) as client:
-            history = synthetic_history(client.limits(), 8, rng)
-            arrays = ([e.item_id for e in history], [int(e.behavior) for e in history], [e.timestamp for e in history])
-            expected_items = reference.recommend(*arrays, 10)[0]
-
-            def recommend():
-                got = client.recommend(history, 10)
-                np.testing.assert_array_equal([i.item_id for i in got.items], expected_items)
+            _, recommend = checked_recommend(client, reference, 8, rng)
 
             # Probes under ordinary load never find a healthy step hung.
             under_load(recommend, lambda: time.sleep(4.0))

@@ -30,6 +30,8 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -r requirements.txt
+# open_clip only for its tokenizer and BPE file (the parity test); without its deps: torchvision would pull CUDA torch.
+python -m pip install --quiet --no-deps open_clip_torch==3.3.0
 python -m pip install --quiet --no-deps -e .
 if [ "${BUILD_DEFAULT:-1}" = 1 ] && { [ "${REBUILD:-0}" = 1 ] || [ ! -f model_repository/build_manifest.json ]; }; then
   python -m exporters.build_repository --out model_repository

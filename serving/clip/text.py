@@ -143,14 +143,16 @@ class BPETokenizer:
     @classmethod
     def from_file(cls, path: str | os.PathLike, context_length: int = 77,
                   max_merges: int | None = None) -> "BPETokenizer":
-        """Read a merges file (plain or .gz): optional '#version' header, then one 'a b' pair per line.
+        """Read a merges file (plain or .gz): an optional header line holding '#version', then one 'a b' pair per line.
         OpenAI's bpe_simple_vocab_16e6.txt.gz needs max_merges=48894 (49152-256-2) to get its 49408 ids."""
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"BPE merges file not found: {p}")
         raw = gzip.open(p, "rb").read() if p.suffix == ".gz" else p.read_bytes()
         lines = raw.decode("utf-8").split("\n")
-        if lines and lines[0].startswith("#version"):
+        # A header line names the version: '#version: 0.2', or in OpenAI's own file (which open_clip ships)
+        # '"bpe_simple_vocab_16e6.txt#version: 0.2'; it is not a merge.
+        if lines and "#version" in lines[0]:
             lines = lines[1:]
         merges = []
         for n, line in enumerate(lines):

@@ -111,6 +111,33 @@ _jsa_compute = _from("evaluation.jsa_compute", "render", "jsa_compute.json")
 _jsa_compute_csv = _from("evaluation.jsa_compute", "render_csv", "jsa_compute.json")
 
 
+GRACE_BUILD_LR_RUNS = ("grace_build_lr_ml100k_s0_1e-3.json", "grace_build_lr_ml100k_s0_3e-3.json",
+                       "grace_build_lr_ml100k_s1_1e-3.json", "grace_build_lr_ml100k_s1_3e-3.json",
+                       "grace_build_lr_sim_s0_1e-3.json", "grace_build_lr_sim_s0_3e-3.json")
+
+
+def _grace_build_lr() -> str:
+    """GRACE's learning rate at the build's budget (6 epochs of windows of 32 events, batch 32, early stopping),
+    side by side per dataset and seed: one raw evaluate result per run."""
+    lines = ["# GRACE's build learning rate", "",
+             "Each row is one `python -m evaluation.evaluate` run (its command below the table), leave-last-out, all "
+             "users scored; two runs of one dataset and seed ran side by side on the 2 cores. The build default "
+             "(`grace.lr` in exporters/config.py) follows this table.", "",
+             "| dataset | seed | lr | HR@10 | NDCG@10 | best validation HR@10 (at step) | stopped at step | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    commands = []
+    for name in GRACE_BUILD_LR_RUNS:
+        raw = _load(name)
+        lr = raw["meta"]["budget"]["lr"]
+        commands += [f"- `{c}` at commit {raw['meta']['commit']}" for c in raw["meta"]["commands"]]
+        for r in raw["runs"]:
+            lines.append(f"| {r['dataset']} | {r['seed']} | {lr:g} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | "
+                         f"{r['valid_hr@10']:.4f} ({r['best_step']}) | {r['train_steps']} | {r['train_seconds']:.0f} |")
+    machine = raw["meta"]["machine"]
+    return "\n".join(lines + ["", f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']} "
+                                   f"with {machine['torch_threads']} thread(s).", ""] + commands) + "\n"
+
+
 def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
     """docs/results/<name>.md as a BENCHMARKS.md section: image links from the repository root."""
     def section() -> str:
@@ -141,6 +168,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
 FILES: dict[str, Callable[[], str]] = {
     "grace.md": lambda: _grace("grace"),
     "grace_sasrec_b128.md": lambda: _grace("grace_sasrec_b128"),
+    "grace_build_lr.md": _grace_build_lr,
     "pipeline_quality.md": _pipeline,
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,

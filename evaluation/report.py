@@ -78,6 +78,12 @@ def _throughput() -> str:
             "the very same step code without Triton. ![closed loop](throughput.png)\n\n" + render(_load("throughput.json")))
 
 
+def _perf_sweep() -> str:
+    from loadtests.perf_sweep import render  # noqa: PLC0415
+
+    return render(_load("perf_sweep.json"))
+
+
 def _latency() -> str:
     from loadtests.latency import render  # noqa: PLC0415
 
@@ -153,6 +159,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "load_recommend": _recommend_load,
     "load_throughput": _in_benchmarks("throughput", _throughput),
     "load_latency": _latency,
+    "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
     "soak": _soak,
     "grace_quality": _grace_section,
     "build_report": _builds,
@@ -173,6 +180,7 @@ FILES: dict[str, Callable[[], str]] = {
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,
     "throughput.md": _throughput,
+    "perf_sweep.md": _perf_sweep,
     "clip.md": _clip,
     "ctr.md": _ctr,
     "ann_sweep.md": _ann_sweep,

@@ -45,7 +45,12 @@ def test_perf_analyzer_sweep_on_the_real_server(triton_server, model_repository,
     recommend = [p for p in result["points"] if p["model"] == graph.RECOMMEND.name]
     assert [p["concurrency"] for p in recommend] == [1, 2]
     for point in result["points"]:
-        assert point["req_per_s"] > 0 and 0 < point["p50_ms"] <= point["p99_ms"]
-    # perf_analyzer reports every composing step of the ensemble from Triton's statistics
-    assert set(recommend[0]["steps"]) == {step.name for step in graph.RECOMMEND.steps}
+        assert point["req_per_s"] > 0
+        if point["stable"]:  # an unstable point (no windows agreed) keeps the last window's throughput and mean
+            assert 0 < point["p50_ms"] <= point["p99_ms"]
+            if point["model"] == graph.RECOMMEND.name:
+                # perf_analyzer reports every composing step of the ensemble from Triton's statistics
+                assert set(point["steps"]) == {step.name for step in graph.RECOMMEND.steps}
+        else:
+            assert point["avg_ms"] > 0
     assert "| recommend | 2 |" in render(result)

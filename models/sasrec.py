@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import checkpoint
+
 CHECKPOINT_FILE = "sasrec.pt"  # the torch model beside its ONNX export (the in-process reference runs it)
 
 
@@ -88,11 +90,8 @@ class SASRecModel(nn.Module):
 
 
 def save_checkpoint(model: SASRecModel, directory: Path) -> None:
-    torch.save({"config": dataclasses.asdict(model.cfg), "state": model.state_dict()}, Path(directory) / CHECKPOINT_FILE)
+    checkpoint.save(model, Path(directory) / CHECKPOINT_FILE)
 
 
 def load_checkpoint(directory: Path) -> SASRecModel:
-    ckpt = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
-    model = SASRecModel(SASRecConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["state"])
-    return model.eval()
+    return checkpoint.load(Path(directory) / CHECKPOINT_FILE, lambda cfg: SASRecModel(SASRecConfig(**cfg)))

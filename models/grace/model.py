@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import checkpoint
 from serving.grace.tokenizer import BOS
 
 NEG_INF = -1e9  # finite, so fully masked rows stay NaN-free in every backend
@@ -282,11 +283,8 @@ CHECKPOINT_FILE = "grace.pt"  # torch checkpoint beside the ONNX export; the in-
 
 
 def save_checkpoint(model: GraceModel, directory: Path) -> None:
-    torch.save({"config": dataclasses.asdict(model.cfg), "state": model.state_dict()}, Path(directory) / CHECKPOINT_FILE)
+    checkpoint.save(model, Path(directory) / CHECKPOINT_FILE)
 
 
 def load_checkpoint(directory: Path) -> GraceModel:
-    ckpt = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
-    model = GraceModel(GraceConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["state"])
-    return model.eval()
+    return checkpoint.load(Path(directory) / CHECKPOINT_FILE, lambda cfg: GraceModel(GraceConfig(**cfg)))

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import checkpoint
+
 
 @dataclasses.dataclass(frozen=True)
 class RankerConfig:
@@ -89,13 +91,13 @@ CHECKPOINT_FILE = "ranker.pt"  # torch checkpoint beside the ONNX export; the in
 
 
 def save_checkpoint(model: Ranker, directory: Path) -> None:
-    torch.save({"config": dataclasses.asdict(model.cfg), "state": model.state_dict()}, Path(directory) / CHECKPOINT_FILE)
+    checkpoint.save(model, Path(directory) / CHECKPOINT_FILE)
 
 
 def load_checkpoint(directory: Path) -> Ranker:
-    ckpt = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu")
-    cfg = RankerConfig(**ckpt["config"])
-    placeholder = np.zeros(cfg.num_items + 1, np.int64)  # the real lookup tables come with the state dict
-    model = Ranker(cfg, placeholder, placeholder, placeholder)
-    model.load_state_dict(ckpt["state"])
-    return model.eval()
+    def build(config: dict) -> Ranker:
+        cfg = RankerConfig(**config)
+        placeholder = np.zeros(cfg.num_items + 1, np.int64)  # the real lookup tables come with the state dict
+        return Ranker(cfg, placeholder, placeholder, placeholder)
+
+    return checkpoint.load(Path(directory) / CHECKPOINT_FILE, build)

@@ -26,8 +26,8 @@ class _DecodeStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, last_tokens, past_kv, cross_kv, memory_valid):
-        return self.model.decode_step(last_tokens, past_kv, cross_kv, memory_valid)
+    def forward(self, last_tokens, past_kv, cross_kv, memory_valid, memory_paths=None):
+        return self.model.decode_step(last_tokens, past_kv, cross_kv, memory_valid, memory_paths)
 
 
 class _Encoder(nn.Module):
@@ -95,16 +95,20 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
         """`requests` memories, each serving beams/requests consecutive beams (some of its memory padding)."""
         valid = np.ones((requests, t), np.float32)
         valid[1:, : t // 3] = 0.0
-        return {"last_tokens": rng.integers(2, vocab, size=beams).astype(np.int64),
-                "past_kv": rng.normal(size=(layers, 2, beams, heads, past_len, hd)).astype(np.float32),
-                "cross_kv": rng.normal(size=(layers, 2, requests, heads, t, hd)).astype(np.float32),
-                "memory_valid": valid}
+        feeds = {"last_tokens": rng.integers(2, vocab, size=beams).astype(np.int64),
+                 "past_kv": rng.normal(size=(layers, 2, beams, heads, past_len, hd)).astype(np.float32),
+                 "cross_kv": rng.normal(size=(layers, 2, requests, heads, model.memory_length(t), hd)).astype(np.float32),
+                 "memory_valid": valid}
+        if cfg.copy:  # the history's item paths, what the copy path copies from
+            feeds["memory_paths"] = rng.integers(0, vocab, size=(requests, t // tpe, cfg.path_length)).astype(np.int64)
+        return feeds
 
     traced = step_feeds(6, 2, 4 * tpe, requests=2)
     _export(step, tuple(torch.from_numpy(v) for v in traced.values()), step_path, list(traced),
             ["log_probs", "present_kv"],
             {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {2: "requests", 4: "tokens"},
-             "memory_valid": {0: "requests", 1: "tokens"}, "log_probs": {0: "beams"},
+             "memory_valid": {0: "requests", 1: "tokens"}, "memory_paths": {0: "requests", 1: "events"},
+             "log_probs": {0: "beams"},
              "present_kv": {2: "beams", 4: "present"}})
     # Parity on shapes other than the traced ones (the empty first-step cache included; one request's beams and
     # several requests' beams in one call), so dynamic axes and the journey inputs are exercised too.

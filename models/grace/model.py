@@ -48,6 +48,16 @@ class GraceConfig:
     use_journeys: bool = True  # journey embeddings (distance in journeys, position inside the journey)
     jsa: dict | None = None  # JSAConfig fields when attention == "jsa"
     jsa_backend: str = "gather"
+    # The encoder attends over events instead of tokens: each event's token embeddings (with their positions,
+    # slots and journeys) are summed into one vector, so a history of E events is E positions, not
+    # E * tokens_per_event, in the encoder and in the decoder's cross-attention. Same inputs and outputs.
+    event_memory: bool = False
+    # A copy path (pointer-generator): the next token's distribution mixes the generated one with a copy of the
+    # same level's token of the history events the decoder points at, a learned gate between them. It lets
+    # GRACE recommend an item the user already had, as recency and SASRec (tied item embeddings) can; for a
+    # dataset whose users repeat items. Needs event_memory (one memory position per event to point at); the
+    # decoder step then takes the history's item paths (memory_paths) as an input.
+    copy: bool = False
 
     @property
     def max_events(self) -> int:
@@ -59,6 +69,8 @@ class GraceConfig:
             raise ValueError(f"attention must be 'dense' or 'jsa', got {self.attention!r}")
         if self.attention == "jsa" and not self.causal_encoder:
             raise ValueError("attention='jsa' is causal; causal_encoder must be True")
+        if self.copy and not self.event_memory:
+            raise ValueError("copy points at history events: it needs event_memory=True")
         if self.level_offsets is not None:
             off = tuple(int(o) for o in self.level_offsets)
             object.__setattr__(self, "level_offsets", off)
@@ -176,6 +188,9 @@ class GraceModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size)
+        if cfg.copy:
+            # The pointer's keys are the last decoder layer's cross-attention keys (no extra encoder output).
+            self.copy_query, self.copy_gate = nn.Linear(d, d), nn.Linear(d, 1)
         level_bias = torch.zeros(cfg.path_length, cfg.vocab_size)
         if cfg.level_offsets is not None:
             off = cfg.level_offsets
@@ -188,7 +203,7 @@ class GraceModel(nn.Module):
                journey_pos: torch.Tensor) -> torch.Tensor:
         """tokens [B,T] left-padded with whole events, valid [B,T] float (1 real, 0 pad), journey_ids [B,T]
         (journey index per token, nondecreasing, -1 on padding), journey_pos [B,T] (token position inside its
-        journey) -> memory [B,T,d]."""
+        journey) -> memory [B,T,d] ([B,T/tokens_per_event,d] with event_memory)."""
         t = tokens.shape[1]
         tpe = self.cfg.tokens_per_event
         idx = torch.arange(t, device=tokens.device)
@@ -199,6 +214,11 @@ class GraceModel(nn.Module):
         if self.cfg.use_journeys:
             journey = torch.where(journey_ids < 0, self.cfg.max_events, journey_ids.clamp(max=self.cfg.max_events - 1))
             x = x + self.journey_index_emb(journey) + self.journey_pos_emb(journey_pos)
+        if self.cfg.event_memory:
+            b, _, d = x.shape
+            x = x.reshape(b, t // tpe, tpe, d).sum(dim=2) * tpe ** -0.5
+            valid, journey_ids = self.memory_valid(valid), journey_ids[:, tpe - 1::tpe]
+            t = t // tpe
         pad_bias = (1.0 - valid) * NEG_INF
         bias = pad_bias[:, None, None, :]
         if self.cfg.causal_encoder:
@@ -207,6 +227,15 @@ class GraceModel(nn.Module):
         for block in self.encoder:
             x = block(x, bias, journey_ids, valid)
         return self.enc_norm(x)
+
+    def memory_length(self, tokens: int) -> int:
+        """Memory positions of a history of `tokens` tokens (the cross_kv length)."""
+        return tokens // self.cfg.tokens_per_event if self.cfg.event_memory else tokens
+
+    def memory_valid(self, valid: torch.Tensor) -> torch.Tensor:
+        """Token-level valid [B,T] -> valid of the memory's positions (one per event with event_memory; the
+        padding is whole events, so an event's last token tells)."""
+        return valid[:, self.cfg.tokens_per_event - 1::self.cfg.tokens_per_event] if self.cfg.event_memory else valid
 
     def cross_kv(self, memory: torch.Tensor) -> torch.Tensor:
         """Cross-attention keys/values of every decoder layer, computed once per request and reused by
@@ -218,47 +247,84 @@ class GraceModel(nn.Module):
         c = self.cfg
         return torch.zeros(c.decoder_layers, 2, beams, c.num_heads, 0, c.d_model // c.num_heads)
 
+    def memory_paths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """History tokens [B,T] -> the item path of each event [B,E,P] (an event is its behaviour token, then
+        its path: serving.grace.tokenizer.ItemTokenizer.event_tokens); what the copy path copies from."""
+        return tokens.reshape(tokens.shape[0], -1, self.cfg.tokens_per_event)[:, :, 1:]
+
+    def mix_copy(self, logits: torch.Tensor, h: torch.Tensor, keys: torch.Tensor, memory_bias: torch.Tensor,
+                 paths: torch.Tensor) -> torch.Tensor:
+        """logits [R,Q,V] (level-restricted) and final decoder states h [R,Q,d] of Q queries per memory, that
+        memory's keys [R,H,T,hd], memory_bias [R,Q|1,T] (additive), paths [R,Q,T] (the token each memory
+        event would be copied as, at the query's level) -> log-probabilities [R,Q,V] of
+        gate * generate + (1 - gate) * copy."""
+        r, q, _ = h.shape
+        heads, hd = keys.shape[1], keys.shape[3]
+        query = self.copy_query(h).reshape(r, q, heads, hd).transpose(1, 2)  # [R,H,Q,hd]
+        scores = (query @ keys.transpose(-1, -2)).sum(dim=1) * (heads * hd) ** -0.5 + memory_bias  # [R,Q,T]
+        copied = torch.zeros_like(logits).scatter_add(-1, paths, scores.softmax(-1))
+        gate = torch.sigmoid(self.copy_gate(h))
+        return torch.log((gate * logits.softmax(-1) + (1.0 - gate) * copied).clamp_min(1e-30))
+
     def decode_cached(self, new_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
-                      memory_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      memory_valid: torch.Tensor, memory_paths: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """new_tokens [B,S_new] continue prefixes whose self-attention K/V are `past` [layers,2,B,H,S_past,hd]
-        -> (logits [B,S_new,V], present [layers,2,B,H,S_past+S_new,hd]). cross_kv and memory_valid have batch R
-        dividing B: memory r serves rows r*B/R .. (r+1)*B/R-1 (R = 1: all B prefixes are one request's beams;
-        R > 1: several requests' beams, decoded in one call)."""
+        -> (scores [B,S_new,V], present [layers,2,B,H,S_past+S_new,hd]); scores are logits, or log-probabilities
+        with the copy path (which needs memory_paths [R,E,P], the events' item paths). cross_kv and memory_valid
+        have batch R dividing B: memory r serves rows r*B/R .. (r+1)*B/R-1 (R = 1: all B prefixes are one
+        request's beams; R > 1: several requests' beams, decoded in one call)."""
         s_new, s_past = new_tokens.shape[1], past.shape[4]
         pos = torch.arange(s_new, device=new_tokens.device) + s_past
         x = self.token_emb(new_tokens) + self.dec_pos(pos)
         # Causal over the whole (past + new) prefix: new token i sees past and new tokens up to itself.
         key_pos = torch.arange(s_past + s_new, device=new_tokens.device)
         causal = torch.where(key_pos[None, :] <= pos[:, None], 0.0, NEG_INF)[None, None]
-        memory_bias = ((1.0 - memory_valid) * NEG_INF)[:, None, None, :]
+        memory_bias = ((1.0 - self.memory_valid(memory_valid)) * NEG_INF)[:, None, None, :]
         present = []
         for layer, block in enumerate(self.decoder):
             x, kv = block(x, (past[layer, 0], past[layer, 1]), causal, (cross_kv[layer, 0], cross_kv[layer, 1]),
                           memory_bias)
             present.append(torch.stack(kv))
-        return self.head(self.dec_norm(x)) + self.level_bias[pos], torch.stack(present)
+        h = self.dec_norm(x)
+        logits = self.head(h) + self.level_bias[pos]
+        if not self.cfg.copy:
+            return logits, torch.stack(present)
+        if memory_paths is None:
+            raise ValueError("a model with the copy path decodes with memory_paths")
+        b, r = h.shape[0], cross_kv.shape[2]
+        # Each query copies the token of its own path level from every event: [R, B/R * S_new, E].
+        paths = memory_paths.transpose(1, 2)[:, pos]  # [R, S_new, E]
+        paths = paths[:, None].expand(r, b // r, s_new, paths.shape[-1]).reshape(r, -1, paths.shape[-1])
+        scores = self.mix_copy(logits.reshape(r, -1, logits.shape[-1]), h.reshape(r, -1, h.shape[-1]),
+                               cross_kv[-1, 0], memory_bias[:, 0], paths)
+        return scores.reshape(logits.shape), torch.stack(present)
 
-    def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
-        """prefix [B,S] (starts with BOS) -> logits [B,S,V] for the next token at each position."""
-        return self.decode_cached(prefix, self.empty_cache(prefix.shape[0]).to(cross_kv), cross_kv, memory_valid)[0]
+    def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor,
+               memory_paths: torch.Tensor | None = None) -> torch.Tensor:
+        """prefix [B,S] (starts with BOS) -> scores [B,S,V] for the next token at each position (logits, or
+        log-probabilities with the copy path)."""
+        return self.decode_cached(prefix, self.empty_cache(prefix.shape[0]).to(cross_kv), cross_kv, memory_valid,
+                                  memory_paths)[0]
 
     def decode_step(self, last_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
-                    memory_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    memory_valid: torch.Tensor, memory_paths: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One beam-search step: last_tokens [B] -> (log-probabilities of the next token [B,V], present KV)."""
-        logits, present = self.decode_cached(last_tokens[:, None], past, cross_kv, memory_valid)
-        return logits[:, -1].log_softmax(-1), present
+        scores, present = self.decode_cached(last_tokens[:, None], past, cross_kv, memory_valid, memory_paths)
+        return (scores[:, -1] if self.cfg.copy else scores[:, -1].log_softmax(-1)), present
 
     def forward(self, tokens, valid, journey_ids, journey_pos, target_paths):
         """Teacher forcing: logits [B, path_length, V] for the target item path."""
         memory = self.encode(tokens, valid, journey_ids, journey_pos)
         bos = torch.full_like(target_paths[:, :1], BOS)
         prefix = torch.cat([bos, target_paths[:, :-1]], dim=1)
-        return self.decode(prefix, self.cross_kv(memory), valid)
+        return self.decode(prefix, self.cross_kv(memory), valid, self.memory_paths(tokens))
 
     def forward_positions(self, tokens, valid, journey_ids, journey_pos, next_paths):
         """Teacher forcing after every event: next_paths [B, E, P] is the path of the item that follows each
         of the E = T / tokens_per_event event slots (right-aligned like the history; rows of padding slots are
-        ignored by the caller) -> logits [B, E, P, V]. The decoder of slot e cross-attends only to the tokens
+        ignored by the caller) -> logits [B, E, P, V] (log-probabilities with the copy path). The decoder of slot e cross-attends only to the tokens
         of events up to e, so its logits equal those of `forward` on that prefix alone (causal encoder)."""
         b, e, p = next_paths.shape
         t, tpe = tokens.shape[1], self.cfg.tokens_per_event
@@ -269,14 +335,23 @@ class GraceModel(nn.Module):
         step = torch.arange(p, device=tokens.device)
         x = (self.token_emb(prefix) + self.dec_pos(step)).reshape(b, e * p, -1)
         self_bias = torch.where(step[None, :] <= step[:, None], 0.0, NEG_INF)[None, None]
-        event_end = (torch.arange(e, device=tokens.device) + 1) * tpe  # exclusive end token of each slot
-        sees = torch.arange(t, device=tokens.device)[None, :] < event_end[:, None]  # [E, T]
-        memory_bias = torch.where(sees.repeat_interleave(p, dim=0)[None] & (valid[:, None, :] > 0), 0.0, NEG_INF)
+        per_event = 1 if self.cfg.event_memory else tpe  # memory positions per event
+        event_end = (torch.arange(e, device=tokens.device) + 1) * per_event  # exclusive end of each slot
+        sees = torch.arange(memory.shape[1], device=tokens.device)[None, :] < event_end[:, None]  # [E, T_memory]
+        memory_valid = self.memory_valid(valid)
+        memory_bias = torch.where(sees.repeat_interleave(p, dim=0)[None] & (memory_valid[:, None, :] > 0), 0.0, NEG_INF)
         memory_bias = memory_bias[:, None]  # [B, 1, E*P, T]
         for block in self.decoder:
-            x = block.forward_groups(x, p, self_bias, block.cross.project_kv(memory), memory_bias)
-        logits = self.head(self.dec_norm(x)).reshape(b, e, p, -1)
-        return logits + self.level_bias
+            keys_values = block.cross.project_kv(memory)
+            x = block.forward_groups(x, p, self_bias, keys_values, memory_bias)
+        h = self.dec_norm(x)
+        logits = (self.head(h).reshape(b, e, p, -1) + self.level_bias).reshape(b, e * p, -1)
+        if self.cfg.copy:
+            # Query (slot, level) copies its level's token of each event: [B, E*P, E].
+            paths = self.memory_paths(tokens).transpose(1, 2)  # [B, P, E]
+            paths = paths[:, None].expand(b, e, p, e).reshape(b, e * p, e)
+            logits = self.mix_copy(logits, h, keys_values[0], memory_bias[:, 0], paths)
+        return logits.reshape(b, e, p, -1)
 
 
 CHECKPOINT_FILE = "grace.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it

@@ -82,6 +82,10 @@ class GraceTrainConfig:
     # targets per pass, as SASRec gets.
     every_position: bool = True
     dropout: float = 0.1
+    event_memory: bool = False  # GraceConfig.event_memory: the encoder attends over events, not tokens
+    # GraceConfig.copy (a pointer to the history's items; needs event_memory), for datasets whose users repeat
+    # items only: where they never do, the history is excluded from every recommendation anyway.
+    copy: bool = False
     level_softmax: bool = True  # normalise each path position over its level's tokens (what the trie allows)
 
 
@@ -199,9 +203,11 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
     cross_kv = model.cross_kv(model.encode(t["tokens"], t["valid"], t["journey_ids"], t["journey_pos"]))
 
+    memory_paths = model.memory_paths(t["tokens"]) if model.cfg.copy else None
+
     def run(last_tokens: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         log_probs, present = model.decode_step(torch.from_numpy(last_tokens), torch.from_numpy(past), cross_kv,
-                                               t["valid"])
+                                               t["valid"], memory_paths)
         return log_probs.numpy(), present.numpy()
 
     return constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, path_to_item, beam_width,
@@ -239,7 +245,8 @@ class GraceRecommender:
             path_length=tok.path_length, tokens_per_event=tok.tokens_per_event, d_model=cfg.d_model,
             num_heads=cfg.num_heads, encoder_layers=cfg.layers, decoder_layers=cfg.layers, attention=v.attention,
             causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config(), dropout=cfg.dropout,
-            level_offsets=tuple(tok.level_offsets.tolist()) if cfg.level_softmax else None))
+            level_offsets=tuple(tok.level_offsets.tolist()) if cfg.level_softmax else None,
+            event_memory=cfg.event_memory, copy=cfg.copy and dataset.repeats))
         self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()
         # A bidirectional encoder (TIGER) sees later events from earlier positions: one target per example.
         every = cfg.every_position and v.causal_encoder

@@ -35,6 +35,9 @@ class OnnxGraceRetriever:
         self.index = TrieIndex(self.trie, self.path_to_item)
         cross = next(i for i in self.decoder_step.get_inputs() if i.name == "cross_kv").shape
         self.batched = not isinstance(cross[2], int)  # a dynamic requests axis: several requests per step call
+        paths = next((i for i in self.decoder_step.get_inputs() if i.name == "memory_paths"), None)
+        # A model with the copy path reads the history's item paths ([requests, events, path_length]).
+        self.copy_path_length = None if paths is None else int(paths.shape[2])
 
     def __call__(self, tokens: np.ndarray, journey_ids: np.ndarray, journey_pos: np.ndarray, beam_width: int,
                  exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +60,10 @@ class OnnxGraceRetriever:
         cross_kv = self.encoder.run(None, {"tokens": tokens, "valid": valid, "journey_ids": journey_ids,
                                            "journey_pos": journey_pos})[0]
 
+        memory = {"cross_kv": cross_kv, "memory_valid": valid, **self._memory_paths(tokens)}
+
         def run(last_tokens, past):
-            log_probs, present = self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past,
-                                                              "cross_kv": cross_kv, "memory_valid": valid})
+            log_probs, present = self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, **memory})
             return log_probs, present
 
         return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests])
@@ -68,11 +72,19 @@ class OnnxGraceRetriever:
         valid = np.ones((1, len(tokens)), np.float32)
         feeds = {"tokens": tokens[None].astype(np.int64), "valid": valid,
                  "journey_ids": journey_ids[None].astype(np.int64), "journey_pos": journey_pos[None].astype(np.int64)}
-        cross_kv = self.encoder.run(None, feeds)[0]
+        memory = {"cross_kv": self.encoder.run(None, feeds)[0], "memory_valid": valid,
+                  **self._memory_paths(feeds["tokens"])}
 
         def run(last_tokens, past):
-            return self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
-                                                "memory_valid": valid})
+            return self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, **memory})
 
         return constrained_beam_search(CachedStep(run, self.empty_cache), self.trie, self.path_to_item, beam_width,
                                        exclude)
+
+    def _memory_paths(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """{"memory_paths": each event's item path [R, E, P]} for a model with the copy path, else {} (an
+        event is its behaviour token, then its path)."""
+        if self.copy_path_length is None:
+            return {}
+        p = self.copy_path_length
+        return {"memory_paths": np.ascontiguousarray(tokens.reshape(tokens.shape[0], -1, p + 1)[:, :, 1:])}

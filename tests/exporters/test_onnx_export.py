@@ -24,10 +24,17 @@ JSA_CFG = dataclasses.replace(GRACE_CFG, attention="jsa", jsa={"block": 16, "com
                                                                 "compress_stride": 16, "window": 16, "top_n": 1})
 
 
-@pytest.fixture(scope="module", params=["dense", "jsa"])
+GRACE_CFGS = {"dense": GRACE_CFG, "jsa": JSA_CFG, "events": dataclasses.replace(GRACE_CFG, event_memory=True),
+              "copy": dataclasses.replace(GRACE_CFG, event_memory=True, copy=True),
+              "jsa_events": dataclasses.replace(JSA_CFG, event_memory=True, jsa={**JSA_CFG.jsa, "block": 4,
+                                                                                  "compress_block": 4,
+                                                                                  "compress_stride": 4, "window": 4})}
+
+
+@pytest.fixture(scope="module", params=sorted(GRACE_CFGS))
 def grace_export(tmp_path_factory, request):
     torch.manual_seed(0)
-    model = GraceModel(GRACE_CFG if request.param == "dense" else JSA_CFG).eval()
+    model = GraceModel(GRACE_CFGS[request.param]).eval()
     out = tmp_path_factory.mktemp("grace")
     parity = export_grace(model, out, seed=0)
     return model, out, parity
@@ -79,9 +86,15 @@ def test_grace_encoder_matches_torch_on_new_shapes(grace_export, events_per_row)
     with torch.no_grad():
         expected = model.cross_kv(model.encode(**_torch(feeds))).numpy()
     assert got.shape == expected.shape == (GRACE_CFG.decoder_layers, 2, len(events_per_row), GRACE_CFG.num_heads,
-                                           feeds["tokens"].shape[1], GRACE_CFG.d_model // GRACE_CFG.num_heads)
+                                           model.memory_length(feeds["tokens"].shape[1]),
+                                           GRACE_CFG.d_model // GRACE_CFG.num_heads)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE, rtol=0)
+
+
+def _paths(model, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder step's memory_paths input for a model with the copy path (else none)."""
+    return {"memory_paths": model.memory_paths(torch.from_numpy(tokens)).numpy()} if model.cfg.copy else {}
 
 
 def _encode_one(out, events: int, seed: int):
@@ -99,7 +112,7 @@ def test_grace_decoder_step_matches_torch_on_new_shapes(grace_export, beams, pas
     heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
     step_feeds = {"last_tokens": rng.integers(2, GRACE_CFG.vocab_size, size=beams).astype(np.int64),
                   "past_kv": rng.normal(size=(GRACE_CFG.decoder_layers, 2, beams, heads, past_len, hd)).astype(np.float32),
-                  "cross_kv": cross_kv, "memory_valid": feeds["valid"]}
+                  "cross_kv": cross_kv, "memory_valid": feeds["valid"], **_paths(model, feeds["tokens"])}
     got_lp, got_present = session(out / "grace_decoder_step.onnx").run(None, step_feeds)
     with torch.no_grad():
         lp, present = model.decode_step(*_torch(step_feeds).values())
@@ -118,13 +131,14 @@ def test_kv_cached_decoding_equals_full_prefix_decoding(grace_export):
     feeds, cross_kv = _encode_one(out, 4, 3)
     prefix = np.concatenate([np.full((3, 1), BOS), rng.integers(2, GRACE_CFG.vocab_size, size=(3, 4))], 1)
     with torch.no_grad():
-        full = model.decode(torch.from_numpy(prefix), torch.from_numpy(cross_kv),
-                            torch.from_numpy(feeds["valid"])).log_softmax(-1).numpy()
+        paths = _paths(model, feeds["tokens"])
+        full = model.decode(torch.from_numpy(prefix), torch.from_numpy(cross_kv), torch.from_numpy(feeds["valid"]),
+                            *(torch.from_numpy(v) for v in paths.values())).log_softmax(-1).numpy()
     step = session(out / "grace_decoder_step.onnx")
     past = model.empty_cache(3).numpy()
     for s in range(prefix.shape[1]):
         lp, past = step.run(None, {"last_tokens": prefix[:, s].astype(np.int64), "past_kv": past,
-                                   "cross_kv": cross_kv, "memory_valid": feeds["valid"]})
+                                   "cross_kv": cross_kv, "memory_valid": feeds["valid"], **paths})
         np.testing.assert_allclose(lp, full[:, s], atol=PARITY_TOLERANCE, rtol=0)
 
 
@@ -135,16 +149,22 @@ def test_grace_decoder_step_respects_memory_mask(grace_export):
     tpe = GRACE_CFG.tokens_per_event
     t = 4 * tpe
     heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
-    cross_kv = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 1, heads, t, hd)).astype(np.float32)
+    m, masked = model.memory_length(t), model.memory_length(tpe)  # memory positions: all, of the first event
+    cross_kv = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 1, heads, m, hd)).astype(np.float32)
     valid = np.ones((1, t), np.float32)
     valid[0, :tpe] = 0.0
     other = cross_kv.copy()
-    other[..., :tpe, :] = rng.normal(size=other[..., :tpe, :].shape) * 10
+    other[..., :masked, :] = rng.normal(size=other[..., :masked, :].shape) * 10
     past = rng.normal(size=(GRACE_CFG.decoder_layers, 2, 2, heads, 2, hd)).astype(np.float32)
     last = np.array([7, 3], np.int64)
     step = session(out / "grace_decoder_step.onnx")
-    a = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": cross_kv, "memory_valid": valid})[0]
-    b = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": other, "memory_valid": valid})[0]
+    tokens = rng.integers(2, GRACE_CFG.vocab_size, size=(1, t))
+    other_tokens = tokens.copy()
+    other_tokens[0, :tpe] = rng.integers(2, GRACE_CFG.vocab_size, size=tpe)  # the masked event's copy candidates
+    a = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": cross_kv, "memory_valid": valid,
+                        **_paths(model, tokens)})[0]
+    b = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": other, "memory_valid": valid,
+                        **_paths(model, other_tokens)})[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -220,7 +240,7 @@ def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
 
     def run(last_tokens, past):
         return tuple(step_sess.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
-                                          "memory_valid": feeds["valid"]}))
+                                          "memory_valid": feeds["valid"], **_paths(model, feeds["tokens"])}))
 
     for width in (1, 6):
         items, scores = constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, p2i, width)

@@ -48,10 +48,11 @@ def _history(events: int, rng) -> tuple[torch.Tensor, ...]:
 
 
 @pytest.mark.parametrize("causal_journeys", [True, False])
-def test_every_position_is_supervised_exactly_as_its_prefix_is_served(causal_journeys):
+@pytest.mark.parametrize("memory", ["tokens", "events", "events+copy"])
+def test_every_position_is_supervised_exactly_as_its_prefix_is_served(causal_journeys, memory):
     """forward_positions' logits for event slot e of a left-padded batch == forward() on the history cut after
     event e, served alone without padding. Fails if a position, journey or mask leaks a later token."""
-    model = _model(use_journeys=causal_journeys)
+    model = _model(use_journeys=causal_journeys, event_memory=memory != "tokens", copy=memory == "events+copy")
     rng = np.random.default_rng(1)
     lengths = [5, 3]
     rows = [_history(n, rng) for n in lengths]

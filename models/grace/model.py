@@ -191,6 +191,9 @@ class GraceModel(nn.Module):
         if cfg.copy:
             # The pointer's keys are the last decoder layer's cross-attention keys (no extra encoder output).
             self.copy_query, self.copy_gate = nn.Linear(d, d), nn.Linear(d, 1)
+            # A learned score per "events ago": the causal memory of an event cannot know how recent it is.
+            self.copy_recency = nn.Embedding(cfg.max_events, 1)
+            nn.init.zeros_(self.copy_recency.weight)
         level_bias = torch.zeros(cfg.path_length, cfg.vocab_size)
         if cfg.level_offsets is not None:
             off = cfg.level_offsets
@@ -253,15 +256,16 @@ class GraceModel(nn.Module):
         return tokens.reshape(tokens.shape[0], -1, self.cfg.tokens_per_event)[:, :, 1:]
 
     def mix_copy(self, logits: torch.Tensor, h: torch.Tensor, keys: torch.Tensor, memory_bias: torch.Tensor,
-                 paths: torch.Tensor) -> torch.Tensor:
+                 events_ago: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
         """logits [R,Q,V] (level-restricted) and final decoder states h [R,Q,d] of Q queries per memory, that
-        memory's keys [R,H,T,hd], memory_bias [R,Q|1,T] (additive), paths [R,Q,T] (the token each memory
-        event would be copied as, at the query's level) -> log-probabilities [R,Q,V] of
-        gate * generate + (1 - gate) * copy."""
+        memory's keys [R,H,T,hd], memory_bias [R,Q|1,T] (additive), events_ago [Q|1,T] (how many events
+        before the query's each memory event is), paths [R,Q,T] (the token each memory event would be copied
+        as, at the query's level) -> log-probabilities [R,Q,V] of gate * generate + (1 - gate) * copy."""
         r, q, _ = h.shape
         heads, hd = keys.shape[1], keys.shape[3]
         query = self.copy_query(h).reshape(r, q, heads, hd).transpose(1, 2)  # [R,H,Q,hd]
-        scores = (query @ keys.transpose(-1, -2)).sum(dim=1) * (heads * hd) ** -0.5 + memory_bias  # [R,Q,T]
+        recency = self.copy_recency(events_ago.clamp(min=0, max=self.cfg.max_events - 1))[..., 0]
+        scores = (query @ keys.transpose(-1, -2)).sum(dim=1) * (heads * hd) ** -0.5 + memory_bias + recency
         copied = torch.zeros_like(logits).scatter_add(-1, paths, scores.softmax(-1))
         gate = torch.sigmoid(self.copy_gate(h))
         return torch.log((gate * logits.softmax(-1) + (1.0 - gate) * copied).clamp_min(1e-30))
@@ -296,8 +300,10 @@ class GraceModel(nn.Module):
         # Each query copies the token of its own path level from every event: [R, B/R * S_new, E].
         paths = memory_paths.transpose(1, 2)[:, pos]  # [R, S_new, E]
         paths = paths[:, None].expand(r, b // r, s_new, paths.shape[-1]).reshape(r, -1, paths.shape[-1])
+        t = cross_kv.shape[4]  # left-padded: every request's latest event is the memory's last position
+        events_ago = (t - 1 - torch.arange(t, device=h.device))[None]
         scores = self.mix_copy(logits.reshape(r, -1, logits.shape[-1]), h.reshape(r, -1, h.shape[-1]),
-                               cross_kv[-1, 0], memory_bias[:, 0], paths)
+                               cross_kv[-1, 0], memory_bias[:, 0], events_ago, paths)
         return scores.reshape(logits.shape), torch.stack(present)
 
     def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor,
@@ -350,7 +356,9 @@ class GraceModel(nn.Module):
             # Query (slot, level) copies its level's token of each event: [B, E*P, E].
             paths = self.memory_paths(tokens).transpose(1, 2)  # [B, P, E]
             paths = paths[:, None].expand(b, e, p, e).reshape(b, e * p, e)
-            logits = self.mix_copy(logits, h, keys_values[0], memory_bias[:, 0], paths)
+            slot = torch.arange(e, device=tokens.device)
+            events_ago = (slot[:, None] - slot[None, :]).repeat_interleave(p, dim=0)  # [E*P, E]; < 0 is masked
+            logits = self.mix_copy(logits, h, keys_values[0], memory_bias[:, 0], events_ago, paths)
         return logits.reshape(b, e, p, -1)
 
 

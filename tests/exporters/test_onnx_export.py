@@ -35,6 +35,8 @@ GRACE_CFGS = {"dense": GRACE_CFG, "jsa": JSA_CFG, "events": dataclasses.replace(
 def grace_export(tmp_path_factory, request):
     torch.manual_seed(0)
     model = GraceModel(GRACE_CFGS[request.param]).eval()
+    if model.cfg.copy:  # zero at initialisation: random here, so that the exported recency is exercised
+        torch.nn.init.normal_(model.copy_recency.weight, std=2.0)
     out = tmp_path_factory.mktemp("grace")
     parity = export_grace(model, out, seed=0)
     return model, out, parity

@@ -36,7 +36,10 @@ def _model(seed: int = 0, **kw) -> GraceModel:
     torch.manual_seed(seed)
     cfg = GraceConfig(vocab_size=30, max_tokens=8 * TPE, path_length=PATH, tokens_per_event=TPE, d_model=16,
                       num_heads=2, encoder_layers=2, decoder_layers=2, dropout=0.0, level_offsets=OFFSETS, **kw)
-    return GraceModel(cfg).eval()
+    model = GraceModel(cfg).eval()
+    if cfg.copy:  # zero at initialisation: random here, so that a recency misaligned with serving shows
+        torch.nn.init.normal_(model.copy_recency.weight, std=2.0)
+    return model
 
 
 def _history(events: int, rng) -> tuple[torch.Tensor, ...]:
@@ -95,3 +98,25 @@ def test_level_restricted_softmax_puts_all_mass_on_the_levels_tokens():
 def test_level_offsets_must_match_the_path():
     with pytest.raises(ValueError, match="level_offsets"):
         GraceConfig(vocab_size=30, max_tokens=24, path_length=2, tokens_per_event=3, level_offsets=(10, 20))
+
+
+def test_copy_path_can_put_all_mass_on_the_historys_tokens():
+    """With the gate shut on generation, the first path level's distribution is exactly the pointer's: all its
+    mass on the level-0 tokens of the history's events (never on a padding event's), none elsewhere."""
+    model = _model(event_memory=True, copy=True)
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(-50.0)  # sigmoid -> 0: copy only
+    rng = np.random.default_rng(3)
+    tokens, journeys, jpos, paths = _history(4, rng)
+    pad = 2 * TPE  # two padding events in front, whose (zero) paths must get nothing
+    tokens, journeys, jpos = (torch.as_tensor(np.r_[np.full(pad, fill), a])[None]
+                              for a, fill in ((tokens, 0), (journeys, -1), (jpos, 0)))
+    valid = (tokens > 0).float()
+    with torch.no_grad():
+        log_probs = model(tokens, valid, journeys, jpos, torch.as_tensor(paths[:1]))[0, 0]
+    probs = log_probs.exp()
+    history_level0 = np.unique(paths[:, 0])
+    assert float(probs[history_level0].sum()) == pytest.approx(1.0, abs=1e-5)
+    others = np.setdiff1d(np.arange(30), history_level0)
+    assert float(probs[others].max()) < 1e-6

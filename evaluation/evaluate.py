@@ -34,6 +34,7 @@ from kernels.machine import cpu_model
 from evaluation.baselines import MostPopular, MostRecent, Recommender, SASRec, check_recommendations
 from models.budget import TrainingBudget
 from evaluation.metrics import topk_metrics
+from evaluation.provenance import commit
 
 Factory = Callable[[SequenceDataset, int], Recommender]
 REGISTRY: dict[str, Factory] = {}
@@ -299,6 +300,7 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
     if not seeds:
         raise ValueError("seeds must name at least one seed")
     json_path = out.with_suffix(".json") if out else None
+    code_commit = commit()  # at the start: the code that trains is the code of this moment
     previous = None
     if merge and json_path and json_path.exists():  # checked before any training, so a mismatch costs nothing
         previous = _load_previous(json_path, dataclasses.asdict(budget), max_history, split_kind)
@@ -324,7 +326,7 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 records.append(r)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = {"date": date, "commands": [f"{command}  # {date}"],
+    meta = {"date": date, "commands": [f"{command}  # {date}"], "commit": code_commit,
             "machine": machine_info(), "budget": dataclasses.asdict(budget), "max_history": max_history,
             "split": split_kind,
             "seeds": seeds, "datasets": ds_meta, "json": str(json_path) if json_path else None}

@@ -21,7 +21,8 @@ def evaluate_recommender(recommender, test, ks=(5, 10), exclude_history: bool = 
 
 
 DESCRIPTIONS = {
-    "grace_jsa": "GRACE: CoT tokens (attributes + semantic IDs), journey-aware sparse attention, journeys",
+    "grace_jsa": "GRACE: CoT tokens (attributes + semantic IDs), journey-aware sparse attention, journeys, "
+                 "one memory position per event, a copy path where users repeat items",
     "grace_dense": "GRACE with dense causal attention (same tokens and journeys)",
     "grace_nocot": "GRACE without CoT attributes: semantic IDs only, journey-aware sparse attention",
     "tiger": "TIGER-style: semantic IDs only, dense bidirectional encoder, no journeys",

@@ -120,28 +120,51 @@ _jsa_compute_csv = _from("evaluation.jsa_compute", "render_csv", "jsa_compute.js
 GRACE_BUILD_LR_RUNS = ("grace_build_lr_ml100k_s0_1e-3.json", "grace_build_lr_ml100k_s0_3e-3.json",
                        "grace_build_lr_ml100k_s1_1e-3.json", "grace_build_lr_ml100k_s1_3e-3.json",
                        "grace_build_lr_sim_s0_1e-3.json", "grace_build_lr_sim_s0_3e-3.json")
+# Token memory (the runs above at lr 3e-3) against one memory position per event, plus the copy path where
+# users repeat items (the simulator).
+GRACE_EVENT_MEMORY_RUNS = ("grace_build_lr_ml100k_s0_3e-3.json", "grace_event_memory_ml100k_s0.json",
+                           "grace_build_lr_ml100k_s1_3e-3.json", "grace_event_memory_ml100k_s1.json",
+                           "grace_build_lr_sim_s0_3e-3.json", "grace_event_memory_sim_s0.json")
 
 
-def _grace_build_lr() -> str:
-    """GRACE's learning rate at the build's budget (6 epochs of windows of 32 events, batch 32, early stopping),
-    side by side per dataset and seed: one raw evaluate result per run."""
-    lines = ["# GRACE's build learning rate", "",
-             "Each row is one `python -m evaluation.evaluate` run (its command below the table), leave-last-out, all "
-             "users scored; two runs of one dataset and seed ran side by side on the 2 cores. The build default "
-             "(`grace.lr` in exporters/config.py) follows this table.", "",
-             "| dataset | seed | lr | HR@10 | NDCG@10 | best validation HR@10 (at step) | stopped at step | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+def _grace_build_runs(title: str, intro: str, runs: tuple[str, ...]) -> str:
+    """GRACE runs at the build's budget (6 epochs of windows of 32 events, batch 32, early stopping), side by
+    side per dataset and seed: one raw evaluate result per run, its command and commit below the table."""
+    lines = [f"# {title}", "", intro, "",
+             "| dataset | seed | model | lr | HR@10 | NDCG@10 | best validation HR@10 (at step) | stopped at step | "
+             "train s |", "|---|---|---|---|---|---|---|---|---|"]
     commands = []
-    for name in GRACE_BUILD_LR_RUNS:
+    for name in runs:
         raw = _load(name)
         lr = raw["meta"]["budget"]["lr"]
         commands += [f"- `{c}` at commit {raw['meta']['commit']}" for c in raw["meta"]["commands"]]
         for r in raw["runs"]:
-            lines.append(f"| {r['dataset']} | {r['seed']} | {lr:g} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | "
-                         f"{r['valid_hr@10']:.4f} ({r['best_step']}) | {r['train_steps']} | {r['train_seconds']:.0f} |")
+            lines.append(f"| {r['dataset']} | {r['seed']} | {r['model']} | {lr:g} | {r['hr@10']:.4f} | "
+                         f"{r['ndcg@10']:.4f} | {r['valid_hr@10']:.4f} ({r['best_step']}) | {r['train_steps']} | "
+                         f"{r['train_seconds']:.0f} |")
     machine = raw["meta"]["machine"]
     return "\n".join(lines + ["", f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs, torch {machine['torch']} "
                                    f"with {machine['torch_threads']} thread(s).", ""] + commands) + "\n"
+
+
+def _grace_build_lr() -> str:
+    return _grace_build_runs(
+        "GRACE's build learning rate",
+        "Each row is one `python -m evaluation.evaluate` run (its command below the table), leave-last-out, all "
+        "users scored; two runs of one dataset and seed ran side by side on the 2 cores. The build default "
+        "(`grace.lr` in exporters/config.py) follows this table.", GRACE_BUILD_LR_RUNS)
+
+
+def _grace_event_memory() -> str:
+    return _grace_build_runs(
+        "GRACE's memory: tokens or events, and the copy path",
+        "`grace_jsa` attends over every token of the history (6 to 9 per event); `grace_jsa_ev` / `grace_jsa_copy` "
+        "over one position per event, the sum of the event's token embeddings (`event_memory`), and "
+        "`grace_jsa_copy` adds the copy path (`copy`: a pointer over the history's events mixed with generation "
+        "by a learned gate; only where users repeat items, so not on MovieLens). Each row is one `python -m "
+        "evaluation.evaluate` run at the build's budget, leave-last-out, all users scored; runs were not always "
+        "alone on the 2 cores, so seconds are indicative. The defaults of `GraceTrainConfig` follow this table.",
+        GRACE_EVENT_MEMORY_RUNS)
 
 
 def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
@@ -176,6 +199,7 @@ FILES: dict[str, Callable[[], str]] = {
     "grace.md": lambda: _grace("grace"),
     "grace_sasrec_b128.md": lambda: _grace("grace_sasrec_b128"),
     "grace_build_lr.md": _grace_build_lr,
+    "grace_event_memory.md": _grace_event_memory,
     "pipeline_quality.md": _pipeline,
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,

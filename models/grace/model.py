@@ -194,6 +194,9 @@ class GraceModel(nn.Module):
             # A learned score per "events ago": the causal memory of an event cannot know how recent it is.
             self.copy_recency = nn.Embedding(cfg.max_events, 1)
             nn.init.zeros_(self.copy_recency.weight)
+            # A learned bonus for the events whose token at the previous level is the one just written: the
+            # pointer then follows one item's path down the levels instead of re-choosing at each.
+            self.copy_match = nn.Parameter(torch.tensor(2.0))
         level_bias = torch.zeros(cfg.path_length, cfg.vocab_size)
         if cfg.level_offsets is not None:
             off = cfg.level_offsets
@@ -256,16 +259,18 @@ class GraceModel(nn.Module):
         return tokens.reshape(tokens.shape[0], -1, self.cfg.tokens_per_event)[:, :, 1:]
 
     def mix_copy(self, logits: torch.Tensor, h: torch.Tensor, keys: torch.Tensor, memory_bias: torch.Tensor,
-                 events_ago: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+                 events_ago: torch.Tensor, paths: torch.Tensor, follows: torch.Tensor) -> torch.Tensor:
         """logits [R,Q,V] (level-restricted) and final decoder states h [R,Q,d] of Q queries per memory, that
         memory's keys [R,H,T,hd], memory_bias [R,Q|1,T] (additive), events_ago [Q|1,T] (how many events
         before the query's each memory event is), paths [R,Q,T] (the token each memory event would be copied
-        as, at the query's level) -> log-probabilities [R,Q,V] of gate * generate + (1 - gate) * copy."""
+        as, at the query's level), follows [R,Q,T] (1 where the event's token at the previous level is the
+        query's input token) -> log-probabilities [R,Q,V] of gate * generate + (1 - gate) * copy."""
         r, q, _ = h.shape
         heads, hd = keys.shape[1], keys.shape[3]
         query = self.copy_query(h).reshape(r, q, heads, hd).transpose(1, 2)  # [R,H,Q,hd]
         recency = self.copy_recency(events_ago.clamp(min=0, max=self.cfg.max_events - 1))[..., 0]
-        scores = (query @ keys.transpose(-1, -2)).sum(dim=1) * (heads * hd) ** -0.5 + memory_bias + recency
+        scores = ((query @ keys.transpose(-1, -2)).sum(dim=1) * (heads * hd) ** -0.5 + memory_bias + recency
+                  + self.copy_match * follows)
         copied = torch.zeros_like(logits).scatter_add(-1, paths, scores.softmax(-1))
         gate = torch.sigmoid(self.copy_gate(h))
         return torch.log((gate * logits.softmax(-1) + (1.0 - gate) * copied).clamp_min(1e-30))
@@ -298,12 +303,16 @@ class GraceModel(nn.Module):
             raise ValueError("a model with the copy path decodes with memory_paths")
         b, r = h.shape[0], cross_kv.shape[2]
         # Each query copies the token of its own path level from every event: [R, B/R * S_new, E].
-        paths = memory_paths.transpose(1, 2)[:, pos]  # [R, S_new, E]
-        paths = paths[:, None].expand(r, b // r, s_new, paths.shape[-1]).reshape(r, -1, paths.shape[-1])
-        t = cross_kv.shape[4]  # left-padded: every request's latest event is the memory's last position
+        by_level = memory_paths.transpose(1, 2)  # [R, P, E]
+        t = by_level.shape[-1]
+        paths = by_level[:, pos][:, None].expand(r, b // r, s_new, t)  # [R, B/R, S_new, E]
+        previous = by_level[:, (pos - 1).clamp(min=0)][:, None]  # the events' tokens one level up
+        follows = (previous == new_tokens.reshape(r, b // r, s_new, 1)) & (pos > 0)[:, None]
+        # left-padded: every request's latest event is the memory's last position
         events_ago = (t - 1 - torch.arange(t, device=h.device))[None]
         scores = self.mix_copy(logits.reshape(r, -1, logits.shape[-1]), h.reshape(r, -1, h.shape[-1]),
-                               cross_kv[-1, 0], memory_bias[:, 0], events_ago, paths)
+                               cross_kv[-1, 0], memory_bias[:, 0], events_ago, paths.reshape(r, -1, t),
+                               follows.reshape(r, -1, t).to(h.dtype))
         return scores.reshape(logits.shape), torch.stack(present)
 
     def decode(self, prefix: torch.Tensor, cross_kv: torch.Tensor, memory_valid: torch.Tensor,
@@ -354,11 +363,14 @@ class GraceModel(nn.Module):
         logits = (self.head(h).reshape(b, e, p, -1) + self.level_bias).reshape(b, e * p, -1)
         if self.cfg.copy:
             # Query (slot, level) copies its level's token of each event: [B, E*P, E].
-            paths = self.memory_paths(tokens).transpose(1, 2)  # [B, P, E]
-            paths = paths[:, None].expand(b, e, p, e).reshape(b, e * p, e)
+            by_level = self.memory_paths(tokens).transpose(1, 2)  # [B, P, E]
+            paths = by_level[:, None].expand(b, e, p, e).reshape(b, e * p, e)
+            previous = by_level[:, (step - 1).clamp(min=0)]  # [B, P, E]: the events' tokens one level up
+            follows = (previous[:, None] == prefix[..., None]) & (step > 0)[:, None]  # [B, E, P, E]
             slot = torch.arange(e, device=tokens.device)
             events_ago = (slot[:, None] - slot[None, :]).repeat_interleave(p, dim=0)  # [E*P, E]; < 0 is masked
-            logits = self.mix_copy(logits, h, keys_values[0], memory_bias[:, 0], events_ago, paths)
+            logits = self.mix_copy(logits, h, keys_values[0], memory_bias[:, 0], events_ago, paths,
+                                   follows.reshape(b, e * p, e).to(h.dtype))
         return logits.reshape(b, e, p, -1)
 
 

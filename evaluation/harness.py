@@ -21,8 +21,9 @@ def evaluate_recommender(recommender, test, ks=(5, 10), exclude_history: bool = 
 
 
 DESCRIPTIONS = {
-    "grace_jsa": "GRACE: CoT tokens (attributes + semantic IDs), journey-aware sparse attention, journeys, "
-                 "one memory position per event, a copy path where users repeat items",
+    # Descriptions render the committed result tables (docs/results/grace.md): they must hold for old runs
+    # too, so they name the variant, not defaults that changed since (the memory, the copy path).
+    "grace_jsa": "GRACE: CoT tokens (attributes + semantic IDs), journey-aware sparse attention, journeys",
     "grace_dense": "GRACE with dense causal attention (same tokens and journeys)",
     "grace_nocot": "GRACE without CoT attributes: semantic IDs only, journey-aware sparse attention",
     "tiger": "TIGER-style: semantic IDs only, dense bidirectional encoder, no journeys",

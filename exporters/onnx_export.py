@@ -86,9 +86,10 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     encoder, step = _Encoder(model), _DecodeStep(model)
     enc_path, step_path = out_dir / ENCODER_FILE, out_dir / DECODER_STEP_FILE
     enc_names = ["tokens", "valid", "journey_ids", "journey_pos"]
+    memory_axis = "events" if cfg.event_memory else "tokens"  # cross_kv's memory positions
     feeds = sample_encoder_inputs(rng, vocab, tpe, [6, 4])
     _export(encoder, tuple(torch.from_numpy(feeds[n]) for n in enc_names), enc_path, enc_names, ["cross_kv"],
-            {**{n: {0: "batch", 1: "tokens"} for n in enc_names}, "cross_kv": {2: "batch", 4: "tokens"}})
+            {**{n: {0: "batch", 1: "tokens"} for n in enc_names}, "cross_kv": {2: "batch", 4: memory_axis}})
     layers, heads, hd = cfg.decoder_layers, cfg.num_heads, d // cfg.num_heads
 
     def step_feeds(beams: int, past_len: int, t: int, requests: int = 1) -> dict[str, np.ndarray]:
@@ -106,7 +107,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     traced = step_feeds(6, 2, 4 * tpe, requests=2)
     _export(step, tuple(torch.from_numpy(v) for v in traced.values()), step_path, list(traced),
             ["log_probs", "present_kv"],
-            {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {2: "requests", 4: "tokens"},
+            {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {2: "requests", 4: memory_axis},
              "memory_valid": {0: "requests", 1: "tokens"}, "memory_paths": {0: "requests", 1: "events"},
              "log_probs": {0: "beams"},
              "present_kv": {2: "beams", 4: "present"}})

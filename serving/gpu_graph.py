@@ -64,7 +64,9 @@ NATIVE_MODELS = (
     # grace_retrieve encodes every queued request in one call (left-padded), so the encoder's batch is up to
     # grace_retrieve's max batch; cross_kv's batch is axis 2, so Triton itself does not batch it (max_batch_size 0).
     NativeModel("grace_encoder", graph.GRACE_RETRIEVE, ENCODER_FILE,
-                sizes={"batch": (1, "grace_max_batch"), "tokens": (1, "max_history_tokens")},
+                # A history is whole events; with event memory cross_kv has one position per event.
+                sizes={"batch": (1, "grace_max_batch"), "tokens": ("tokens_per_event", "max_history_tokens"),
+                       "events": (1, "max_history")},
                 values={"tokens": (0, "grace_vocab-1"), "valid": (0, 1), "journey_ids": (0, "max_history-1"),
                         "journey_pos": (0, "max_history_tokens-1")}),
     # One call advances the beams of every queued request: `requests` memories, each serving beams/requests rows.
@@ -72,8 +74,8 @@ NATIVE_MODELS = (
                 # The cache holds the decoded prefix: at most path_length-1 = tokens_per_event-2 tokens.
                 sizes={"beams": (1, "grace_max_beams"), "requests": (1, "grace_max_batch"),
                        "past": (1, "tokens_per_event-2"),
-                       "tokens": (1, "max_history_tokens")},
-                values={"last_tokens": (0, "grace_vocab-1")},
+                       "tokens": ("tokens_per_event", "max_history_tokens"), "events": (1, "max_history")},
+                values={"last_tokens": (0, "grace_vocab-1"), "memory_paths": (0, "grace_vocab-1")},
                 tensorrt=False,
                 why_not_tensorrt="its KV cache is empty (a zero-length dim) at the first step and grows every step: "
                                  "TensorRT would need a profile per length; the CUDA execution provider runs it"),

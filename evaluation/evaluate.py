@@ -140,6 +140,9 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
     for key in ("valid_hr@10", "best_step", "seconds_to_best", "train_steps", "targets_per_second", "curve"):
         if key in info:
             record[key] = info[key]
+    cfg = getattr(model, "cfg", None)
+    if dataclasses.is_dataclass(cfg):  # the model's settings as trained, so later default changes cannot relabel it
+        record["config"] = dataclasses.asdict(cfg)
     record.update({m: round(v, 5) for m, v in topk_metrics(recs, test.targets, KS).items()})
     losses = getattr(model, "losses", None)
     if losses:

@@ -155,6 +155,33 @@ def _grace_build_lr() -> str:
         "(`grace.lr` in exporters/config.py) follows this table.", GRACE_BUILD_LR_RUNS)
 
 
+GRACE_CONVERGENCE_RUNS = ("grace.json", "grace_convergence_event_memory.json")
+
+
+def _memory(run: dict) -> str:
+    """The GRACE memory a run trained with: its recorded config; runs recorded without one predate event memory."""
+    if not run["model"].startswith("grace"):
+        return ""
+    return "events" if run.get("config", {}).get("event_memory") else "tokens"
+
+
+def _grace_convergence() -> str:
+    """Every model trained to its best validation HR@10 (grace.md's protocol), GRACE with either memory."""
+    lines = ["## At convergence (the protocol of grace.md: lr 1e-3, up to 40 epochs, patience 4, windows of 50 "
+             "events, all users validated and scored)", "",
+             "| model | memory | seed | HR@10 | NDCG@10 | best validation HR@10 | train s | to best s |",
+             "|---|---|---|---|---|---|---|---|"]
+    commands = []
+    for name in GRACE_CONVERGENCE_RUNS:
+        raw = _load(name)
+        commands += [f"- `{c}` at commit {raw['meta'].get('commit', 'not recorded')}" for c in raw["meta"]["commands"]]
+        for r in raw["runs"]:
+            valid = f"{r['valid_hr@10']:.4f}" if "valid_hr@10" in r else ""
+            lines.append(f"| {r['model']} | {_memory(r)} | {r['seed']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | "
+                         f"{valid} | {r['train_seconds']:.0f} | {r.get('seconds_to_best', '')} |")
+    return "\n".join(lines + [""] + commands) + "\n"
+
+
 def _grace_event_memory() -> str:
     return _grace_build_runs(
         "GRACE's memory: tokens or events, and the copy path",
@@ -164,7 +191,7 @@ def _grace_event_memory() -> str:
         "by a learned gate; only where users repeat items, so not on MovieLens). Each row is one `python -m "
         "evaluation.evaluate` run at the build's budget, leave-last-out, all users scored; runs were not always "
         "alone on the 2 cores, so seconds are indicative. The defaults of `GraceTrainConfig` follow this table.",
-        GRACE_EVENT_MEMORY_RUNS)
+        GRACE_EVENT_MEMORY_RUNS) + "\n" + _grace_convergence()
 
 
 def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:

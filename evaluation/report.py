@@ -225,6 +225,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
 FILES: dict[str, Callable[[], str]] = {
     "grace.md": lambda: _grace("grace"),
     "grace_sasrec_b128.md": lambda: _grace("grace_sasrec_b128"),
+    "grace_sim.md": lambda: _grace("grace_sim"),
     "grace_build_lr.md": _grace_build_lr,
     "grace_event_memory.md": _grace_event_memory,
     "pipeline_quality.md": _pipeline,

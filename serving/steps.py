@@ -60,6 +60,9 @@ class GraceRetrieve(StepModel):
         if len(set(lengths.values())) != 1 or len(tokens) == 0:
             raise RequestError(graph.ENC_TOKENS.name,
                                f"the three inputs must be non-empty and of one length, got {lengths}")
+        if len(tokens) % self.limits.tokens_per_event:  # the encoder reads whole events
+            raise RequestError(graph.ENC_TOKENS.name, f"length {len(tokens)} is not whole events of "
+                                                      f"{self.limits.tokens_per_event} tokens")
         bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)]
         if len(bad):
             raise RequestError(graph.ENC_TOKENS.name,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import checkpoint
-from serving.grace.tokenizer import BOS
+from serving.grace.tokenizer import BOS, event_paths
 
 NEG_INF = -1e9  # finite, so fully masked rows stay NaN-free in every backend
 
@@ -254,9 +254,8 @@ class GraceModel(nn.Module):
         return torch.zeros(c.decoder_layers, 2, beams, c.num_heads, 0, c.d_model // c.num_heads)
 
     def memory_paths(self, tokens: torch.Tensor) -> torch.Tensor:
-        """History tokens [B,T] -> the item path of each event [B,E,P] (an event is its behaviour token, then
-        its path: serving.grace.tokenizer.ItemTokenizer.event_tokens); what the copy path copies from."""
-        return tokens.reshape(tokens.shape[0], -1, self.cfg.tokens_per_event)[:, :, 1:]
+        """History tokens [B,T] -> the item path of each event [B,E,P]; what the copy path copies from."""
+        return event_paths(tokens, self.cfg.tokens_per_event)
 
     def mix_copy(self, logits: torch.Tensor, h: torch.Tensor, keys: torch.Tensor, memory_bias: torch.Tensor,
                  events_ago: torch.Tensor, paths: torch.Tensor, follows: torch.Tensor) -> torch.Tensor:
@@ -339,8 +338,9 @@ class GraceModel(nn.Module):
     def forward_positions(self, tokens, valid, journey_ids, journey_pos, next_paths):
         """Teacher forcing after every event: next_paths [B, E, P] is the path of the item that follows each
         of the E = T / tokens_per_event event slots (right-aligned like the history; rows of padding slots are
-        ignored by the caller) -> logits [B, E, P, V] (log-probabilities with the copy path). The decoder of slot e cross-attends only to the tokens
-        of events up to e, so its logits equal those of `forward` on that prefix alone (causal encoder)."""
+        ignored by the caller) -> logits [B, E, P, V] (log-probabilities with the copy path). The decoder of
+        slot e cross-attends only to the events up to e, so its logits equal those of `forward` on that prefix
+        alone (causal encoder)."""
         b, e, p = next_paths.shape
         t, tpe = tokens.shape[1], self.cfg.tokens_per_event
         if t != e * tpe:

@@ -205,7 +205,6 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
     feeds = left_pad([(tokens, journey_ids, journey_pos)])
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
     cross_kv = model.cross_kv(model.encode(t["tokens"], t["valid"], t["journey_ids"], t["journey_pos"]))
-
     memory_paths = model.memory_paths(t["tokens"]) if model.cfg.copy else None
 
     def run(last_tokens: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from serving.grace.beam_search import CachedStep, TrieIndex, batched_beam_search, constrained_beam_search
 from serving.grace.history import TOKENIZER_FILE
-from serving.grace.tokenizer import ItemTokenizer
+from serving.grace.tokenizer import ItemTokenizer, event_paths
 from serving.ort import session
 
 ENCODER_FILE, DECODER_STEP_FILE = "grace_encoder.onnx", "grace_decoder_step.onnx"
@@ -82,9 +82,7 @@ class OnnxGraceRetriever:
                                        exclude)
 
     def _memory_paths(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """{"memory_paths": each event's item path [R, E, P]} for a model with the copy path, else {} (an
-        event is its behaviour token, then its path)."""
+        """{"memory_paths": each event's item path [R, E, P]} for a model with the copy path, else {}."""
         if self.copy_path_length is None:
             return {}
-        p = self.copy_path_length
-        return {"memory_paths": np.ascontiguousarray(tokens.reshape(tokens.shape[0], -1, p + 1)[:, :, 1:])}
+        return {"memory_paths": np.ascontiguousarray(event_paths(tokens, self.copy_path_length + 1))}

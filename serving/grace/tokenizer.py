@@ -63,6 +63,13 @@ def disambiguation_codes(keys: np.ndarray) -> np.ndarray:
     return out
 
 
+def event_paths(tokens, tokens_per_event: int):
+    """Histories of whole events [B, T] -> each event's item path [B, T / tokens_per_event, path_length]: an
+    event is its behaviour token, then its path (ItemTokenizer.event_tokens). numpy arrays and torch tensors
+    alike (the served retriever and the model's copy path read the same layout)."""
+    return tokens.reshape(tokens.shape[0], -1, tokens_per_event)[:, :, 1:]
+
+
 def _variant_name(include_attributes: bool, include_semantic: bool) -> str:
     if include_attributes and include_semantic:
         return "cot"

@@ -103,6 +103,19 @@ def test_huge_token_request_is_refused_fast_and_server_keeps_serving(triton_serv
         assert len(client.infer(build_inputs_from_arrays([1, 2], [1, 1], [1, 2], 3, None, None)).items) == 3
 
 
+def test_grace_retrieve_refuses_a_history_cut_inside_an_event(triton_server, reference, tensors):
+    """The encoder reads whole events (one memory position per event): a history one token short is refused by
+    name, not failed inside the model."""
+    feeds = {t.name: tensors[t.name] for t in graph.GRACE_RETRIEVE.inputs}
+    for tensor in (graph.ENC_TOKENS, graph.ENC_JOURNEY_IDS, graph.ENC_JOURNEY_POS):
+        feeds[tensor.name] = np.asarray(feeds[tensor.name])[1:]
+    with pytest.raises(InferenceServerException) as err:
+        _call(triton_server.grpc_url, graph.GRACE_RETRIEVE, feeds)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT", err.value.message()
+    assert "enc_tokens" in err.value.message()
+    assert f"whole events of {reference.limits.tokens_per_event} tokens" in err.value.message()
+
+
 def test_grace_retrieve_spends_its_beams_on_items_the_request_may_receive(triton_server, tensors):
     """Items in exclude_ids (the request's exclusions, or the history of a dataset without repeats) never come
     out of the beam search, and the beam stays full."""

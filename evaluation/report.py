@@ -212,6 +212,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
     "soak": _soak,
     "grace_quality": _grace_section,
+    "grace_sim": _in_benchmarks("grace_sim", lambda: _grace("grace_sim")),
+    "grace_event_memory": _in_benchmarks("grace_event_memory", _grace_event_memory),
     "build_report": _builds,
     "pipeline_quality": _pipeline,
     "pipeline_quality_movielens": _pipeline_movielens,

@@ -137,41 +137,52 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
                         excludes: "list[set[int] | None]") -> list[tuple[np.ndarray, np.ndarray]]:
     """constrained_beam_search for R requests at once: one decoder call per step for every beam of every request
     (each request keeps G = the widest request's beam count slots; unused slots are padding whose answers are
-    ignored), the trie expanded with CSR arrays. Per request it keeps the same candidates in the same order
-    (beams in order, tokens in trie order, stable sort on score), hence the same result."""
+    ignored), the trie expanded with CSR arrays and every request's beams ranked together (no per-request
+    Python). Per request it keeps the same candidates in the same order (beams in order, tokens in trie order,
+    stable sort on score), hence the same result."""
     r = len(excludes)
-    blocked = [index.blocked_nodes(e) for e in excludes]
-    nodes = [np.zeros(1, np.int64) for _ in range(r)]  # each request's beams, as trie nodes
-    scores = [np.zeros(1, np.float64) for _ in range(r)]
+    num_nodes = len(index.offsets) - 1
+    # (request, node) pairs no beam may enter, as one sorted key per pair
+    blocked = np.concatenate([q * num_nodes + index.blocked_nodes(e) for q, e in enumerate(excludes)] or
+                             [np.zeros(0, np.int64)])
+    request = np.arange(r)  # each beam's request, beams of one request consecutive and best first
+    nodes = np.zeros(r, np.int64)  # each beam's trie node
+    scores = np.zeros(r, np.float64)
+    rows = np.arange(r)  # each beam's row in the decoder call
     last = np.full(r, BOS, np.int64)
     past = np.repeat(empty_cache, r, axis=2) if empty_cache.shape[2] == 1 else empty_cache
     for _ in range(index.path_length):
-        width = len(last) // r  # slots per request in this call
         log_probs, present = run(last, np.ascontiguousarray(past))
-        rows, tokens = [], []
-        for q in range(r):
-            starts, ends = index.offsets[nodes[q]], index.offsets[nodes[q] + 1]
-            counts = ends - starts
-            beam = np.repeat(np.arange(len(nodes[q])), counts)
-            edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-            child, token = index.child_node[edge], index.child_token[edge]
-            score = scores[q][beam] + log_probs[q * width + beam, token].astype(np.float64)
-            if len(blocked[q]):
-                keep = ~np.isin(child, blocked[q])
-                beam, child, token, score = beam[keep], child[keep], token[keep], score[keep]
-            keep = np.argsort(-score, kind="stable")[:beam_width]
-            nodes[q], scores[q] = child[keep], score[keep]
-            rows.append(q * width + beam[keep])
-            tokens.append(token[keep])
-        slots = max(len(n) for n in nodes)
-        # Next call's rows: each request's surviving beams, padded to `slots` with a copy of its first beam.
-        parent = np.concatenate([_padded(b, slots, q * width) for q, b in enumerate(rows)])
-        last = np.concatenate([_padded(t, slots, BOS) for t in tokens])
+        starts = index.offsets[nodes]
+        counts = index.offsets[nodes + 1] - starts
+        beam = np.repeat(np.arange(len(nodes)), counts)
+        edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+        child, token, owner = index.child_node[edge], index.child_token[edge], request[beam]
+        score = scores[beam] + log_probs[rows[beam], token].astype(np.float64)
+        if len(blocked):
+            keep = ~np.isin(owner * num_nodes + child, blocked)
+            beam, child, token, owner, score = beam[keep], child[keep], token[keep], owner[keep], score[keep]
+        # Per request, candidates by descending score; lexsort is stable, so ties keep candidate order.
+        order = np.lexsort((-score, owner))
+        owner = owner[order]
+        rank = np.arange(len(order)) - np.searchsorted(owner, owner)  # place inside its request
+        kept = order[rank < beam_width]
+        request, nodes, scores, rank = owner[rank < beam_width], child[kept], score[kept], rank[rank < beam_width]
+        parents, tokens = rows[beam[kept]], token[kept]
+        # Next call: request q's beams at rows q * slots + rank; a request's unused slots repeat its first beam
+        # (or row q * width and BOS when it has none), and their answers are never read.
+        width = len(last) // r
+        per_request = np.bincount(request, minlength=r)
+        slots = max(1, int(per_request.max()))
+        rows = request * slots + rank
+        if per_request.min() == slots:  # every request fills its slots: no padding rows
+            parent, last = parents, tokens
+        else:
+            first = np.minimum(np.searchsorted(request, np.arange(r)), max(len(request) - 1, 0))
+            has = per_request > 0
+            parent = np.repeat(np.where(has, parents[first] if len(parents) else 0, np.arange(r) * width), slots)
+            last = np.repeat(np.where(has, tokens[first] if len(tokens) else BOS, BOS), slots)
+            parent[rows], last[rows] = parents, tokens
         past = present[:, :, parent]
-    return [(index.leaf_item[n], s.astype(np.float32)) for n, s in zip(nodes, scores)]
-
-
-def _padded(values: np.ndarray, size: int, empty_fill: int) -> np.ndarray:
-    """`values` padded to `size` with copies of its first element (or `empty_fill` when it has none)."""
-    fill = values[0] if len(values) else empty_fill
-    return np.concatenate([values, np.full(size - len(values), fill, np.int64)])
+    bounds = np.searchsorted(request, np.arange(r + 1))
+    return [(index.leaf_item[nodes[a:b]], scores[a:b].astype(np.float32)) for a, b in zip(bounds, bounds[1:])]

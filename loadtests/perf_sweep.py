@@ -11,6 +11,12 @@ nvidia-pytriton wheel carries (nvidia_pytriton.libs) under hashed names: they ar
 the binary asks for. Requests are seeded synthetic histories of the server's published example items
 (`clients.synthetic_history`), written as perf_analyzer input data; the load generator shares the machine's cores
 with the server (stated in the result).
+
+Where the server runs on this machine (`--server-pid`, or the only tritonserver running), each point also
+records the CPU time it cost per request, by process: tritonserver itself, each step's python stub, and
+perf_analyzer (the load generator): /proc's user + system time over the point's run divided by the requests it
+completed (throughput x run time). That says which step a request's CPU goes to, hence where throughput on few
+cores comes from.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import random
 import re
 import subprocess
 import sys
+import resource
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -31,6 +39,7 @@ from clients import RecommendClient, synthetic_history
 from clients.ads_client import AdsClient
 from evaluation.provenance import line, provenance
 from serving import graph
+from serving.launcher import python_stubs
 
 WHEEL_VERSION = "2.41.0"
 CACHE = Path.home() / ".cache" / "recserve" / "perf_analyzer"
@@ -114,9 +123,69 @@ def parse_steps(stdout: str) -> dict[str, dict[str, float]]:
     return steps
 
 
+def server_processes(pid: int | None = None) -> dict[int, str]:
+    """tritonserver (`pid`, or the only tritonserver running here) and its python stubs, labelled "tritonserver"
+    and the model each stub serves. Empty when no single server is found."""
+    if pid is None:
+        servers = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "comm").read_text().strip() == "tritonserver":
+                    servers.append(int(entry.name))
+            except OSError:  # exited meanwhile
+                continue
+        if len(servers) != 1:
+            return {}
+        pid = servers[0]
+    if not Path(f"/proc/{pid}").is_dir():
+        return {}
+    return {pid: "tritonserver", **python_stubs(pid)}
+
+
+def cpu_seconds(processes: dict[int, str]) -> dict[str, float]:
+    """User + system CPU seconds so far, summed per label (a step's instances together)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for pid, label in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        totals[label] = totals.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], load_generator_s: float,
+                    wall_s: float, req_per_s: float) -> dict[str, float]:
+    """CPU ms per request of each process over a run of wall_s seconds at req_per_s."""
+    requests = req_per_s * wall_s
+    if requests <= 0:
+        return {}
+    used = {label: after[label] - before.get(label, 0.0) for label in after}
+    used["perf_analyzer"] = load_generator_s
+    return {label: round(1000.0 * seconds / requests, 2) for label, seconds in used.items()}
+
+
 def run_point(binary: Path, env: dict, url: str, model: str, data_file: Path, concurrency: int,
-              interval_ms: int, max_trials: int, stability: int) -> dict:
-    """One perf_analyzer measurement at one concurrency; latencies in ms."""
+              interval_ms: int, max_trials: int, stability: int, processes: dict[int, str] | None = None) -> dict:
+    """One perf_analyzer measurement at one concurrency; latencies in ms; with `processes` (server_processes),
+    the CPU ms per request of each of them and of perf_analyzer."""
+    cpu_before, children_before, started = cpu_seconds(processes or {}), _children_cpu(), time.perf_counter()
+    point = _perf_analyzer_point(binary, env, url, model, data_file, concurrency, interval_ms, max_trials, stability)
+    if processes:
+        point["cpu_ms_per_request"] = cpu_per_request(cpu_before, cpu_seconds(processes),
+                                                      _children_cpu() - children_before,
+                                                      time.perf_counter() - started, point["req_per_s"])
+    return point
+
+
+def _perf_analyzer_point(binary: Path, env: dict, url: str, model: str, data_file: Path, concurrency: int,
+                         interval_ms: int, max_trials: int, stability: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".csv") as report:
         cmd = [str(binary), "-v", "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data_file), "-b", "1",
                "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(interval_ms),
@@ -164,7 +233,25 @@ def render(result: dict) -> str:
             lines.append(f"| {r['concurrency']} | " + " | ".join(
                 f"{r['steps'][n]['queue_ms']:.1f} + {r['steps'][n]['compute_ms']:.1f}" if n in r["steps"] else ""
                 for n in names) + " |")
+    with_cpu = [r for r in result["points"] if r.get("cpu_ms_per_request")]
+    if with_cpu:
+        names = sorted({n for r in with_cpu for n in r["cpu_ms_per_request"]}, key=_cpu_order)
+        lines += ["", "CPU ms per request by process (user + system time over the point's run / requests completed; "
+                      "perf_analyzer is the load generator on the same cores):", "",
+                  "| model | concurrency | " + " | ".join(names) + " | total |", "|---" * (3 + len(names)) + "|"]
+        for r in with_cpu:
+            cpu = r["cpu_ms_per_request"]
+            lines.append(f"| {r['model']} | {r['concurrency']} | " + " | ".join(
+                f"{cpu[n]:.2f}" if n in cpu else "" for n in names) + f" | {sum(cpu.values()):.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_order(name: str) -> tuple[int, str]:
+    """tritonserver first, then the steps in graph order, then the rest (perf_analyzer last)."""
+    steps = [step.name for step in graph.SERVED_STEPS]
+    if name == "tritonserver":
+        return (0, name)
+    return (1 + steps.index(name), name) if name in steps else (100 if name == "perf_analyzer" else 99, name)
 
 
 def _graph_order(name: str) -> int:
@@ -189,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(a shared 2-core machine: p99 spikes move the average latency a lot)")
     parser.add_argument("--max-trials", type=int, default=10, help="windows before a point is recorded unstable")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-pid", type=int, help="the tritonserver process whose CPU (and its python stubs') "
+                        "each point records per request (default: the only tritonserver running here)")
     parser.add_argument("--out", type=Path, help="write the result (JSON, with provenance) here")
     parser.add_argument("--from-result", type=Path, help="render a result file and exit")
     args = parser.parse_args(argv)
@@ -198,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url:
         parser.error("--url is required (or --from-result)")
     binary, env = perf_analyzer()
+    processes = server_processes(args.server_pid)
+    if not processes:
+        print("CPU per request not recorded: no single tritonserver on this machine (--server-pid names one)",
+              file=sys.stderr)
     result = {**provenance("loadtests.perf_sweep", argv),
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "points": []}
     plan = [(graph.RECOMMEND.name, c) for c in args.concurrency] + [(graph.SCORE_ADS.name, c)
@@ -210,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           args.max_events, args.k, args.campaigns, args.seed)))
         for model, concurrency in plan:
             point = run_point(binary, env, args.url, model, files[model], concurrency, args.interval_ms,
-                              args.max_trials, args.stability)
+                              args.max_trials, args.stability, processes)
             print(f"{model} c={concurrency}: {point['req_per_s']} req/s, p50 {point['p50_ms']} ms, "
                   f"p99 {point['p99_ms']} ms", flush=True)
             result["points"].append(point)

@@ -32,7 +32,6 @@ from serving import gpu_graph
 from serving.graph import ENSEMBLES, SERVED_STEPS, Ensemble, Step, Tensor
 from serving.ort import ONNX_MODELS_PARAMETER
 
-INSTANCES_PER_STEP = 1
 CPU, GPU = "cpu", "gpu"
 TARGETS = (CPU, GPU)
 # The TensorRT execution provider's settings in the gpu rendering (keys of Triton's onnxruntime backend).
@@ -72,7 +71,7 @@ def step_config(step: Step, limits: ServingLimits, target: str = CPU) -> pb.Mode
     for tensor in step.outputs:
         _add_tensor(config.output, tensor, limits, is_input=False)
     _queue(config, step.batching.queue_delay_us, limits)
-    config.instance_group.add(count=INSTANCES_PER_STEP, kind=pb.ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(count=step.batching.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     config.parameters["limits"].string_value = limits.to_json()  # the scaffold reads every limit from here
     natives = gpu_graph.models_of(step) if target == GPU else ()
     if natives:  # serving.ort.session reads this: ONNX file -> the native model that serves it (BLS)

@@ -72,6 +72,8 @@ class Batching:
     # False: one user per request, the batch dimension is 1. True: the request's rows are its batch
     # (clip_embed embeds up to max_clip_rows creatives per request).
     rows_are_batch: bool = False
+    # Stub processes serving the step side by side (each runs one batch at a time on one core).
+    instances: int = 1
 
     def max_batch(self, limits) -> int:
         return getattr(limits, self.max_batch_size) if isinstance(self.max_batch_size, str) else self.max_batch_size
@@ -155,7 +157,10 @@ GRACE_RETRIEVE = Step(
     "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step; "
     "excluded items never complete a beam, so all beam_width candidates are eligible",
     inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, EXCLUDE_IDS), outputs=(GRACE_ITEMS, GRACE_SCORES),
-    artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE))
+    artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE),
+    # Two instances: GRACE is half of a request's CPU, and with one instance a batch waited for the previous one
+    # while the second core idled (perf_sweep: c16 113 -> 124 req/s, c8 98 -> 108; docs/results/perf_sweep.md).
+    batching=Batching(instances=2))
 RECENT_RETRIEVE = Step(
     "recent_retrieve", "the request's most recently interacted distinct items (repeat intent), newest first",
     inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS, outputs=(RECENT_ITEMS, RECENT_SCORES),

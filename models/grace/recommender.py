@@ -90,6 +90,12 @@ class GraceTrainConfig:
     # items only: where they never do, the history is excluded from every recommendation anyway.
     copy: bool = True
     level_softmax: bool = True  # normalise each path position over its level's tokens (what the trie allows)
+    # JSA's geometry in memory positions: block, compressed-token length and stride, and window (JSAConfig's
+    # block / compress_block / compress_stride / window). 0 keeps JSAConfig's defaults (64, tuned on token
+    # memory, where 64 positions are ~7 events); with event_memory one position is one event, and 64 would put
+    # a whole history in one block (no selection, no compressed keys: a query sees only its own journey and
+    # the mean of each earlier one).
+    jsa_block: int = 0
 
 
 SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")
@@ -268,7 +274,10 @@ class GraceRecommender:
             return None
         from models.grace.jsa import JSAConfig  # noqa: PLC0415
 
-        return dataclasses.asdict(JSAConfig(**(self.jsa or {})))
+        geometry = {}
+        if self.cfg.jsa_block:
+            geometry = {name: self.cfg.jsa_block for name in ("block", "compress_block", "compress_stride", "window")}
+        return dataclasses.asdict(JSAConfig(**{**geometry, **(self.jsa or {})}))
 
     def recommend_one(self, items, behaviors, timestamps, k: int, exclude_history: bool = False) -> np.ndarray:
         """Top-k items; with exclude_history the whole given history is excluded inside the beam search (a

@@ -39,7 +39,7 @@ def test_perf_analyzer_sweep_on_the_real_server(triton_server, model_repository,
         ["--ads-concurrency"]
     assert main(["--url", triton_server.grpc_url, "--concurrency", "1", "2", *ads, "--requests", "10",
                  "--campaigns", "5", "--interval-ms", "1000", "--stability", "100", "--max-trials", "3",
-                 "--out", str(out)]) == 0
+                 "--server-pid", str(triton_server.pid), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {"command", "commit", "date", "machine"} <= set(result)
     recommend = [p for p in result["points"] if p["model"] == graph.RECOMMEND.name]
@@ -53,4 +53,29 @@ def test_perf_analyzer_sweep_on_the_real_server(triton_server, model_repository,
                 assert set(point["steps"]) == {step.name for step in graph.RECOMMEND.steps}
         else:
             assert point["avg_ms"] > 0
+        # CPU per request by process: the server, every step of the model's graph, the load generator
+        cpu = point["cpu_ms_per_request"]
+        steps = {s.name for s in graph.RECOMMEND.steps} if point["model"] == graph.RECOMMEND.name else {point["model"]}
+        assert {"tritonserver", "perf_analyzer"} | steps <= set(cpu)
+        assert all(cpu[name] > 0 for name in {"tritonserver", "perf_analyzer"} | steps)
     assert "| recommend | 2 |" in render(result)
+    assert "CPU ms per request by process" in render(result)
+
+
+def test_cpu_per_request_divides_each_process_time_by_the_requests_completed():
+    from loadtests.perf_sweep import cpu_per_request
+
+    got = cpu_per_request({"tritonserver": 1.0, "ranker": 2.0}, {"tritonserver": 1.5, "ranker": 2.2, "merge": 0.1},
+                          load_generator_s=0.3, wall_s=10.0, req_per_s=50.0)
+    # 500 requests: 0.5 s of tritonserver is 1 ms each; a process that appeared meanwhile counts from zero
+    assert got == {"tritonserver": 1.0, "ranker": 0.4, "merge": 0.2, "perf_analyzer": 0.6}
+    assert cpu_per_request({}, {}, 0.0, 10.0, 0.0) == {}
+
+
+def test_server_processes_finds_a_process_tree_or_nothing():
+    import os
+
+    from loadtests.perf_sweep import server_processes
+
+    assert server_processes(os.getpid()) == {os.getpid(): "tritonserver"}  # this process has no python stubs
+    assert server_processes(2 ** 22 + 7) == {}  # beyond Linux's pid_max: no such process

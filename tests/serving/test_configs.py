@@ -85,6 +85,7 @@ def test_python_models_have_dynamic_batching_and_limits(parsed):
         assert policy.max_queue_size == limits.max_queue_size > 0
         assert len(cfg.instance_group) == 1
         assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+        assert cfg.instance_group[0].count == STEPS[name].batching.instances >= 1  # as the graph declares
         assert ServingLimits.from_json(cfg.parameters["limits"].string_value) == limits
         assert len(cfg.input) > 0 and len(cfg.output) > 0
         names = [t.name for t in cfg.input] + [t.name for t in cfg.output]

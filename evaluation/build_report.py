@@ -47,7 +47,11 @@ ROWS = (
     ("event vocabulary", lambda m: ", ".join(_get(m, "dataset", "events_vocabulary", default=[]))),
     ("repeats excluded from recommendations", lambda m: "yes" if _get(m, "limits", "exclude_history") else "no"),
     ("build wall time (s)", lambda m: _num(m.get("build_seconds"), 1)),
-    ("GRACE-JSA HR@10 / NDCG@10 (leave-last-out, held-out users)",
+    ("GRACE variant served (validation NDCG@10 / HR@10 of each trained)",
+     lambda m: _get(m, "grace", "variant", default="grace_jsa (the only one trained)") + (
+         "" if _get(m, "grace", "variant_choice") is None else " (" + ", ".join(
+             f"{v} {_num(c['ndcg@10'])} / {_num(c['hr@10'])}" for v, c in _get(m, "grace", "variant_choice").items()) + ")")),
+    ("GRACE HR@10 / NDCG@10 (leave-last-out, held-out users)",
      lambda m: f"{_num(_get(m, 'grace', 'hr@10'))} / {_num(_get(m, 'grace', 'ndcg@10'))} "
                f"({_get(m, 'grace', 'eval_users')} users)"),
     ("GRACE train time (s); validation HR@10 of the kept state, at step",

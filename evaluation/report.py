@@ -194,6 +194,33 @@ def _grace_event_memory() -> str:
         GRACE_EVENT_MEMORY_RUNS) + "\n" + _grace_convergence()
 
 
+# The item path GRACE writes: CoT attributes + semantic IDs (grace_jsa) or the semantic IDs alone (grace_nocot),
+# both with the current defaults (event memory; the copy path on the simulator), plus two knobs tried on MovieLens.
+GRACE_PATH_RUNS = ("grace_event_memory_ml100k_s0.json", "grace_path_ml100k_nocot_s0.json",
+                   "grace_event_memory_ml100k_s1.json", "grace_path_ml100k_nocot_s1.json",
+                   "grace_path_ml100k_cot_s2.json", "grace_path_ml100k_nocot_s2.json",
+                   "grace_event_memory_sim_s0.json", "grace_path_sim_nocot_s0.json",
+                   "grace_path_sim_cot_s1.json", "grace_path_sim_nocot_s1.json",
+                   "grace_path_ml100k_b8_s0.json", "grace_path_ml100k_b8_s1.json",
+                   "grace_path_ml100k_beam50_s0.json", "grace_path_ml100k_beam50_s1.json")
+
+
+def _grace_path() -> str:
+    return _grace_build_runs(
+        "GRACE's item path: attributes + semantic IDs, or semantic IDs alone",
+        "`grace_jsa` (`grace_jsa_ev`, `grace_jsa_copy`: the same model, named by the run that added event memory "
+        "and the copy path) writes each item as its catalog attributes (the chain-of-thought tokens: category, "
+        "leaf category, brand, price bucket on the simulator; genre, genre set, year bucket on MovieLens) then "
+        "its 3 semantic-ID codes and a disambiguation code; `grace_nocot` writes the semantic IDs and the "
+        "disambiguation code only (4 tokens instead of 7-8; the history's events are shorter too). Same "
+        "encoder (journey-aware sparse attention over one position per event), journeys, copy path (simulator) "
+        "and budget. Also tried on MovieLens, not kept: `_b8`, JSA's blocks and window of 8 events instead of 64 "
+        "(`--grace jsa_block=8`); `_beam50`, beam width 50 instead of 20 in validation and test. Each row is "
+        "one `python -m evaluation.evaluate` run at the build's budget, leave-last-out, all users scored; two "
+        "runs shared the 2 cores, so seconds are indicative. The build's default variant (`grace.variant` in "
+        "exporters/config.py) follows this table.", GRACE_PATH_RUNS)
+
+
 def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
     """docs/results/<name>.md as a BENCHMARKS.md section: image links from the repository root."""
     def section() -> str:
@@ -214,6 +241,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "grace_quality": _grace_section,
     "grace_sim": _in_benchmarks("grace_sim", lambda: _grace("grace_sim")),
     "grace_event_memory": _in_benchmarks("grace_event_memory", _grace_event_memory),
+    "grace_path": _in_benchmarks("grace_path", _grace_path),
     "build_report": _builds,
     "pipeline_quality": _pipeline,
     "pipeline_quality_movielens": _pipeline_movielens,
@@ -230,6 +258,7 @@ FILES: dict[str, Callable[[], str]] = {
     "grace_sim.md": lambda: _grace("grace_sim"),
     "grace_build_lr.md": _grace_build_lr,
     "grace_event_memory.md": _grace_event_memory,
+    "grace_path.md": _grace_path,
     "pipeline_quality.md": _pipeline,
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,

@@ -30,7 +30,7 @@ from evaluation.baselines import MostPopular, MostRecent, SASRec
 from evaluation.harness import evaluate_recommender
 from evaluation.metrics import topk_metrics
 from exporters.clip_export import export_clip
-from exporters.config import BuildConfig, load_config
+from exporters.config import AUTO, AUTO_VARIANTS, BuildConfig, load_config
 from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker, export_sasrec
 from exporters.ordering import fit_ordering
 from models.ads.llm_hyper import generate_artifact
@@ -106,10 +106,9 @@ def grace_stage(b: Build) -> dict:
     b.shared["split"] = split
     b.shared["valid_examples"] = (None if split.valid is None
                                   else split.valid.subset(np.arange(min(cfg.valid_users, len(split.valid)))))
-    retriever = GraceRecommender(cfg.variant, dataclasses.replace(cfg.model, beam_width=b.limits.beam_width))
     budget = TrainingBudget(epochs=cfg.epochs, max_examples_per_epoch=cfg.examples_per_epoch,
                             batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience, eval_users=cfg.valid_users)
-    metrics = retriever.fit(dataset, split.train, seed=b.config.seed, budget=budget, valid=split.valid)
+    retriever, metrics = fit_grace(b, dataset, split, budget)
     metrics.update(evaluate_recommender(retriever, test, exclude_history=b.limits.exclude_history))
     if cfg.baselines:
         metrics["baselines"] = baseline_metrics(dataset, split, test, budget, b)
@@ -120,6 +119,34 @@ def grace_stage(b: Build) -> dict:
     b.parity.update(export_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE), seed=b.config.seed))
     save_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE))  # the in-process reference runs it
     return metrics
+
+
+def fit_grace(b: Build, dataset, split, budget: TrainingBudget) -> tuple[GraceRecommender, dict]:
+    """The GRACE variant of the config trained; with variant "auto", each of AUTO_VARIANTS trained and the one
+    with the best validation NDCG@10 (then HR@10) kept: which item path serves a catalog best depends on its
+    attributes (docs/results/grace_path.md). Without validation users, the first of them."""
+    cfg = b.config.grace
+    model_cfg = dataclasses.replace(cfg.model, beam_width=b.limits.beam_width)
+    valid = b.shared["valid_examples"]
+    variants = AUTO_VARIANTS if cfg.variant == AUTO else (cfg.variant,)
+    if valid is None:
+        variants = variants[:1]
+    fitted = []
+    for variant in variants:
+        retriever = GraceRecommender(variant, model_cfg)
+        metrics = retriever.fit(dataset, split.train, seed=b.config.seed, budget=budget, valid=split.valid)
+        if len(variants) > 1:
+            scored = evaluate_recommender(retriever, valid, exclude_history=b.limits.exclude_history)
+            metrics["validation"] = {k: scored[k] for k in ("hr@10", "ndcg@10")}
+        fitted.append((retriever, metrics))
+    # max keeps the first of equals: AUTO_VARIANTS' order breaks ties
+    retriever, metrics = max(fitted, key=lambda f: (f[1].get("validation", {}).get("ndcg@10", 0.0),
+                                                    f[1].get("validation", {}).get("hr@10", 0.0)))
+    metrics["variant"] = retriever.name
+    if len(fitted) > 1:
+        metrics["variant_choice"] = {r.name: {**m["validation"], "train_seconds": m["train_seconds"]}
+                                     for r, m in fitted}
+    return retriever, metrics
 
 
 # SASRec is cheap (a few seconds per epoch): a generous cap, early stopping decides (MovieLens-100k: ~40 epochs).

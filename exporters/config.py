@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data.simulator import SimConfig
 from models.clip.train import TrainConfig as ClipTrainConfig
-from models.grace.recommender import GraceTrainConfig
+from models.grace.recommender import VARIANTS, GraceTrainConfig
 from models.ranking.train import RankerTrainConfig
 from serving.contract import ServingLimits
 
@@ -36,9 +36,18 @@ ServingConfig = dataclasses.make_dataclass(
                       if f.name not in DATA_DECIDED], frozen=True, namespace={"limits": _limits})
 
 
+# grace.variant "auto": the build trains each of these and keeps the best on validation (exporters.build_repository
+# fit_grace). With the same budget, the item path of attributes + semantic IDs (grace_jsa) tests better on
+# MovieLens-100k and the semantic IDs alone (grace_nocot) on the simulator (seeds 0 / 1: NDCG@10 0.540 / 0.545 vs
+# 0.474 / 0.510, HR@10 0.656 / 0.666 vs 0.667 / 0.682; half the decoder steps; training 70 s vs 155-166 s);
+# docs/results/grace_path.md.
+AUTO = "auto"
+AUTO_VARIANTS = ("grace_jsa", "grace_nocot")
+
+
 @dataclasses.dataclass(frozen=True)
 class GraceBuildConfig:
-    variant: str = "grace_jsa"
+    variant: str = AUTO  # a models.grace.recommender.VARIANTS name, or AUTO
     # GRACE supervises every position: an epoch is one pass over every user's windows of max_history events
     # (data.sequences.windows); examples_per_epoch caps the windows per epoch (None = all).
     examples_per_epoch: int | None = None
@@ -53,6 +62,10 @@ class GraceBuildConfig:
     valid_users: int = 300  # validation users scored after each epoch
     baselines: bool = True  # SASRec, most-popular and recency trained and evaluated in the build, same split
     model: GraceTrainConfig = dataclasses.field(default_factory=GraceTrainConfig)  # its max_history and beam_width follow the serving section
+
+    def __post_init__(self) -> None:
+        if self.variant != AUTO and self.variant not in VARIANTS:
+            raise ValueError(f"grace.variant must be {AUTO!r} or one of {sorted(VARIANTS)}, got {self.variant!r}")
 
 
 @dataclasses.dataclass(frozen=True)

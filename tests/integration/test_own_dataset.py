@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from clients.ads_client import AdsClient
+from exporters.config import AUTO_VARIANTS
 from clients.recommend_client import Event, RecommendClient, RecommendError
 from tests.conftest import run_server
 from tests.data.fixture_dataset import ITEM_IDS, write_corrupt, write_served_fixture
@@ -69,6 +70,17 @@ def test_manifest_describes_the_dataset_and_what_was_skipped(shop):
     assert ordering["tuned"] and 0.0 <= ordering["merge_weight"] <= 1.0
     assert ordering["valid_chosen"]["ndcg@10"] >= max(ordering["valid_ranker_order"]["ndcg@10"],
                                                       ordering["valid_merge_order"]["ndcg@10"])
+    # GRACE's item path was picked on validation users: both variants trained, the kept one scores best there,
+    # and what is served (the tokenizer's event length) is the kept variant's.
+    grace = manifest["grace"]
+    choice = grace["variant_choice"]
+    assert set(choice) == set(AUTO_VARIANTS) and grace["variant"] in choice
+    best = max(choice.values(), key=lambda c: (c["ndcg@10"], c["hr@10"]))
+    assert (choice[grace["variant"]]["ndcg@10"], choice[grace["variant"]]["hr@10"]) == (best["ndcg@10"], best["hr@10"])
+    path_length = len(grace["tokenizer_levels"])
+    assert manifest["limits"]["tokens_per_event"] == path_length + 1  # a behaviour token, then the item's path
+    attributes = [n for n in grace["tokenizer_levels"] if not n.startswith("sid_") and n != "code"]
+    assert bool(attributes) == (grace["variant"] == "grace_jsa")  # the CoT path starts with catalog attributes
     limits = manifest["limits"]
     assert limits["category_names"] == ["bags", "home", "shoes", "tops"]
     assert limits["event_names"] == ["view", "add_to_cart", "remove_from_cart", "purchase"]

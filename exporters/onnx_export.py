@@ -104,7 +104,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
             feeds["memory_paths"] = rng.integers(0, vocab, size=(requests, t // tpe, cfg.path_length)).astype(np.int64)
         return feeds
 
-    traced = step_feeds(6, 2, 4 * tpe, requests=2)
+    traced = step_feeds(6, min(2, cfg.path_length - 1), 4 * tpe, requests=2)
     _export(step, tuple(torch.from_numpy(v) for v in traced.values()), step_path, list(traced),
             ["log_probs", "present_kv"],
             {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {2: "requests", 4: memory_axis},
@@ -114,8 +114,10 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     # Parity on shapes other than the traced ones (the empty first-step cache included; one request's beams and
     # several requests' beams in one call), so dynamic axes and the journey inputs are exercised too.
     enc_diff = _max_diff(encoder, enc_path, sample_encoder_inputs(rng, vocab, tpe, [9, 3, 7]))
+    # Caches the decoder can hold: 0 (the first step) up to path_length - 1 tokens (the last step)
+    pasts = sorted({0, 1, cfg.path_length - 1} & set(range(cfg.path_length)))
     step_diff = max(_max_diff(step, step_path, step_feeds(beams, past, 7 * tpe, requests))
-                    for past in (0, 1, 4) for beams, requests in ((5, 1), (12, 3), (4, 4)))
+                    for past in pasts for beams, requests in ((5, 1), (12, 3), (4, 4)))
     return {enc_path.name: enc_diff, step_path.name: step_diff}
 
 

@@ -64,6 +64,16 @@ def test_export_grace_parity_figures(grace_export):
         assert 0.0 <= diff <= PARITY_TOLERANCE, (name, diff)
 
 
+@pytest.mark.parametrize("path_length", [1, 2, 4])
+def test_export_of_a_short_item_path(tmp_path, path_length):
+    """A path of few tokens (semantic IDs alone, grace_nocot): the exporter checks only caches it can hold."""
+    torch.manual_seed(0)
+    model = GraceModel(dataclasses.replace(GRACE_CFG, path_length=path_length, tokens_per_event=path_length + 1,
+                                           event_memory=True, copy=True)).eval()
+    parity = export_grace(model, tmp_path, seed=0)
+    assert max(parity.values()) <= PARITY_TOLERANCE, parity
+
+
 def test_export_ranker_parity_figures(ranker_export):
     _, out, parity = ranker_export
     assert set(parity) == {"ranker.onnx"}

@@ -37,10 +37,10 @@ ServingConfig = dataclasses.make_dataclass(
 
 
 # grace.variant "auto": the build trains each of these and keeps the best on validation (exporters.build_repository
-# fit_grace). With the same budget, the item path of attributes + semantic IDs (grace_jsa) tests better on
-# MovieLens-100k and the semantic IDs alone (grace_nocot) on the simulator (seeds 0 / 1: NDCG@10 0.540 / 0.545 vs
-# 0.474 / 0.510, HR@10 0.656 / 0.666 vs 0.667 / 0.682; half the decoder steps; training 70 s vs 155-166 s);
-# docs/results/grace_path.md.
+# fit_grace). With the same budget, the semantic IDs alone (grace_nocot) rank better than attributes + semantic
+# IDs (grace_jsa) on the simulator (seeds 0 / 1: NDCG@10 0.540 / 0.545 vs 0.474 / 0.510, HR@10 0.656 / 0.666 vs
+# 0.667 / 0.682; half the decoder steps; training 70 s vs 155-166 s), while on MovieLens-100k the attributes do
+# slightly better, within seed noise (3 seeds: HR@10 0.110 vs 0.103); docs/results/grace_path.md.
 AUTO = "auto"
 AUTO_VARIANTS = ("grace_jsa", "grace_nocot")
 

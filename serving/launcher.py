@@ -16,6 +16,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -670,7 +671,8 @@ class TritonServer:
         self._watchdog_stop.set()
         for thread in (self._watchdog, self._liveness):
             if thread is not None and thread is not threading.current_thread():
-                thread.join()
+                # Daemon threads: one caught in a probe or a reload of the stopping server must not hold the stop.
+                thread.join(timeout=self.liveness_timeout_s + _WATCHDOG_INTERVAL_S)
         if self._proxy is not None:  # first: no new requests reach a server that is going away
             self._proxy.stop()
         if process.poll() is None:
@@ -680,6 +682,10 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # What tritonserver leaves behind in its session (a python stub that has not yet noticed its parent is
+        # gone, holding its shm and, from the CLI, the launcher's stdout) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         # Only once the server is gone can nothing still be using its regions; the prefix is this server's own.
         for region in _shm_regions(self.shm_prefix):
             Path(region).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ status INVALID_ARGUMENT and a message naming the limit, and HTTP clients with 41
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -160,6 +161,9 @@ class NginxProxy:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)  # the master and its workers (a session of their own)
                 process.wait()
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, 9)  # workers still exiting after their master: none outlives the stop
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -207,9 +208,15 @@ def test_cli_serves_until_sigterm(add_one_repo: Path) -> None:
             socket.create_connection(("127.0.0.1", metrics_port), timeout=2).close()
         assert shm_regions(f"{launcher.SHM_PREFIX}{cli.pid}_")
 
+        # Drained by a thread, so the server never blocks on a full pipe and the launcher's exit is timed on its
+        # own; the pipe's end (every process that shared the launcher's stdout gone: tritonserver and its stubs)
+        # is checked after it.
+        drain = threading.Thread(target=cli.stdout.read, daemon=True)
+        drain.start()
         cli.send_signal(signal.SIGTERM)
-        cli.stdout.read()  # drain so the server never blocks on a full pipe
-        assert cli.wait(timeout=30) == 0
+        assert cli.wait(timeout=60) == 0
+        drain.join(timeout=15)
+        assert not drain.is_alive(), "a child of the launcher still holds its stdout after it exited"
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -166,8 +166,9 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
         order = np.lexsort((-score, owner))
         owner = owner[order]
         rank = np.arange(len(order)) - np.searchsorted(owner, owner)  # place inside its request
-        kept = order[rank < beam_width]
-        request, nodes, scores, rank = owner[rank < beam_width], child[kept], score[kept], rank[rank < beam_width]
+        top = rank < beam_width
+        kept = order[top]
+        request, nodes, scores, rank = owner[top], child[kept], score[kept], rank[top]
         parents, tokens = rows[beam[kept]], token[kept]
         # Next call: request q's beams at rows q * slots + rank; a request's unused slots repeat its first beam
         # (or row q * width and BOS when it has none), and their answers are never read.

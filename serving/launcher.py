@@ -850,7 +850,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         flush=True,
     )
-    server.wait()
+    # Until tritonserver exits or a stop is asked; then stop() bounds the shutdown (SIGTERM, SIGKILL after its
+    # timeout, the session's leftovers killed): tritonserver has been seen waiting forever for an idle python stub.
+    while server.is_running() and not signalled:
+        time.sleep(0.2)
     stopped = _exit_code(server.stop() or 0)
     if server.unhealthy:  # the watchdog stopped it: a supervisor should start it again
         print(f"error: {server.unhealthy}", file=sys.stderr)

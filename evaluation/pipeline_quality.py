@@ -1,4 +1,4 @@
-"""Quality of the whole served `recommend` pipeline (retrieval -> merge -> ranker -> calibrated top-k) on the
+"""Quality of the whole served `recommend` pipeline (retrieval -> rank: merge, ranker, calibrated top-k) on the
 held-out users of a built repository, next to each retrieval source alone, each source taken away, the merge
 order without the ranker, and the popularity and recency baselines, on the same users.
 
@@ -9,9 +9,10 @@ order without the ranker, and the popularity and recency baselines, on the same 
         --md docs/results/pipeline_quality.md --benchmarks BENCHMARKS.md      # re-render only
 
 With --url, the `served` row is the server's `recommend` ensemble itself; the other rows run the same graph with
-every step called on the server over gRPC (any client may call the internal steps) but `merge`, run in process
-from the repository (the served merge takes exactly beam_width GRACE items, so it cannot merge a GRACE-less
-ablation), one source's candidates replaced by none; `served_equals_steps` checks the two agree. Without --url the steps are the in-process
+the retrieval steps called on the server over gRPC (any client may call the internal steps) and `rank` (merge,
+ranker, calibration) run in process from the repository's own files by the class the server runs (the served step
+takes exactly beam_width GRACE items, so it cannot rank a GRACE-less ablation), one source's candidates replaced
+by none; `served_equals_steps` checks the two agree. Without --url the steps are the in-process
 reference (models.reference: the served step classes in graph order, the torch models in place of their ONNX
 exports, which the build checks to 1e-4). Users: the build's own leave-last-out split of the dataset it was
 built from (the configuration is read from build_manifest.json), in the dataset's item ids. A dataset whose users
@@ -38,14 +39,21 @@ from models.reference import MANIFEST, ReferencePipeline, run_ensemble
 from serving import graph
 
 
-class NoCandidates:
-    """Stands in for one retrieval step in an ablation: the source returns no candidates."""
+class WithoutSources:
+    """Wraps the step that produces some retrieval sources, for an ablation: those sources return no candidates
+    (the step's other outputs are its own)."""
 
-    def __init__(self, step: graph.Step):
-        self.step = step
+    def __init__(self, step, definition: graph.Step, sources: list[graph.RetrievalSource]):
+        self.step, self.definition, self.items = step, definition, {source.items.name for source in sources}
+        # a step whose every source is dropped is not called at all (GRACE's beam search would be wasted)
+        self.skip = all(s.items.name in self.items for s in graph.RETRIEVAL_SOURCES if s.step.name == definition.name)
 
     def __call__(self, **inputs):
-        return {t.name: np.zeros(0, np.int64 if t.dtype == "INT64" else np.float32) for t in self.step.outputs}
+        if self.skip:
+            return {t.name: np.zeros(0, np.int64 if t.dtype == "INT64" else np.float32) for t in self.definition.outputs}
+        out = dict(self.step(**inputs))
+        out.update({name: np.zeros(0, np.int64) for name in self.items})
+        return out
 
 
 WIRE = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
@@ -77,15 +85,15 @@ class RemoteStep:
 
 
 def served_steps(client, repository: Path) -> dict:
-    """Every step of `recommend` on the server, but `merge`, run in process from the repository's own files (the
-    same class the server runs): the served merge takes exactly beam_width GRACE items, so a GRACE-less ablation
-    can only be merged here."""
+    """Every step of `recommend` on the server, but `rank`, run in process from the repository's own files (the
+    same class the server runs): the served step takes exactly beam_width GRACE items, so a GRACE-less ablation
+    can only be ranked here."""
     from serving.contract import ServingLimits  # noqa: PLC0415
     from serving.steps import IMPLEMENTATIONS  # noqa: PLC0415
 
     steps = {step.name: RemoteStep(client, step) for step in graph.RECOMMEND.steps}
     limits = ServingLimits(**json.loads((repository / MANIFEST).read_text())["limits"])
-    steps[graph.MERGE.name] = IMPLEMENTATIONS[graph.MERGE.name].create(repository / graph.MERGE.name / "1", limits)
+    steps[graph.RANK.name] = IMPLEMENTATIONS[graph.RANK.name].create(repository / graph.RANK.name / "1", limits)
     return steps
 
 
@@ -113,9 +121,9 @@ def evaluate_pipeline(steps: dict, examples, k: int = 10, without: str | None = 
     RemoteStep objects by step name); `without` takes one source's candidates away, `only` keeps one source.
     external_ids maps the internal candidate ids of the merge order to the dataset's (identity if None)."""
     steps = dict(getattr(steps, "steps", steps))
-    for source in graph.RETRIEVAL_SOURCES:
-        if source.name == without or (only is not None and source.name != only):
-            steps[source.step.name] = NoCandidates(source.step)
+    dropped = [s for s in graph.RETRIEVAL_SOURCES if s.name == without or (only is not None and s.name != only)]
+    for step in {source.step.name for source in dropped}:
+        steps[step] = WithoutSources(steps[step], graph.STEPS[step], [s for s in dropped if s.step.name == step])
     ranked = np.zeros((len(examples), k), np.int64)
     merged = np.zeros((len(examples), k), np.int64)
     credited = {name: 0 for name in graph.SOURCE_NAMES}

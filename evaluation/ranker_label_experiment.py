@@ -44,8 +44,8 @@ def main() -> None:
     ranker, calibrator, metrics = train_ranker(build_data_of(config),
                                                dataclasses.replace(config.ranker, labels=args.labels))
     # The in-process reference (evaluation.pipeline_quality) runs the torch checkpoint and the calibrator.
-    save_checkpoint(ranker, args.out / graph.RANKER.name / "1")
-    calibrator.save(args.out / graph.CALIBRATE.name / "1" / CALIBRATOR_FILE)
+    save_checkpoint(ranker, args.out / graph.RANK.name / "1")
+    calibrator.save(args.out / graph.RANK.name / "1" / CALIBRATOR_FILE)
     manifest["ranking"] = metrics
     (args.out / BUILD_MANIFEST).write_text(json.dumps(manifest, indent=2))
     print(json.dumps({k: metrics[k] for k in ("label", "epochs_run", "test_calibrated", "train_seconds")}, indent=1))

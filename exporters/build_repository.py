@@ -186,9 +186,9 @@ def sasrec_stage(b: Build) -> dict:
         budget = TrainingBudget(epochs=cfg.epochs, patience=cfg.patience, eval_users=cfg.valid_users)
         model = SASRec(max_len=b.limits.max_history)
         metrics = fit_and_evaluate(model, b.data.sequences(), b.shared["split"], b.shared["eval_examples"], budget, b)
-    out = b.dir(graph.SASREC_RETRIEVE)
-    b.parity.update({f"{graph.SASREC_RETRIEVE.name}/{k}": v for k, v in export_sasrec(model.model, out,
-                                                                                        seed=b.config.seed).items()})
+    out = b.dir(graph.SIDE_RETRIEVE)
+    b.parity.update({f"{graph.SIDE_RETRIEVE.name}/{k}": v for k, v in export_sasrec(model.model, out,
+                                                                                      seed=b.config.seed).items()})
     save_sasrec(model.model, out)
     return metrics
 
@@ -221,7 +221,7 @@ def clip_stage(b: Build) -> dict:
     emb = embed_items(embedder, b.data).astype(np.float32)  # [N, D]: image and text, or text alone
     ids = np.arange(1, b.data.num_items + 1)
     index_cfg = config_for(len(emb))
-    out = b.dir(graph.CLIP_RETRIEVE)
+    out = b.dir(graph.SIDE_RETRIEVE)
     save_index(build_index(emb, index_cfg, ids), out / ITEM_INDEX_FILE, index_cfg)
     np.save(out / ITEM_EMBEDDINGS_FILE, np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb]))
     return {**metrics, "index": {"items": len(emb), "config": index_cfg.to_dict()}}
@@ -229,10 +229,10 @@ def clip_stage(b: Build) -> dict:
 
 def ranker_stage(b: Build) -> dict:
     ranker, calibrator, metrics = train_ranker(b.data, b.config.ranker)
-    calibrator.save(b.dir(graph.CALIBRATE) / CALIBRATOR_FILE)
-    b.parity.update(export_ranker(ranker, b.dir(graph.RANKER), b.limits.max_history, b.limits.max_candidates,
+    calibrator.save(b.dir(graph.RANK) / CALIBRATOR_FILE)
+    b.parity.update(export_ranker(ranker, b.dir(graph.RANK), b.limits.max_history, b.limits.max_candidates,
                                   seed=b.config.seed))
-    save_ranker(ranker, b.dir(graph.RANKER))  # the in-process reference runs it
+    save_ranker(ranker, b.dir(graph.RANK))  # the in-process reference runs it
     return metrics
 
 
@@ -301,12 +301,21 @@ def build(out: Path, config: BuildConfig = BuildConfig()) -> dict:
     return manifest
 
 
+def stale_models(repository: Path) -> list[str]:
+    """Model folders (with a config.pbtxt) in `repository` that the serving graph does not declare: left by a build
+    of an older graph, or a GPU rendering's native models."""
+    current = {step.name for step in graph.SERVED_STEPS} | {e.name for e in graph.ENSEMBLES}
+    return sorted(p.parent.name for p in Path(repository).glob("*/config.pbtxt") if p.parent.name not in current)
+
+
 def _build(out: Path, config: BuildConfig, data: BuildData, started: float) -> dict:
     limits = data_limits(config, data)
     not_built = steps_not_built(data)
     out.mkdir(parents=True, exist_ok=True)
     for name in not_built:  # a repository rebuilt from other data must not keep a stale step
         shutil.rmtree(out / name, ignore_errors=True)
+    for name in stale_models(out):  # nor one that an older serving graph had (tritonserver would try to load it)
+        shutil.rmtree(out / name)
     write_configs(out, limits, skip=not_built)  # first: a config error should not cost a training run
     b = Build(config, out, data, limits, not_built=not_built)
     if out.resolve() != SOURCE_REPOSITORY.resolve():

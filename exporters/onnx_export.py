@@ -11,10 +11,10 @@ from torch import nn
 from models.grace.model import GraceModel
 from models.ranking.model import Ranker
 from models.sasrec import SASRecModel
-from serving.graph import RANKER
-from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE
+from serving.graph import CAND_ITEMS, HIST_BEHAVIORS, HIST_ITEMS
+from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, LEVEL_TOKENS
 from serving.ort import session
-from serving.ranking import RANKER_FILE
+from serving.ranking import RANKER_FILE, RANKER_OUTPUTS
 from serving.sasrec import ITEMS_INPUT, SASREC_FILE
 
 OPSET = 17
@@ -22,12 +22,16 @@ PARITY_TOLERANCE = 1e-4
 
 
 class _DecodeStep(nn.Module):
-    def __init__(self, model: GraceModel):
-        super().__init__()
-        self.model = model
+    """The decoder step over named inputs (the optional memory_paths and level_tokens exist or not by model)."""
 
-    def forward(self, last_tokens, past_kv, cross_kv, memory_valid, memory_paths=None):
-        return self.model.decode_step(last_tokens, past_kv, cross_kv, memory_valid, memory_paths)
+    def __init__(self, model: GraceModel, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        feeds = dict(zip(self.names, args))
+        return self.model.decode_step(feeds["last_tokens"], feeds["past_kv"], feeds["cross_kv"], feeds["memory_valid"],
+                                      feeds.get("memory_paths"), feeds.get(LEVEL_TOKENS))
 
 
 class _Encoder(nn.Module):
@@ -83,7 +87,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     rng = np.random.default_rng(seed)
     cfg = model.cfg
     vocab, d, tpe = cfg.vocab_size, cfg.d_model, cfg.tokens_per_event
-    encoder, step = _Encoder(model), _DecodeStep(model)
+    encoder = _Encoder(model)
     enc_path, step_path = out_dir / ENCODER_FILE, out_dir / DECODER_STEP_FILE
     enc_names = ["tokens", "valid", "journey_ids", "journey_pos"]
     memory_axis = "events" if cfg.event_memory else "tokens"  # cross_kv's memory positions
@@ -102,14 +106,23 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
                  "memory_valid": valid}
         if cfg.copy:  # the history's item paths, what the copy path copies from
             feeds["memory_paths"] = rng.integers(0, vocab, size=(requests, t // tpe, cfg.path_length)).astype(np.int64)
+            if off is not None:  # real paths: each level's token inside its level (padding events are masked)
+                for level in range(cfg.path_length):
+                    feeds["memory_paths"][..., level] = rng.integers(off[level], off[level + 1],
+                                                                     size=feeds["memory_paths"].shape[:2])
+        if off is not None:  # the tokens of the level the step decodes (the cache holds the levels before it)
+            feeds[LEVEL_TOKENS] = np.arange(off[past_len], off[past_len + 1], dtype=np.int64)
         return feeds
 
+    # With level_offsets the step scores only the level it decodes (serving.grace.retriever feeds its tokens).
+    off = cfg.level_offsets
     traced = step_feeds(6, min(2, cfg.path_length - 1), 4 * tpe, requests=2)
+    step = _DecodeStep(model, list(traced))
     _export(step, tuple(torch.from_numpy(v) for v in traced.values()), step_path, list(traced),
             ["log_probs", "present_kv"],
             {"last_tokens": {0: "beams"}, "past_kv": {2: "beams", 4: "past"}, "cross_kv": {2: "requests", 4: memory_axis},
              "memory_valid": {0: "requests", 1: "tokens"}, "memory_paths": {0: "requests", 1: "events"},
-             "log_probs": {0: "beams"},
+             LEVEL_TOKENS: {0: "level"}, "log_probs": {0: "beams", 1: "level"} if off is not None else {0: "beams"},
              "present_kv": {2: "beams", 4: "present"}})
     # Parity on shapes other than the traced ones (the empty first-step cache included; one request's beams and
     # several requests' beams in one call), so dynamic axes and the journey inputs are exercised too.
@@ -134,8 +147,8 @@ def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates
         cand[:, -3:] = 0  # padded candidate slots
         return hist, behs, cand
 
-    # The exported graph's tensors are the served step's (serving.ranking feeds them in this order).
-    inputs, outputs = [t.name for t in RANKER.inputs], [t.name for t in RANKER.outputs]
+    # The exported graph's inputs are the graph's tensors of the rank step (serving.ranking feeds them in this order).
+    inputs, outputs = [HIST_ITEMS.name, HIST_BEHAVIORS.name, CAND_ITEMS.name], list(RANKER_OUTPUTS)
     path = out_dir / RANKER_FILE
     _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path, inputs, outputs,
             {name: {0: "batch"} for name in inputs + outputs})

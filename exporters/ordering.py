@@ -1,9 +1,9 @@
-"""The build's last stage: how `merge` and `calibrate` order the candidates, picked on validation users (each
+"""The build's last stage: how the `rank` step orders the candidates, picked on validation users (each
 user's second-last event, never a test target) by running the freshly written repository's served steps in process.
 
-1. Source priority (merge's artifact): the retrieval sources sorted by their own validation NDCG@10 (then HR@10,
+1. Source priority (the merge's artifact): the retrieval sources sorted by their own validation NDCG@10 (then HR@10,
    then graph order), so the merge order starts with the source that retrieves best on this data.
-2. Final order (calibrate's artifact): the ranker's relevance is one order, the merge order another;
+2. Final order (the ranker's and the merge's orders mixed): the ranker's relevance is one order, the merge order another;
    serving.recommend.final_order mixes them by rank with one weight, the one with the best validation NDCG@10:
    where the ranker helps (the simulator's repeat intent) it leads, where it hurts (MovieLens-100k, which never
    repeats) the merge order takes over.
@@ -19,7 +19,6 @@ import numpy as np
 from evaluation.metrics import topk_metrics
 from models.reference import run_ensemble
 from serving import graph
-from serving.calibration import IsotonicCalibrator, CALIBRATOR_FILE
 from serving.contract import ServingLimits
 from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE
 from serving.recommend import final_order
@@ -44,7 +43,7 @@ def candidates_of(repository: Path, limits: ServingLimits, examples, external_id
     order), and each retrieval source's own items, from the repository's served steps run in process."""
     steps = {step.name: IMPLEMENTATIONS[step.name].create(repository / step.name / "1", limits)
              for step in graph.RECOMMEND.steps}
-    calibrator = IsotonicCalibrator.load(repository / graph.CALIBRATE.name / "1" / CALIBRATOR_FILE)
+    rank = steps[graph.RANK.name]
     rows = []
     for i in range(len(examples)):
         request = {graph.ITEM_IDS.name: external_ids[examples.histories[i]].astype(np.int64),
@@ -52,9 +51,9 @@ def candidates_of(repository: Path, limits: ServingLimits, examples, external_id
                    graph.TIMESTAMPS.name: np.asarray(examples.timestamps[i], np.int64),
                    graph.K.name: np.array([K], np.int32)}
         out = run_ensemble(graph.RECOMMEND, steps, request, every_tensor=True)
-        real = out[graph.CAND_ITEMS.name] > 0
-        rows.append({"items": out[graph.CAND_ITEMS.name][real], "relevance": out[graph.RELEVANCE.name][real],
-                     "pctr": calibrator(out[graph.LOGITS.name][real]),
+        (c,) = rank.candidates([{t.name: out[t.name] for t in graph.RANK.inputs}])
+        real = c.items > 0
+        rows.append({"items": c.items[real], "relevance": c.relevance[real], "pctr": rank.calibrator(c.logits[real]),
                      **{source.name: out[source.items.name] for source in graph.RETRIEVAL_SOURCES}})
     return rows
 
@@ -96,20 +95,19 @@ def pick(table: dict[float, dict[str, float]]) -> float:
 
 
 def fit_ordering(repository: Path, limits: ServingLimits, examples, external_ids: np.ndarray) -> dict:
-    """Pick merge's source priority and calibrate's merge weight on `examples` (validation users) and write them;
-    returns the stage's metrics. Without validation examples the graph's source order and the ranker's order stay
+    """Pick the merge's source priority and the final order's merge weight on `examples` (validation users) and
+    write them into the rank step's folder; returns the stage's metrics. Without validation examples the graph's source order and the ranker's order stay
     (weight 0) and the manifest says why."""
-    version_dir = repository / graph.CALIBRATE.name / "1"
-    merge_dir = repository / graph.MERGE.name / "1"
-    # merge and calibrate load these; the first pass reads only what does not depend on them
-    write_priority(merge_dir, list(graph.SOURCE_NAMES), None)
+    version_dir = repository / graph.RANK.name / "1"
+    # the rank step loads these; the first pass reads only what does not depend on them
+    write_priority(version_dir, list(graph.SOURCE_NAMES), None)
     write_ordering(version_dir, 0.0, None)
     if examples is None or len(examples) == 0:
         return {"merge_weight": 0.0, "source_priority": list(graph.SOURCE_NAMES), "tuned": False,
                 "reason": "no validation split (grace.patience = 0)"}
     sources = score_sources(candidates_of(repository, limits, examples, external_ids), examples.targets)
     priority = rank_sources(sources)
-    write_priority(merge_dir, priority, {"users": len(examples), "by_source": sources})
+    write_priority(version_dir, priority, {"users": len(examples), "by_source": sources})
     table = score_weights(candidates_of(repository, limits, examples, external_ids), examples.targets)
     weight = pick(table)
     validation = {"users": len(examples), "by_merge_weight": {str(w): m for w, m in table.items()}}
@@ -121,7 +119,7 @@ def fit_ordering(repository: Path, limits: ServingLimits, examples, external_ids
 
 def refit(repository: Path) -> dict:
     """Pick the source priority and merge weight again on an already built repository (its manifest's data and
-    split), e.g. after replacing a step's artifacts; updates merge's and calibrate's files and the manifest's
+    split), e.g. after replacing a step's artifacts; updates the rank step's files and the manifest's
     `ordering` figures."""
     from data.build_data import build_data_of  # noqa: PLC0415 (the build stage gets its data handed over)
     from data.sequences import leave_last_out  # noqa: PLC0415

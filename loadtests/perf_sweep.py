@@ -225,7 +225,8 @@ def render(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['concurrency']} | {r['req_per_s']:.1f} | {ms} | {stable} |")
     ensemble = [r for r in result["points"] if r["model"] == graph.RECOMMEND.name and r["steps"]]
     if ensemble:
-        names = sorted({name for r in ensemble for name in r["steps"]}, key=_graph_order)
+        names = sorted(dict.fromkeys(name for r in ensemble for name in r["steps"]),
+                       key=lambda name: _step_order(result, name))
         lines += ["", f"Server-side time per step of `{graph.RECOMMEND.name}` (ms, average per request: queue + "
                       "compute), as Triton's statistics report it:", "",
                   "| concurrency | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
@@ -235,7 +236,8 @@ def render(result: dict) -> str:
                 for n in names) + " |")
     with_cpu = [r for r in result["points"] if r.get("cpu_ms_per_request")]
     if with_cpu:
-        names = sorted({n for r in with_cpu for n in r["cpu_ms_per_request"]}, key=_cpu_order)
+        names = sorted(dict.fromkeys(n for r in with_cpu for n in r["cpu_ms_per_request"]),
+                       key=lambda name: _cpu_order(result, name))
         lines += ["", "CPU ms per request by process (user + system time over the point's run / requests completed; "
                       "perf_analyzer is the load generator on the same cores):", "",
                   "| model | concurrency | " + " | ".join(names) + " | total |", "|---" * (3 + len(names)) + "|"]
@@ -246,17 +248,25 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cpu_order(name: str) -> tuple[int, str]:
-    """tritonserver first, then the steps in graph order, then the rest (perf_analyzer last)."""
-    steps = [step.name for step in graph.SERVED_STEPS]
+def _served_steps(result: dict) -> list[str]:
+    """The served steps in graph order as the result recorded them (older results: the steps of the graph that
+    made them, in its order)."""
+    return result.get("served_steps", ["features", "grace_retrieve", "recent_retrieve", "clip_retrieve",
+                                       "sasrec_retrieve", "merge", "ranker", "calibrate", "score_ads", "clip_embed"])
+
+
+def _cpu_order(result: dict, name: str) -> int:
+    """tritonserver first, then the steps in graph order, then the rest in the result's order (perf_analyzer
+    last); a stable sort keeps ties in the result's order."""
+    steps = _served_steps(result)
     if name == "tritonserver":
-        return (0, name)
-    return (1 + steps.index(name), name) if name in steps else (100 if name == "perf_analyzer" else 99, name)
+        return 0
+    return 1 + steps.index(name) if name in steps else (100 if name == "perf_analyzer" else 99)
 
 
-def _graph_order(name: str) -> int:
-    order = [step.name for step in graph.RECOMMEND.steps]
-    return order.index(name) if name in order else len(order)
+def _step_order(result: dict, name: str) -> int:
+    steps = _served_steps(result)
+    return steps.index(name) if name in steps else len(steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         print("CPU per request not recorded: no single tritonserver on this machine (--server-pid names one)",
               file=sys.stderr)
     result = {**provenance("loadtests.perf_sweep", argv),
-              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "points": []}
+              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              # the served steps in graph order when the sweep ran: a later graph must not re-order old tables
+              "served_steps": [step.name for step in graph.SERVED_STEPS], "points": []}
     plan = [(graph.RECOMMEND.name, c) for c in args.concurrency] + [(graph.SCORE_ADS.name, c)
                                                                      for c in args.ads_concurrency]
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,8 @@ process (numpy + ONNX Runtime, no Triton, no gRPC), then closed-loop load at sev
 2. Closed loop at each concurrency (default 1 4 8 16 32): that many client threads, each with its own gRPC
    connection, send requests back to back for --duration seconds; answers per second, p50/p99, errors.
    The load generator runs on the same machine as the server (stated in the result).
+3. With --history-lengths 32 128 256: step 1 again for histories of exactly each length (the server's
+   max_history at most), --length-requests requests each: how latency grows with the history.
 Histories are drawn from the server's published example items, --min-events..--max-events events each.
 """
 
@@ -139,11 +141,21 @@ def render(result: dict) -> str:
         lines += ["", "In process, p50 per step (ms): " + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())]
     lines += ["", f"Served / in-process: p50 {c1['served_over_in_process_p50']:.2f}x, p99 "
               f"{c1['served_over_in_process_p99']:.2f}x; same top-{result['args']['k']} for "
-              f"{100 * c1['same_top_k']:.0f}% of the requests.", "",
-              "| concurrency | req/s | p50 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|"]
+              f"{100 * c1['same_top_k']:.0f}% of the requests."]
+    if result["closed_loop"]:
+        lines += ["", "| concurrency | req/s | p50 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|"]
     for r in result["closed_loop"]:
         lines.append(f"| {r['concurrency']} | {r['req_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['requests']} | {r['errors']} |")
+    if result.get("by_history_length"):
+        lines += ["", "By history length, concurrency 1, interleaved:", "",
+                  "| events | requests | in-process p50 ms | in-process p99 ms | served p50 ms | served p99 ms | "
+                  "served / in-process p50 | same top-k |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["by_history_length"]:
+            a, b = r["in_process"], r["served"]
+            lines.append(f"| {r['events']} | {b['requests']} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | "
+                         f"{b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {r['served_over_in_process_p50']:.2f}x | "
+                         f"{100 * r['same_top_k']:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
     parser.add_argument("--min-events", type=int, default=5)
     parser.add_argument("--max-events", type=int, default=16)
+    parser.add_argument("--history-lengths", type=int, nargs="*", default=[],
+                        help="also measure concurrency 1 at exactly these history lengths (events)")
+    parser.add_argument("--length-requests", type=int, default=100, help="interleaved requests per history length")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the result (JSON, with provenance) here")
@@ -190,20 +205,29 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     with RecommendClient(args.host) as client:
         limits = client.limits()
+    too_long = [n for n in args.history_lengths if not 1 <= n <= limits.max_history]
+    if too_long:
+        parser.error(f"--history-lengths {too_long}: the server serves 1..{limits.max_history} events")
     histories = [synthetic_history(limits, rng.randint(args.min_events, args.max_events), rng)
                  for _ in range(max(args.requests, WARMUP))]
     result = {**provenance("loadtests.throughput", argv), "args": {k: (str(v) if isinstance(v, Path) else v)
                                                                    for k, v in vars(args).items()}}
     result["interleaved"] = interleaved(args.host, args.repository, histories[:args.requests], args.k)
     result["closed_loop"] = [closed_loop(args.host, histories, args.k, c, args.duration) for c in args.concurrency]
-    best = max(result["closed_loop"], key=lambda r: r["req_per_s"])
-    result["best"] = {"concurrency": best["concurrency"], "req_per_s": best["req_per_s"],
-                      "over_concurrency_1": round(best["req_per_s"] / result["closed_loop"][0]["req_per_s"], 2)
-                      if result["closed_loop"][0]["concurrency"] == 1 else None}
+    if result["closed_loop"]:
+        best = max(result["closed_loop"], key=lambda r: r["req_per_s"])
+        result["best"] = {"concurrency": best["concurrency"], "req_per_s": best["req_per_s"],
+                          "over_concurrency_1": round(best["req_per_s"] / result["closed_loop"][0]["req_per_s"], 2)
+                          if result["closed_loop"][0]["concurrency"] == 1 else None}
+    result["by_history_length"] = []
+    for events in args.history_lengths:
+        same_length = [synthetic_history(limits, events, rng) for _ in range(args.length_requests)]
+        result["by_history_length"].append({"events": events, **interleaved(args.host, args.repository,
+                                                                            same_length, args.k)})
     print(render(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.plot:
+    if args.plot and result["closed_loop"]:
         plot(result, args.plot)
     return 0
 

@@ -22,7 +22,7 @@ from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.retriever import load_decoding
 from serving.sasrec import top_eligible
-from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, SasrecRetrieve, ScoreAds, excluded
+from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds, SideRetrieve, excluded
 
 CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
 
@@ -43,32 +43,29 @@ class TorchGraceRetrieve(GraceRetrieve):
 
 class TorchRank(Rank):
     def load(self):
+        super().load()
         self.model = load_ranker(self.version_dir)
 
     @torch.no_grad()
-    def run_batch(self, batch):
-        names = [t.name for t in self.STEP.inputs]
-        logits, relevance = self.model(*(torch.from_numpy(np.stack([inputs[n] for inputs in batch]).astype(np.int64))
-                                         for n in names))
-        return list(zip(logits.numpy(), relevance.numpy()))
+    def score(self, hist_items, hist_behaviors, cand_items):
+        logits, relevance = self.model(*(torch.from_numpy(np.asarray(a, np.int64))
+                                         for a in (hist_items, hist_behaviors, cand_items)))
+        return logits.numpy(), relevance.numpy()
 
 
-class TorchSasrecRetrieve(SasrecRetrieve):
+class TorchSideRetrieve(SideRetrieve):
     def load(self):
-        super(SasrecRetrieve, self).load()  # the catalog table; the torch model instead of the ONNX export
-        self.model = load_sasrec(self.version_dir)
+        super().load()
+        self.model = load_sasrec(self.version_dir)  # the torch model instead of the ONNX export
 
     @torch.no_grad()
-    def run_batch(self, batch):
-        results = []
-        for inputs in batch:
-            hist = torch.from_numpy(np.asarray(inputs[graph.HIST_ITEMS.name], np.int64)[None, -self.model.cfg.max_len:])
-            eligible = self.eligible(inputs[graph.EXCLUDE_IDS.name], inputs[graph.ALLOWED_CATEGORIES.name])
-            results.append(top_eligible(self.model(hist)[0].numpy(), eligible, self.limits.sasrec_candidates))
-        return results
+    def sasrec_top(self, hist_items, eligible):
+        hist = torch.from_numpy(np.asarray(hist_items, np.int64)[:, -self.model.cfg.max_len:])
+        scores = self.model(hist).numpy()
+        return [top_eligible(row, mask, self.limits.sasrec_candidates) for row, mask in zip(scores, eligible)]
 
 
-TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchSasrecRetrieve, TorchRank)}
+TORCH_STEPS = {cls.STEP.name: cls for cls in (TorchGraceRetrieve, TorchSideRetrieve, TorchRank)}
 
 
 class ReferencePipeline:
@@ -78,7 +75,7 @@ class ReferencePipeline:
         self.limits = ServingLimits(**manifest["limits"])
         self.steps = {step.name: TORCH_STEPS.get(step.name, IMPLEMENTATIONS[step.name]).create(
             repository / step.name / "1", self.limits) for step in graph.RECOMMEND.steps}
-        self.top_category = self.steps[graph.MERGE.name].top_category
+        self.top_category = self.steps[graph.RANK.name].top_category
         # The torch CLIP checkpoint (clip_embed serves its ONNX export) and the campaign CTR scorer.
         self.clip = ClipEmbedder.load(repository / graph.CLIP_EMBED.name / "1" / CLIP_CHECKPOINT_DIR)
         ads_dir = repository / graph.SCORE_ADS.name / "1"

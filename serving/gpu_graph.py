@@ -21,7 +21,9 @@ from pathlib import Path
 
 from serving import graph
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
-from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE
+from serving.grace.history import TOKENIZER_FILE
+from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, LEVEL_TOKENS
+from serving.grace.tokenizer import ItemTokenizer
 from serving.ranking import RANKER_FILE
 from serving.sasrec import ITEMS_INPUT, SASREC_FILE
 
@@ -42,6 +44,8 @@ class NativeModel:
     # Inclusive value range of an input (random parity inputs must be valid ids; a float mask is 0 or 1);
     # other integer inputs: 0..1, other floats: [0, 1).
     values: dict[str, tuple[int | str, int | str]] = dataclasses.field(default_factory=dict)
+    # Inputs of `values` that an export may lack: the copy path's memory_paths, a level-restricted step's tokens.
+    optional: tuple[str, ...] = ()
     tensorrt: bool = True  # TensorRT (execution provider, or a plan) where it converts; else CUDA EP only
     why_not_tensorrt: str = ""
 
@@ -72,19 +76,23 @@ NATIVE_MODELS = (
     # One call advances the beams of every queued request: `requests` memories, each serving beams/requests rows.
     NativeModel("grace_decoder_step", graph.GRACE_RETRIEVE, DECODER_STEP_FILE,
                 # The cache holds the decoded prefix: at most path_length-1 = tokens_per_event-2 tokens.
+                # A level-restricted step scores the tokens of one path level (`level`, at most the vocabulary).
                 sizes={"beams": (1, "grace_max_beams"), "requests": (1, "grace_max_batch"),
                        "past": (1, "tokens_per_event-2"),
-                       "tokens": ("tokens_per_event", "max_history_tokens"), "events": (1, "max_history")},
-                values={"last_tokens": (0, "grace_vocab-1"), "memory_paths": (0, "grace_vocab-1")},
+                       "tokens": ("tokens_per_event", "max_history_tokens"), "events": (1, "max_history"),
+                       "level": (1, "grace_vocab")},
+                values={"last_tokens": (0, "grace_vocab-1"), "memory_paths": (0, "grace_vocab-1"),
+                        LEVEL_TOKENS: (0, "grace_vocab-1")},
+                optional=("memory_paths", LEVEL_TOKENS),
                 tensorrt=False,
                 why_not_tensorrt="its KV cache is empty (a zero-length dim) at the first step and grows every step: "
                                  "TensorRT would need a profile per length; the CUDA execution provider runs it"),
-    NativeModel("ranker_onnx", graph.RANKER, RANKER_FILE,
+    NativeModel("ranker_onnx", graph.RANK, RANKER_FILE,
                 sizes={"batch": (1, "ranker_max_batch")},
                 # The exported ranker's tensors are the served step's (exporters.onnx_export.export_ranker).
                 values={graph.HIST_ITEMS.name: graph.HIST_ITEMS.values, graph.HIST_BEHAVIORS.name:
                         graph.HIST_BEHAVIORS.values, graph.CAND_ITEMS.name: graph.CAND_ITEMS.values}),
-    NativeModel("sasrec_onnx", graph.SASREC_RETRIEVE, SASREC_FILE, sizes={"batch": (1, "sasrec_max_batch")},
+    NativeModel("sasrec_onnx", graph.SIDE_RETRIEVE, SASREC_FILE, sizes={"batch": (1, "sasrec_max_batch")},
                 values={ITEMS_INPUT: graph.HIST_ITEMS.values}),
     NativeModel("clip_image", graph.CLIP_EMBED, IMAGE_FILE, sizes={"batch": (1, "max_clip_rows")}),
     NativeModel("clip_text", graph.CLIP_EMBED, TEXT_FILE, sizes={"batch": (1, "max_clip_rows"),
@@ -131,10 +139,9 @@ def facts(repository: Path) -> dict[str, int]:
     if clip.exists():
         manifest = json.loads(clip.read_text())
         out.update(clip_vocab=int(manifest["vocab_size"]), context_length=int(manifest["context_length"]))
-    decoder = Path(repository) / graph.GRACE_RETRIEVE.name / "1" / DECODER_STEP_FILE
-    if decoder.exists():  # the decoder's log-probs cover the whole GRACE vocabulary
-        log_probs = read_io(decoder).outputs[0]
-        out["grace_vocab"] = int(log_probs.shape[-1])
+    tokenizer = Path(repository) / graph.GRACE_RETRIEVE.name / "1" / TOKENIZER_FILE
+    if tokenizer.exists():  # the token ids the decoder reads and scores
+        out["grace_vocab"] = ItemTokenizer.load(tokenizer).vocab_size
     return out
 
 
@@ -143,9 +150,9 @@ class Sizes:
 
     def __init__(self, limits, repo_facts: dict[str, int]):
         self.limits, self.facts = limits, dict(repo_facts)
-        self.facts["ranker_max_batch"] = graph.RANKER.batching.max_batch(limits)
+        self.facts["ranker_max_batch"] = graph.RANK.batching.max_batch(limits)
         self.facts["grace_max_batch"] = graph.GRACE_RETRIEVE.batching.max_batch(limits)
-        self.facts["sasrec_max_batch"] = graph.SASREC_RETRIEVE.batching.max_batch(limits)
+        self.facts["sasrec_max_batch"] = graph.SIDE_RETRIEVE.batching.max_batch(limits)
         self.facts["grace_max_beams"] = self.facts["grace_max_batch"] * limits.beam_width
         self.facts["num_behaviors"] = limits.num_behaviors
 

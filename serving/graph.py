@@ -32,12 +32,11 @@ DTYPES = ("INT32", "INT64", "FP32", "UINT8", "STRING")  # Triton's TYPE_* names 
 
 
 def resolve(expression: int | str, limits) -> int:
-    """An int, or a ServingLimits field (or a graph constant such as num_sources) with an optional "+n" / "-n"
-    ("num_categories-1")."""
+    """An int, or a ServingLimits field with an optional "+n" / "-n" ("num_categories-1")."""
     if isinstance(expression, int):
         return expression
     field, sign, offset = expression.partition("+") if "+" in expression else expression.partition("-")
-    value = getattr(limits, field) if hasattr(limits, field) else GRAPH_CONSTANTS[field]
+    value = getattr(limits, field)
     return value + (int(offset) if sign == "+" else -int(offset) if sign == "-" else 0)
 
 
@@ -136,9 +135,6 @@ KNN_SCORES = Tensor("knn_scores", "FP32")
 SASREC_ITEMS = Tensor("sasrec_items", "INT64", values=(1, "num_items"), max_len="sasrec_candidates")
 SASREC_SCORES = Tensor("sasrec_scores", "FP32")
 CAND_ITEMS = Tensor("cand_items", "INT64", ("max_candidates",), values=(0, "num_items"))
-CAND_SOURCES = Tensor("cand_sources", "INT32", ("max_candidates",), values=(-1, "num_sources-1"))
-LOGITS = Tensor("logits", "FP32", ("max_candidates",))
-RELEVANCE = Tensor("relevance", "FP32", ("max_candidates",))
 # score_ads and clip_embed
 CAMPAIGN_IDS = Tensor("campaign_ids", "INT64")
 MODEL_SOURCE = Tensor("model_source", "STRING")
@@ -161,43 +157,37 @@ GRACE_RETRIEVE = Step(
     # Two instances: GRACE is half of a request's CPU, and with one instance a batch waited for the previous one
     # while the second core idled (perf_sweep: c16 113 -> 124 req/s, c8 98 -> 108; docs/results/perf_sweep.md).
     batching=Batching(instances=2))
-RECENT_RETRIEVE = Step(
-    "recent_retrieve", "the request's most recently interacted distinct items (repeat intent), newest first",
-    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS, outputs=(RECENT_ITEMS, RECENT_SCORES),
-    artifacts=(CATEGORY_FILE,))
-CLIP_RETRIEVE = Step(
-    "clip_retrieve", "CLIP-embedding nearest neighbours of the history in the FAISS item index, filters inside",
-    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS, outputs=(KNN_ITEMS, KNN_SCORES),
-    artifacts=(ITEM_INDEX_FILE, ITEM_EMBEDDINGS_FILE, CATEGORY_FILE))
+SIDE_RETRIEVE = Step(
+    "side_retrieve", "the retrieval sources beside GRACE, in one step: the request's most recently interacted "
+    "distinct items (repeat intent, newest first), CLIP-embedding nearest neighbours of the history in the FAISS "
+    "item index, and SASRec's top items after the history (one ONNX call for all queued requests); filters inside",
+    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS,
+    outputs=(RECENT_ITEMS, RECENT_SCORES, KNN_ITEMS, KNN_SCORES, SASREC_ITEMS, SASREC_SCORES),
+    artifacts=(CATEGORY_FILE, ITEM_INDEX_FILE, ITEM_EMBEDDINGS_FILE, SASREC_FILE),
+    # One step, not three: each python step costs a hop and ~0.4-0.6 ms of CPU per request however little it
+    # computes (perf_sweep, CPU per request by process), and these three together are cheaper than GRACE, beside
+    # which they run.
+    batching=Batching())
 
-SASREC_RETRIEVE = Step(
-    "sasrec_retrieve", "SASRec's next-item scores of every item after the history (one ONNX call for all queued "
-    "requests), the top sasrec_candidates items the request may receive",
-    inputs=(HIST_ITEMS,) + FILTERS, outputs=(SASREC_ITEMS, SASREC_SCORES), artifacts=(SASREC_FILE, CATEGORY_FILE))
-
-# The sources `cand_sources` indexes, in this order. The merge takes them in the priority its build picked on
-# validation users (MERGE_PRIORITY_FILE, exporters.ordering): an item found by several sources is credited to the
-# first, and the merge order is the one calibrate mixes with the ranker's.
+# The sources in graph order (a candidate's source index counts in it). The merge takes them in the priority its
+# build picked on validation users (MERGE_PRIORITY_FILE, exporters.ordering): an item found by several sources is
+# credited to the first, and the merge order is the one the final order mixes with the ranker's.
 RETRIEVAL_SOURCES = (
     RetrievalSource("grace", GRACE_RETRIEVE, GRACE_ITEMS),
-    RetrievalSource("recent", RECENT_RETRIEVE, RECENT_ITEMS),
-    RetrievalSource("embedding_knn", CLIP_RETRIEVE, KNN_ITEMS),
-    RetrievalSource("sasrec", SASREC_RETRIEVE, SASREC_ITEMS),
+    RetrievalSource("recent", SIDE_RETRIEVE, RECENT_ITEMS),
+    RetrievalSource("embedding_knn", SIDE_RETRIEVE, KNN_ITEMS),
+    RetrievalSource("sasrec", SIDE_RETRIEVE, SASREC_ITEMS),
 )
 
-MERGE = Step(
-    "merge", "union of the retrieval sources in the build's priority order, deduplicated and filtered, padded",
-    inputs=tuple(source.items for source in RETRIEVAL_SOURCES) + FILTERS, outputs=(CAND_ITEMS, CAND_SOURCES),
-    artifacts=(CATEGORY_FILE, MERGE_PRIORITY_FILE))
-RANKER = Step(
-    "ranker", "the ONNX ranker, two heads: CTR logits and next-interaction relevance; all queued requests in one "
-    "ONNX Runtime call",
-    inputs=(HIST_ITEMS, HIST_BEHAVIORS, CAND_ITEMS), outputs=(LOGITS, RELEVANCE), artifacts=(RANKER_FILE,))
-CALIBRATE = Step(
-    "calibrate", "the top-k by the ranker's relevance mixed with the merge order (a weight the build picks on "
-    "validation users), each with its pCTR (isotonic-calibrated CTR logit) and retrieval source",
-    inputs=(LOGITS, RELEVANCE, CAND_ITEMS, CAND_SOURCES, K), outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
-    artifacts=(CALIBRATOR_FILE, ITEM_IDS_FILE, ORDERING_FILE))
+RANK = Step(
+    "rank", "merge, ranker and calibration in one step: the union of the retrieval sources in the build's priority "
+    "order (deduplicated, filtered), the ONNX ranker's two heads over it (CTR logits, next-interaction relevance; "
+    "all queued requests in one ONNX Runtime call), and the top-k by relevance mixed with the merge order (a "
+    "weight the build picks on validation users), each with its pCTR (isotonic-calibrated CTR logit) and "
+    "retrieval source; cand_items is the merge order itself, for diagnostics",
+    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + tuple(source.items for source in RETRIEVAL_SOURCES) + FILTERS + (K,),
+    outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE, CAND_ITEMS),
+    artifacts=(CATEGORY_FILE, MERGE_PRIORITY_FILE, RANKER_FILE, CALIBRATOR_FILE, ITEM_IDS_FILE, ORDERING_FILE))
 SCORE_ADS = Step(
     "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),
@@ -212,8 +202,8 @@ CLIP_EMBED = Step(
 
 RECOMMEND = Ensemble(
     "recommend", "ranked items with calibrated pCTR and the retrieval source of each",
-    inputs=FEATURES.inputs, outputs=CALIBRATE.outputs,
-    steps=(FEATURES, *(source.step for source in RETRIEVAL_SOURCES), MERGE, RANKER, CALIBRATE),
+    inputs=FEATURES.inputs, outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
+    steps=(FEATURES, GRACE_RETRIEVE, SIDE_RETRIEVE, RANK),
     published=(("num_items", "num_items"), ("max_history", "max_history"), ("max_k", "max_k"),
                ("num_categories", "num_categories"), ("max_exclude", "max_exclude"), ("behaviors", "event_names"),
                ("categories", "category_names"), ("example_item_ids", "example_item_ids")))
@@ -222,7 +212,6 @@ ENSEMBLES = (RECOMMEND,)
 SERVED_STEPS = RECOMMEND.steps + (SCORE_ADS, CLIP_EMBED)  # python-backend models, each with a 1/model.py
 STEPS = {step.name: step for step in SERVED_STEPS}
 SOURCE_NAMES = tuple(source.name for source in RETRIEVAL_SOURCES)  # cand_sources indexes this
-GRAPH_CONSTANTS = {"num_sources": len(RETRIEVAL_SOURCES)}
 
 
 def run_ensemble(ensemble: Ensemble, steps: dict, request: dict, every_tensor: bool = False) -> dict:

@@ -38,7 +38,7 @@ class MetricSpec:
 
 
 RECOMMEND_ITEMS = MetricSpec(
-    "recserve_recommend_items_total", "items in the served top-k (calibrate), by the retrieval source that found them",
+    "recserve_recommend_items_total", "items in the served top-k (rank), by the retrieval source that found them",
     COUNTER, ("source",))
 SCORE_ADS_PREDICTIONS = MetricSpec(
     "recserve_score_ads_predictions_total", "score_ads predictions (one per campaign), by the weights that made them: "

@@ -8,9 +8,10 @@ import numpy as np
 
 from serving.ort import session
 
-ORDERING_FILE = "ordering.json"  # calibrate's artifact: how much the merge order weighs against the ranker
+ORDERING_FILE = "ordering.json"  # how much the merge order weighs against the ranker in the final order
 RANKER_FILE = "ranker.onnx"
-# merge's artifact: the retrieval sources by name, highest priority first (picked on validation users)
+RANKER_OUTPUTS = ("logits", "relevance")  # CTR logits and next-interaction relevance, [B, candidates] each
+# the merge's artifact: the retrieval sources by name, highest priority first (picked on validation users)
 MERGE_PRIORITY_FILE = "source_priority.json"
 
 

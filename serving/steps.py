@@ -4,6 +4,7 @@ classes (with the torch models swapped in for the neural ones)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import faiss
@@ -108,50 +109,40 @@ class FilteredStep(StepModel):
         return eligible_mask(self.top_category, exclude_ids, allowed_categories)
 
 
-class RecentRetrieve(FilteredStep):
-    STEP = graph.RECENT_RETRIEVE
+class SideRetrieve(FilteredStep):
+    """Recency, CLIP nearest neighbours and SASRec: the sources beside GRACE, one hop for the three."""
+
+    STEP = graph.SIDE_RETRIEVE
 
     def load(self):
         super().load()
         self.removal_code = behavior_code(self.limits.event_names, REMOVAL_EVENT)
-
-    def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
-        return recent_items(hist_items, hist_behaviors, self.eligible(exclude_ids, allowed_categories),
-                            self.limits.recent_candidates, self.removal_code)
-
-
-class ClipRetrieve(FilteredStep):
-    STEP = graph.CLIP_RETRIEVE
-
-    def load(self):
-        super().load()
         faiss.omp_set_num_threads(1)  # Triton runs the models side by side on few cores
         self.index = load_index(self.version_dir / ITEM_INDEX_FILE)
         self.item_embeddings = np.load(self.version_dir / ITEM_EMBEDDINGS_FILE)
         self.behavior_weights = query_weights(self.limits.event_names)
+        self.sasrec = OnnxSasrec(self.version_dir)
+
+    def sasrec_top(self, hist_items: np.ndarray, eligible: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """SASRec's top sasrec_candidates eligible items of each row (the reference swaps in the torch model)."""
+        return self.sasrec.retrieve(hist_items, eligible, self.limits.sasrec_candidates)
 
     def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
-        return clip_retrieve(self.index, self.item_embeddings, hist_items, hist_behaviors,
-                             self.eligible(exclude_ids, allowed_categories), self.limits.knn_candidates,
-                             self.behavior_weights)
-
-
-class SasrecRetrieve(FilteredStep):
-    STEP = graph.SASREC_RETRIEVE
-
-    def load(self):
-        super().load()
-        self.model = OnnxSasrec(self.version_dir)
-
-    def run(self, hist_items, exclude_ids, allowed_categories):
-        return self.run_batch([dict(hist_items=hist_items, exclude_ids=exclude_ids,
+        return self.run_batch([dict(hist_items=hist_items, hist_behaviors=hist_behaviors, exclude_ids=exclude_ids,
                                     allowed_categories=allowed_categories)])[0]
 
     def run_batch(self, batch):
-        """Every queued request in one ONNX Runtime call."""
+        """SASRec scores every queued request in one ONNX Runtime call; recency and FAISS per request."""
         eligible = np.stack([self.eligible(b[graph.EXCLUDE_IDS.name], b[graph.ALLOWED_CATEGORIES.name]) for b in batch])
         hist = np.stack([b[graph.HIST_ITEMS.name] for b in batch])
-        return self.model.retrieve(hist, eligible, self.limits.sasrec_candidates)
+        results = []
+        for inputs, mask, sasrec in zip(batch, eligible, self.sasrec_top(hist, eligible)):
+            items, behaviors = inputs[graph.HIST_ITEMS.name], inputs[graph.HIST_BEHAVIORS.name]
+            recent = recent_items(items, behaviors, mask, self.limits.recent_candidates, self.removal_code)
+            knn = clip_retrieve(self.index, self.item_embeddings, items, behaviors, mask, self.limits.knn_candidates,
+                                self.behavior_weights)
+            results.append((*recent, *knn, *sasrec))
+        return results
 
 
 def load_source_priority(version_dir) -> tuple[int, ...]:
@@ -163,49 +154,63 @@ def load_source_priority(version_dir) -> tuple[int, ...]:
     return tuple(graph.SOURCE_NAMES.index(name) for name in names)
 
 
-class Merge(FilteredStep):
-    STEP = graph.MERGE
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """One request's merged candidates (internal ids in merge order, padded with 0) with the graph index of the
+    source each is credited to (-1 for padding) and the ranker's two heads over them."""
+    items: np.ndarray
+    sources: np.ndarray
+    logits: np.ndarray
+    relevance: np.ndarray
+
+
+class Rank(FilteredStep):
+    """Merge, ranker and calibration: the end of `recommend`, one hop."""
+
+    STEP = graph.RANK
 
     def load(self):
         super().load()
         self.priority = load_source_priority(self.version_dir)
-
-    def run(self, exclude_ids, allowed_categories, **source_items):
-        ordered = [source_items[graph.RETRIEVAL_SOURCES[s].items.name] for s in self.priority]
-        cand, src = merge_candidates(ordered, self.eligible(exclude_ids, allowed_categories),
-                                     self.limits.max_candidates)
-        # cand_sources speaks graph order (what calibrate names), not the priority order
-        return cand, np.where(src >= 0, np.asarray(self.priority, np.int32)[np.maximum(src, 0)], -1).astype(np.int32)
-
-
-class Rank(StepModel):
-    STEP = graph.RANKER
-
-    def load(self):
         self.ranker = OnnxRanker(self.version_dir)
-
-    def run_batch(self, batch):
-        names = [t.name for t in self.STEP.inputs]
-        logits, relevance = self.ranker(*(np.stack([inputs[name] for inputs in batch]) for name in names))
-        return list(zip(logits, relevance))
-
-    def run(self, hist_items, hist_behaviors, cand_items):
-        return self.run_batch([dict(hist_items=hist_items, hist_behaviors=hist_behaviors, cand_items=cand_items)])[0]
-
-
-class Calibrate(StepModel):
-    STEP = graph.CALIBRATE
-
-    def load(self):
         self.calibrator = IsotonicCalibrator.load(self.version_dir / CALIBRATOR_FILE)
         self.catalog = ItemIds.load(self.version_dir)
         self.merge_weight = float(json.loads((self.version_dir / ORDERING_FILE).read_text())["merge_weight"])
         self.items_by_source = self.metrics.counters(metrics.RECOMMEND_ITEMS, "source", graph.SOURCE_NAMES)
 
-    def run(self, logits, relevance, cand_items, cand_sources, k):
-        items, pctr, sources = calibrated_top_k(logits, relevance, cand_items, cand_sources, self.calibrator,
-                                                int(k[0]), graph.SOURCE_NAMES, self.merge_weight)
-        return self.catalog.to_external(items), pctr, sources  # the response speaks the dataset's ids
+    def merge(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The sources' items in priority order, deduplicated and filtered; sources as graph indices."""
+        ordered = [inputs[graph.RETRIEVAL_SOURCES[s].items.name] for s in self.priority]
+        eligible = self.eligible(inputs[graph.EXCLUDE_IDS.name], inputs[graph.ALLOWED_CATEGORIES.name])
+        cand, src = merge_candidates(ordered, eligible, self.limits.max_candidates)
+        return cand, np.where(src >= 0, np.asarray(self.priority, np.int32)[np.maximum(src, 0)], -1).astype(np.int32)
+
+    def score(self, hist_items: np.ndarray, hist_behaviors: np.ndarray, cand_items: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The ranker over [B, ...] rows -> (CTR logits, relevance), each [B, max_candidates]."""
+        return self.ranker(hist_items, hist_behaviors, cand_items)
+
+    def candidates(self, batch: list[dict]) -> list[Candidates]:
+        """Every request's merged candidates, scored by the ranker in one call (the build's ordering stage reads
+        them to pick the merge weight)."""
+        merged = [self.merge(inputs) for inputs in batch]
+        logits, relevance = self.score(np.stack([b[graph.HIST_ITEMS.name] for b in batch]),
+                                       np.stack([b[graph.HIST_BEHAVIORS.name] for b in batch]),
+                                       np.stack([cand for cand, _ in merged]))
+        return [Candidates(cand, src, lg, rel) for (cand, src), lg, rel in zip(merged, logits, relevance)]
+
+    def run_batch(self, batch):
+        results = []
+        for inputs, c in zip(batch, self.candidates(batch)):
+            items, pctr, sources = calibrated_top_k(c.logits, c.relevance, c.items, c.sources, self.calibrator,
+                                                    int(inputs[graph.K.name][0]), graph.SOURCE_NAMES,
+                                                    self.merge_weight)
+            # the response speaks the dataset's ids; cand_items (diagnostics) the graph's internal ones
+            results.append((self.catalog.to_external(items), pctr, sources, c.items))
+        return results
+
+    def run(self, **inputs):
+        return self.run_batch([inputs])[0]
 
     def count_served(self, outputs):
         count_values(self.items_by_source, outputs[graph.RETRIEVAL_SOURCE.name])
@@ -315,5 +320,4 @@ def decode_texts(column: np.ndarray, tokenizer, context_length: int) -> list[str
 
 
 IMPLEMENTATIONS = {cls.STEP.name: cls for cls in
-                   (Features, GraceRetrieve, RecentRetrieve, ClipRetrieve, SasrecRetrieve, Merge, Rank, Calibrate,
-                    ScoreAds, ClipEmbed)}
+                   (Features, GraceRetrieve, SideRetrieve, Rank, ScoreAds, ClipEmbed)}

@@ -275,13 +275,16 @@ class GraceModel(nn.Module):
         return torch.log((gate * logits.softmax(-1) + (1.0 - gate) * copied).clamp_min(1e-30))
 
     def decode_cached(self, new_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
-                      memory_valid: torch.Tensor, memory_paths: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      memory_valid: torch.Tensor, memory_paths: torch.Tensor | None = None,
+                      level_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """new_tokens [B,S_new] continue prefixes whose self-attention K/V are `past` [layers,2,B,H,S_past,hd]
         -> (scores [B,S_new,V], present [layers,2,B,H,S_past+S_new,hd]); scores are logits, or log-probabilities
         with the copy path (which needs memory_paths [R,E,P], the events' item paths). cross_kv and memory_valid
         have batch R dividing B: memory r serves rows r*B/R .. (r+1)*B/R-1 (R = 1: all B prefixes are one
-        request's beams; R > 1: several requests' beams, decoded in one call)."""
+        request's beams; R > 1: several requests' beams, decoded in one call). level_tokens [n] (with
+        level_offsets, every query at one path level): score only that level's tokens, the range
+        [off[p], off[p+1]); the other tokens' scores would be NEG_INF (level_bias), so the result is the same
+        columns at about a quarter of the head and softmax; scores are then [B,S_new,n]."""
         s_new, s_past = new_tokens.shape[1], past.shape[4]
         pos = torch.arange(s_new, device=new_tokens.device) + s_past
         x = self.token_emb(new_tokens) + self.dec_pos(pos)
@@ -295,7 +298,10 @@ class GraceModel(nn.Module):
                           memory_bias)
             present.append(torch.stack(kv))
         h = self.dec_norm(x)
-        logits = self.head(h) + self.level_bias[pos]
+        if level_tokens is None:
+            logits = self.head(h) + self.level_bias[pos]
+        else:
+            logits = h @ self.head.weight[level_tokens].T + self.head.bias[level_tokens]
         if not self.cfg.copy:
             return logits, torch.stack(present)
         if memory_paths is None:
@@ -305,6 +311,8 @@ class GraceModel(nn.Module):
         by_level = memory_paths.transpose(1, 2)  # [R, P, E]
         t = by_level.shape[-1]
         paths = by_level[:, pos][:, None].expand(r, b // r, s_new, t)  # [R, B/R, S_new, E]
+        if level_tokens is not None:  # the level's columns; a padding event's token (masked) maps anywhere valid
+            paths = (paths - level_tokens[0]).clamp(min=0, max=logits.shape[-1] - 1)
         previous = by_level[:, (pos - 1).clamp(min=0)][:, None]  # the events' tokens one level up
         follows = (previous == new_tokens.reshape(r, b // r, s_new, 1)) & (pos > 0)[:, None]
         # left-padded: every request's latest event is the memory's last position
@@ -322,10 +330,12 @@ class GraceModel(nn.Module):
                                   memory_paths)[0]
 
     def decode_step(self, last_tokens: torch.Tensor, past: torch.Tensor, cross_kv: torch.Tensor,
-                    memory_valid: torch.Tensor, memory_paths: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One beam-search step: last_tokens [B] -> (log-probabilities of the next token [B,V], present KV)."""
-        scores, present = self.decode_cached(last_tokens[:, None], past, cross_kv, memory_valid, memory_paths)
+                    memory_valid: torch.Tensor, memory_paths: torch.Tensor | None = None,
+                    level_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One beam-search step: last_tokens [B] -> (log-probabilities of the next token [B,V], or [B,n] over
+        level_tokens, present KV)."""
+        scores, present = self.decode_cached(last_tokens[:, None], past, cross_kv, memory_valid, memory_paths,
+                                             level_tokens)
         return (scores[:, -1] if self.cfg.copy else scores[:, -1].log_softmax(-1)), present
 
     def forward(self, tokens, valid, journey_ids, journey_pos, target_paths):

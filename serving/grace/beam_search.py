@@ -129,17 +129,20 @@ class TrieIndex:
 
 
 # run(last_tokens [N], past [layers,2,N,H,S,hd]) -> (log_probs [N,V], present [layers,2,N,H,S+1,hd]), where the N
-# rows are R requests x G beam slots (request r owns rows r*G .. r*G+G-1; the decoder reads G from N // R).
+# rows are R requests x G beam slots (request r owns rows r*G .. r*G+G-1; the decoder reads G from N // R). A
+# level-restricted decoder answers only the tokens of the level it decodes: column j is token level_offsets[S] + j.
 BatchedRunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, beam_width: int,
-                        excludes: "list[set[int] | None]") -> list[tuple[np.ndarray, np.ndarray]]:
+                        excludes: "list[set[int] | None]", level_offsets: "np.ndarray | None" = None
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """constrained_beam_search for R requests at once: one decoder call per step for every beam of every request
     (each request keeps G = the widest request's beam count slots; unused slots are padding whose answers are
     ignored), the trie expanded with CSR arrays and every request's beams ranked together (no per-request
     Python). Per request it keeps the same candidates in the same order (beams in order, tokens in trie order,
-    stable sort on score), hence the same result."""
+    stable sort on score), hence the same result. level_offsets: the run answers each level's tokens only (the
+    tokenizer's level_offsets), else every token of the vocabulary."""
     r = len(excludes)
     num_nodes = len(index.offsets) - 1
     # (request, node) pairs no beam may enter, as one sorted key per pair
@@ -151,14 +154,15 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
     rows = np.arange(r)  # each beam's row in the decoder call
     last = np.full(r, BOS, np.int64)
     past = np.repeat(empty_cache, r, axis=2) if empty_cache.shape[2] == 1 else empty_cache
-    for _ in range(index.path_length):
+    for depth in range(index.path_length):
         log_probs, present = run(last, np.ascontiguousarray(past))
+        first_token = 0 if level_offsets is None else int(level_offsets[depth])  # the token of column 0
         starts = index.offsets[nodes]
         counts = index.offsets[nodes + 1] - starts
         beam = np.repeat(np.arange(len(nodes)), counts)
         edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
         child, token, owner = index.child_node[edge], index.child_token[edge], request[beam]
-        score = scores[beam] + log_probs[rows[beam], token].astype(np.float64)
+        score = scores[beam] + log_probs[rows[beam], token - first_token].astype(np.float64)
         if len(blocked):
             keep = ~np.isin(owner * num_nodes + child, blocked)
             beam, child, token, owner, score = beam[keep], child[keep], token[keep], owner[keep], score[keep]

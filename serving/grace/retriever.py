@@ -23,6 +23,9 @@ def load_decoding(directory: Path) -> tuple[dict, dict, int]:
     return tokenizer.build_trie(), tokenizer.path_to_item(), tokenizer.vocab_size
 
 
+LEVEL_TOKENS = "level_tokens"  # the decoder step's input naming the tokens it scores (one path level's)
+
+
 class OnnxGraceRetriever:
     def __init__(self, directory: Path):
         directory = Path(directory)
@@ -34,10 +37,16 @@ class OnnxGraceRetriever:
         self.empty_cache = np.zeros((past[0], 2, 1, past[3], 0, past[5]), np.float32)
         self.index = TrieIndex(self.trie, self.path_to_item)
         cross = next(i for i in self.decoder_step.get_inputs() if i.name == "cross_kv").shape
-        self.batched = not isinstance(cross[2], int)  # a dynamic requests axis: several requests per step call
+        # A dynamic requests axis (a name in ONNX Runtime, -1 in a native model's config): several requests per
+        # step call. (Reading only ONNX Runtime's names once sent the GPU rendering down the one-request path.)
+        self.batched = not isinstance(cross[2], int) or cross[2] < 0
         paths = next((i for i in self.decoder_step.get_inputs() if i.name == "memory_paths"), None)
         # A model with the copy path reads the history's item paths ([requests, events, path_length]).
         self.copy_path_length = None if paths is None else int(paths.shape[2])
+        # A level-restricted step scores only the tokens of the level it decodes (a level's tokens are one range
+        # of the vocabulary): a quarter of the head and softmax at the semantic levels. An older export scores all.
+        restricted = any(i.name == LEVEL_TOKENS for i in self.decoder_step.get_inputs())
+        self.level_offsets = ItemTokenizer.load(directory / TOKENIZER_FILE).level_offsets if restricted else None
 
     def __call__(self, tokens: np.ndarray, journey_ids: np.ndarray, journey_pos: np.ndarray, beam_width: int,
                  exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -63,10 +72,15 @@ class OnnxGraceRetriever:
         memory = {"cross_kv": cross_kv, "memory_valid": valid, **self._memory_paths(tokens)}
 
         def run(last_tokens, past):
-            log_probs, present = self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, **memory})
+            feeds = {"last_tokens": last_tokens, "past_kv": past, **memory}
+            if self.level_offsets is not None:  # the cache holds the decoded prefix: its length is the level
+                depth = past.shape[4]
+                feeds[LEVEL_TOKENS] = np.arange(self.level_offsets[depth], self.level_offsets[depth + 1], dtype=np.int64)
+            log_probs, present = self.decoder_step.run(None, feeds)
             return log_probs, present
 
-        return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests])
+        return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests],
+                                   self.level_offsets)
 
     def _one(self, tokens, journey_ids, journey_pos, exclude, beam_width):
         valid = np.ones((1, len(tokens)), np.float32)

@@ -13,6 +13,7 @@ from exporters.onnx_export import PARITY_TOLERANCE, export_grace, export_ranker,
 from serving.ort import session
 from models.grace.model import GraceConfig, GraceModel
 from models.ranking.model import Ranker, RankerConfig
+from serving.grace.retriever import LEVEL_TOKENS
 from serving.grace.tokenizer import BOS
 
 GRACE_CFG = GraceConfig(vocab_size=50, max_tokens=60, d_model=16, num_heads=2)
@@ -24,8 +25,23 @@ JSA_CFG = dataclasses.replace(GRACE_CFG, attention="jsa", jsa={"block": 16, "com
                                                                 "compress_stride": 16, "window": 16, "top_n": 1})
 
 
+def _small_tokenizer(rng: np.random.Generator, n: int):
+    """A random CoT tokenizer of n items (6 leaves under 2 top categories, 4 brands, 3 price buckets) that fits
+    the exported test model's vocabulary."""
+    from serving.grace.tokenizer import ItemTokenizer
+
+    leaf = np.r_[0, rng.integers(0, 6, size=n)]
+    return ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
+                                      np.r_[0, rng.integers(0, 3, size=n)])
+
+
+# The level-restricted decoder step (it scores only the tokens of the level it decodes) needs the tokenizer's
+# level offsets in the model; every small tokenizer here has the same ones (each attribute value occurs).
+LEVELS = tuple(int(o) for o in _small_tokenizer(np.random.default_rng(0), 40).level_offsets)
 GRACE_CFGS = {"dense": GRACE_CFG, "jsa": JSA_CFG, "events": dataclasses.replace(GRACE_CFG, event_memory=True),
               "copy": dataclasses.replace(GRACE_CFG, event_memory=True, copy=True),
+              "levels": dataclasses.replace(GRACE_CFG, event_memory=True, level_offsets=LEVELS),
+              "levels_copy": dataclasses.replace(GRACE_CFG, event_memory=True, copy=True, level_offsets=LEVELS),
               "jsa_events": dataclasses.replace(JSA_CFG, event_memory=True, jsa={**JSA_CFG.jsa, "block": 4,
                                                                                   "compress_block": 4,
                                                                                   "compress_stride": 4, "window": 4})}
@@ -105,8 +121,33 @@ def test_grace_encoder_matches_torch_on_new_shapes(grace_export, events_per_row)
 
 
 def _paths(model, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """The decoder step's memory_paths input for a model with the copy path (else none)."""
-    return {"memory_paths": model.memory_paths(torch.from_numpy(tokens)).numpy()} if model.cfg.copy else {}
+    """The decoder step's memory_paths input for a model with the copy path (else none). With level offsets the
+    random history tokens are moved into their level's range, as a real item path's are."""
+    if not model.cfg.copy:
+        return {}
+    paths = model.memory_paths(torch.from_numpy(tokens)).numpy()
+    off = model.cfg.level_offsets
+    if off is not None:
+        start, size = np.asarray(off[:-1]), np.diff(off)
+        paths = np.where((paths >= start) & (paths < start + size), paths, start + paths % size)
+    return {"memory_paths": paths}
+
+
+def _level(model, past_len: int) -> dict[str, np.ndarray]:
+    """The level_tokens input of a level-restricted decoder step decoding path level past_len (else none)."""
+    off = model.cfg.level_offsets
+    return {} if off is None else {LEVEL_TOKENS: np.arange(off[past_len], off[past_len + 1], dtype=np.int64)}
+
+
+def _columns(model, past_len: int) -> np.ndarray:
+    """The vocabulary's tokens that the step's log_probs columns are."""
+    return _level(model, past_len).get(LEVEL_TOKENS, np.arange(model.cfg.vocab_size))
+
+
+def _decode_step(model, feeds: dict[str, np.ndarray]):
+    t = _torch(feeds)
+    return model.decode_step(t["last_tokens"], t["past_kv"], t["cross_kv"], t["memory_valid"], t.get("memory_paths"),
+                             t.get(LEVEL_TOKENS))
 
 
 def _encode_one(out, events: int, seed: int):
@@ -124,11 +165,12 @@ def test_grace_decoder_step_matches_torch_on_new_shapes(grace_export, beams, pas
     heads, hd = GRACE_CFG.num_heads, GRACE_CFG.d_model // GRACE_CFG.num_heads
     step_feeds = {"last_tokens": rng.integers(2, GRACE_CFG.vocab_size, size=beams).astype(np.int64),
                   "past_kv": rng.normal(size=(GRACE_CFG.decoder_layers, 2, beams, heads, past_len, hd)).astype(np.float32),
-                  "cross_kv": cross_kv, "memory_valid": feeds["valid"], **_paths(model, feeds["tokens"])}
+                  "cross_kv": cross_kv, "memory_valid": feeds["valid"], **_paths(model, feeds["tokens"]),
+                  **_level(model, past_len)}
     got_lp, got_present = session(out / "grace_decoder_step.onnx").run(None, step_feeds)
     with torch.no_grad():
-        lp, present = model.decode_step(*_torch(step_feeds).values())
-    assert got_lp.shape == lp.shape == (beams, GRACE_CFG.vocab_size)
+        lp, present = _decode_step(model, step_feeds)
+    assert got_lp.shape == lp.shape == (beams, len(_columns(model, past_len)))
     assert got_present.shape == present.shape == (GRACE_CFG.decoder_layers, 2, beams, heads, past_len + 1, hd)
     np.testing.assert_allclose(got_lp, lp.numpy(), atol=PARITY_TOLERANCE, rtol=0)
     np.testing.assert_allclose(got_present, present.numpy(), atol=PARITY_TOLERANCE, rtol=0)
@@ -150,8 +192,9 @@ def test_kv_cached_decoding_equals_full_prefix_decoding(grace_export):
     past = model.empty_cache(3).numpy()
     for s in range(prefix.shape[1]):
         lp, past = step.run(None, {"last_tokens": prefix[:, s].astype(np.int64), "past_kv": past,
-                                   "cross_kv": cross_kv, "memory_valid": feeds["valid"], **paths})
-        np.testing.assert_allclose(lp, full[:, s], atol=PARITY_TOLERANCE, rtol=0)
+                                   "cross_kv": cross_kv, "memory_valid": feeds["valid"], **paths, **_level(model, s)})
+        # a level-restricted step: the full decoder's distribution over that level's tokens (the rest is 0)
+        np.testing.assert_allclose(lp, full[:, s, _columns(model, s)], atol=PARITY_TOLERANCE, rtol=0)
 
 
 def test_grace_decoder_step_respects_memory_mask(grace_export):
@@ -174,9 +217,9 @@ def test_grace_decoder_step_respects_memory_mask(grace_export):
     other_tokens = tokens.copy()
     other_tokens[0, :tpe] = rng.integers(2, GRACE_CFG.vocab_size, size=tpe)  # the masked event's copy candidates
     a = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": cross_kv, "memory_valid": valid,
-                        **_paths(model, tokens)})[0]
+                        **_paths(model, tokens), **_level(model, 2)})[0]
     b = step.run(None, {"last_tokens": last, "past_kv": past, "cross_kv": other, "memory_valid": valid,
-                        **_paths(model, other_tokens)})[0]
+                        **_paths(model, other_tokens), **_level(model, 2)})[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -220,16 +263,6 @@ def test_ranker_rows_are_independent_in_onnx(ranker_export):
         np.testing.assert_allclose(single[0], batched[r], atol=1e-5)
 
 
-def _small_tokenizer(rng: np.random.Generator, n: int):
-    """A random CoT tokenizer of n items (6 leaves under 2 top categories, 4 brands, 3 price buckets) that fits
-    the exported test model's vocabulary."""
-    from serving.grace.tokenizer import ItemTokenizer
-
-    leaf = np.r_[0, rng.integers(0, 6, size=n)]
-    return ItemTokenizer.from_catalog(leaf // 3, leaf, np.r_[0, rng.integers(0, 4, size=n)],
-                                      np.r_[0, rng.integers(0, 3, size=n)])
-
-
 def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
     """The served retrieval path (ORT encoder + cached ORT step inside the shared beam search) returns the same
     items as the in-process torch reference."""
@@ -239,7 +272,7 @@ def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
     model, out, _ = grace_export
     rng = np.random.default_rng(11)
     n = 40
-    tok = _small_tokenizer(rng, n)
+    tok = _small_tokenizer(np.random.default_rng(0), n)  # the tokenizer whose level offsets the models have
     assert tok.vocab_size <= GRACE_CFG.vocab_size and tok.path_length == GRACE_CFG.path_length
     trie, p2i = tok.build_trie(), tok.path_to_item()
     enc = tok.event_tokens(rng.integers(1, n + 1, size=4), rng.integers(1, 5, size=4))
@@ -251,8 +284,12 @@ def test_beam_search_with_onnx_step_matches_torch_reference(grace_export):
     step_sess = session(out / "grace_decoder_step.onnx")
 
     def run(last_tokens, past):
-        return tuple(step_sess.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
-                                          "memory_valid": feeds["valid"], **_paths(model, feeds["tokens"])}))
+        lp, present = step_sess.run(None, {"last_tokens": last_tokens, "past_kv": past, "cross_kv": cross_kv,
+                                           "memory_valid": feeds["valid"], **_paths(model, feeds["tokens"]),
+                                           **_level(model, past.shape[4])})
+        full = np.full((len(lp), GRACE_CFG.vocab_size), -np.inf, np.float32)  # the one-request search reads [W, V]
+        full[:, _columns(model, past.shape[4])] = lp
+        return full, present
 
     for width in (1, 6):
         items, scores = constrained_beam_search(CachedStep(run, model.empty_cache(1).numpy()), trie, p2i, width)
@@ -272,10 +309,14 @@ def test_batched_served_retrieval_equals_the_torch_reference_per_request(grace_e
     model, out, _ = grace_export
     rng = np.random.default_rng(12)
     n = 40
-    tok = _small_tokenizer(rng, n)
+    tok = _small_tokenizer(np.random.default_rng(0), n)  # the tokenizer whose level offsets the models have
     tok.save(out / TOKENIZER_FILE)
     retriever = OnnxGraceRetriever(out)
     assert retriever.batched
+    # a model with level offsets is served level-restricted, with its tokenizer's (the same) offsets
+    assert (retriever.level_offsets is not None) == (model.cfg.level_offsets is not None)
+    if model.cfg.level_offsets is not None:
+        assert tuple(retriever.level_offsets) == model.cfg.level_offsets
     requests = []
     for events, exclude in ((4, None), (1, {3, 5}), (6, set(range(1, 30))), (2, set())):
         enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))

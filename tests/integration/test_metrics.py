@@ -143,10 +143,10 @@ def test_custom_metrics_count_what_was_served(server, model_repository, limits):
                 for labels, value in delta.series("recserve_rejected_requests_total").items() if value}
     expected = {"features/k": 1.0, **({"score_ads/campaign_ids": 1.0} if ads_requests else {})}
     assert rejected == expected
-    assert delta("recserve_rejected_requests_total", model="calibrate", field="k") == 0  # present, unmoved
+    assert delta("recserve_rejected_requests_total", model="rank", field="k") == 0  # present, unmoved
 
     # batch sizes: one observation per execution (= Triton's exec count), summing to the requests each step got
-    for step, requests in ((graph.FEATURES.name, n + 1), (graph.CALIBRATE.name, n), (graph.GRACE_RETRIEVE.name, n),
+    for step, requests in ((graph.FEATURES.name, n + 1), (graph.RANK.name, n), (graph.GRACE_RETRIEVE.name, n),
                            *(((graph.SCORE_ADS.name, ads_requests + 1),) if ads_requests else ())):
         executions = delta("nv_inference_exec_count", model=step, version="1")
         assert delta("recserve_batch_size_count", model=step) == executions > 0, step

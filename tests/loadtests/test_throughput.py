@@ -14,8 +14,10 @@ from loadtests.throughput import main, render
 @pytest.mark.timeout(300)
 def test_throughput_command_on_the_real_server(triton_server, model_repository, tmp_path):
     out, png = tmp_path / "throughput.json", tmp_path / "throughput.png"
+    longest = json.loads((model_repository / "build_manifest.json").read_text())["limits"]["max_history"]
     assert main(["--host", triton_server.grpc_url, "--repository", str(model_repository), "--requests", "30",
-                 "--concurrency", "1", "3", "--duration", "2", "--out", str(out), "--plot", str(png)]) == 0
+                 "--concurrency", "1", "3", "--duration", "2", "--history-lengths", "4", str(longest),
+                 "--length-requests", "5", "--out", str(out), "--plot", str(png)]) == 0
     result = json.loads(out.read_text())
     assert {"command", "commit", "date", "machine"} <= set(result)
     c1 = result["interleaved"]
@@ -30,3 +32,11 @@ def test_throughput_command_on_the_real_server(triton_server, model_repository, 
         assert run["errors"] == 0 and run["requests"] > 0 and run["req_per_s"] > 0
         assert run["p50_ms"] <= run["p99_ms"]
     assert "| 3 |" in render(result) and png.stat().st_size > 1000
+    by_length = result["by_history_length"]
+    assert [r["events"] for r in by_length] == [4, longest]
+    for r in by_length:  # exactly that many events, answered alike in process and served
+        assert r["same_top_k"] == 1.0 and r["served"]["requests"] == 5
+    assert f"| {longest} | 5 |" in render(result)
+    with pytest.raises(SystemExit):  # longer than the server serves: refused before any request
+        main(["--host", triton_server.grpc_url, "--repository", str(model_repository),
+              "--history-lengths", str(longest + 1)])

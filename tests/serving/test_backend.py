@@ -12,36 +12,43 @@ from serving.contract import RequestError, ServingLimits
 LIMITS = ServingLimits(num_items=100, num_categories=4)
 
 
-class EchoCalibrate(StepModel):
-    STEP = graph.CALIBRATE
+# A step made for this test from the graph's tensors (integer ranges, a float, a fixed and a variable length).
+ECHO = graph.Step("echo", "returns some of its inputs", inputs=(graph.CAND_ITEMS, graph.GRACE_ITEMS, graph.GRACE_SCORES,
+                                                               graph.KNN_ITEMS, graph.EXCLUDE_IDS, graph.K),
+                  outputs=(graph.CAND_ITEMS, graph.GRACE_SCORES))
 
-    def run(self, logits, relevance, cand_items, cand_sources, k):
-        return cand_items, logits, cand_sources
+
+class Echo(StepModel):
+    STEP = ECHO
+
+    def run(self, cand_items, grace_items, grace_scores, knn_items, exclude_ids, k):
+        return cand_items, grace_scores
 
 
 def _good():
-    c = LIMITS.max_candidates
-    return dict(logits=np.zeros(c, np.float32), relevance=np.zeros(c, np.float32), cand_items=np.arange(c, dtype=np.int64),
-                cand_sources=np.zeros(c, np.int32), k=np.array([5], np.int32))
+    w = LIMITS.beam_width
+    return dict(cand_items=np.arange(LIMITS.max_candidates, dtype=np.int64), grace_items=np.arange(1, w + 1),
+                grace_scores=np.zeros(w, np.float32), knn_items=np.arange(1, 4), exclude_ids=np.array([0]),
+                k=np.array([5], np.int32))
 
 
 @pytest.fixture
 def step(tmp_path):
-    return EchoCalibrate.create(tmp_path, LIMITS)
+    return Echo.create(tmp_path, LIMITS)
 
 
 def test_good_inputs_pass_and_outputs_are_named(step):
     out = step(**_good())
-    assert list(out) == [t.name for t in graph.CALIBRATE.outputs]
+    assert list(out) == [t.name for t in ECHO.outputs]
 
 
 @pytest.mark.parametrize("name, value, words", [
     ("cand_items", 101, "valid range is 0..100"),
     ("cand_items", -1, "value -1 is out of range"),
-    ("cand_sources", len(graph.RETRIEVAL_SOURCES), f"valid range is -1..{len(graph.RETRIEVAL_SOURCES) - 1}"),
+    ("grace_items", 0, "valid range is 1..100"),
     ("k", 0, f"1..{LIMITS.max_k}"),
-    ("logits", np.inf, "finite"),
-    ("relevance", np.nan, "finite"),
+    ("grace_scores", np.inf, "finite"),
+    ("grace_scores", np.nan, "finite"),
 ])
 def test_out_of_range_values_name_the_tensor_and_the_limit(step, name, value, words):
     inputs = _good()
@@ -52,22 +59,12 @@ def test_out_of_range_values_name_the_tensor_and_the_limit(step, name, value, wo
     assert err.value.field == name
 
 
-def test_lengths_and_dtypes(tmp_path):
-    class EchoMerge(StepModel):
-        STEP = graph.MERGE
-
-        def run(self, exclude_ids, allowed_categories, **sources):
-            return np.zeros(LIMITS.max_candidates, np.int64), np.zeros(LIMITS.max_candidates, np.int32)
-
-    merge = EchoMerge.create(tmp_path, LIMITS)
-    good = {graph.GRACE_ITEMS.name: np.arange(1, 21), graph.RECENT_ITEMS.name: np.arange(1, 4),
-            graph.KNN_ITEMS.name: np.arange(1, 65), graph.EXCLUDE_IDS.name: np.array([0]),
-            graph.ALLOWED_CATEGORIES.name: np.arange(4)}
-    merge(**good)
+def test_lengths_and_dtypes(step):
+    step(**{**_good(), graph.KNN_ITEMS.name: np.arange(1, LIMITS.knn_candidates + 1)})
     with pytest.raises(RequestError, match=f"has 65 values; the maximum is {LIMITS.knn_candidates}"):
-        merge(**{**good, graph.KNN_ITEMS.name: np.arange(1, 66)})
+        step(**{**_good(), graph.KNN_ITEMS.name: np.arange(1, 66)})
     with pytest.raises(RequestError, match="integer"):
-        merge(**{**good, graph.EXCLUDE_IDS.name: np.array([0.5])})
+        step(**{**_good(), graph.EXCLUDE_IDS.name: np.array([0.5])})
 
 
 def test_internal_error_is_opaque():

@@ -97,10 +97,8 @@ def test_fixed_dims_follow_the_limits(parsed):
     limits, configs = parsed
     L, W, C = limits.max_history, limits.beam_width, limits.max_candidates
     expect = {
-        ("features", "hist_items"): [L], ("clip_retrieve", "hist_items"): [L], ("ranker", "hist_items"): [L],
-        ("grace_retrieve", "grace_items"): [W], ("merge", "grace_items"): [W],
-        ("merge", "cand_items"): [C], ("ranker", "cand_items"): [C], ("ranker", "logits"): [C],
-        ("calibrate", "logits"): [C], ("calibrate", "cand_sources"): [C],
+        ("features", "hist_items"): [L], ("side_retrieve", "hist_items"): [L], ("rank", "hist_items"): [L],
+        ("grace_retrieve", "grace_items"): [W], ("rank", "grace_items"): [W], ("rank", "cand_items"): [C],
     }
     for (model, tensor), dims in expect.items():
         cfg = configs[model]
@@ -166,17 +164,18 @@ def test_ensemble_dataflow_is_complete_acyclic_and_type_consistent(parsed):
                 produced[tensor] = (outputs[key].data_type, list(outputs[key].dims), False)
             pending.remove(s)
         rounds += 1
-    assert rounds >= 4  # features -> retrieval -> merge -> ranker -> calibrate is a chain
+    assert rounds == 3  # features -> retrieval (GRACE beside the side sources) -> rank
     for out in ens.output:
         assert out.name in producers, out.name
         dtype, dims, _ = produced[out.name]
         assert (out.data_type, list(out.dims)) == (dtype, dims), out.name
-    # Both retrieval sources run off the features step, so the scheduler can run them in parallel.
-    assert producers["grace_items"] == "grace_retrieve" and producers["knn_items"] == "clip_retrieve"
-    assert producers["recent_items"] == "recent_retrieve"
-    # ... and the merge consumes every retrieval source.
-    merge = next(s for s in steps if s.model_name == "merge")
-    assert {"grace_items", "knn_items", "recent_items"} <= set(merge.input_map.values())
+    # The retrieval steps run off the features step, so the scheduler can run them in parallel.
+    assert producers["grace_items"] == "grace_retrieve" and producers["knn_items"] == "side_retrieve"
+    assert producers["recent_items"] == producers["sasrec_items"] == "side_retrieve"
+    # ... and rank consumes every retrieval source; its diagnostics output is not part of the ensemble.
+    rank = next(s for s in steps if s.model_name == "rank")
+    assert {"grace_items", "knn_items", "recent_items", "sasrec_items"} <= set(rank.input_map.values())
+    assert "cand_items" not in producers
 
 
 def test_ensemble_inputs_match_features_model(parsed):
@@ -235,7 +234,7 @@ def test_write_configs_creates_version_folders(tmp_path):
         assert validate((repo / name / "config.pbtxt").read_text()).name == name
     assert list((repo / "recommend" / "1").iterdir()) == []
     # The limits embedded in the written configs are the ones passed in.
-    cfg = validate((repo / "merge" / "config.pbtxt").read_text())
+    cfg = validate((repo / "rank" / "config.pbtxt").read_text())
     assert json.loads(cfg.parameters["limits"].string_value)["num_items"] == 100
 
 
@@ -350,7 +349,7 @@ def test_cpu_rendering_of_a_repository_is_its_own_configs(model_repository, tmp_
     assert _configs_of(tmp_path / "cpu") == _configs_of(model_repository)
     assert not any((tmp_path / "cpu" / name).exists() for name in NATIVE_MODELS)
     # The cpu rendering's steps open ONNX Runtime sessions, as before.
-    assert isinstance(serving_ort.session(tmp_path / "cpu" / "ranker" / "1" / "ranker.onnx"),
+    assert isinstance(serving_ort.session(tmp_path / "cpu" / "rank" / "1" / "ranker.onnx"),
                       serving_ort.ort.InferenceSession)
 
 
@@ -463,16 +462,19 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
     features = step("features", model_repository)(**request)
     grace = {t.name: features[t.name] for t in STEPS["grace_retrieve"].inputs}
     cpu_grace, gpu_grace = step("grace_retrieve", model_repository)(**grace), step("grace_retrieve", gpu_repository)(**grace)
-    assert isinstance(step("grace_retrieve", gpu_repository).retriever.encoder, serving_ort.BlsSession)
+    gpu_retriever = step("grace_retrieve", gpu_repository).retriever
+    assert isinstance(gpu_retriever.encoder, serving_ort.BlsSession)
+    # the native decoder's requests axis is dynamic (-1): queued requests share each step call, as on the CPU
+    assert gpu_retriever.batched and (gpu_retriever.level_offsets is None) == (
+        step("grace_retrieve", model_repository).retriever.level_offsets is None)
     for name in cpu_grace:
         np.testing.assert_allclose(gpu_grace[name], cpu_grace[name], rtol=1e-5, atol=1e-5)
     cand = np.zeros(limits.max_candidates, np.int64)
     cand[:limits.beam_width] = cpu_grace["grace_items"]
-    rank = dict(hist_items=features["hist_items"], hist_behaviors=features["hist_behaviors"], cand_items=cand)
-    cpu_rank, gpu_rank = step("ranker", model_repository), step("ranker", gpu_repository)
-    for a, b in zip(cpu_rank.run_batch([rank] * 3), gpu_rank.run_batch([rank] * 3)):  # a batch of 3 in one call
-        for x, y in zip(a, b):
-            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    rank = [np.stack([a] * 3) for a in (features["hist_items"], features["hist_behaviors"], cand)]  # a batch of 3
+    cpu_rank, gpu_rank = step("rank", model_repository), step("rank", gpu_repository)
+    for x, y in zip(cpu_rank.score(*rank), gpu_rank.score(*rank)):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
     clip = dict(image=np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8),
                 text=np.array([[b"a red sneaker"], [b"a bag"], [b"boots"]], dtype=object))
     cpu_clip, gpu_clip = step("clip_embed", model_repository), step("clip_embed", gpu_repository)
@@ -480,11 +482,14 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
     got = gpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
     want = cpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    sasrec = [{t.name: features[t.name] for t in STEPS["sasrec_retrieve"].inputs}] * 2  # two queued requests
-    cpu_sasrec, gpu_sasrec = step("sasrec_retrieve", model_repository), step("sasrec_retrieve", gpu_repository)
-    for (cpu_items, cpu_scores), (gpu_items, gpu_scores) in zip(cpu_sasrec.run_batch(sasrec), gpu_sasrec.run_batch(sasrec)):
-        np.testing.assert_array_equal(gpu_items, cpu_items)
-        np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=1e-5, atol=1e-5)
+    side = [{t.name: features[t.name] for t in STEPS["side_retrieve"].inputs}] * 2  # two queued requests
+    cpu_side, gpu_side = step("side_retrieve", model_repository), step("side_retrieve", gpu_repository)
+    for cpu_out, gpu_out in zip(cpu_side.run_batch(side), gpu_side.run_batch(side)):
+        for x, y in zip(cpu_out, gpu_out):  # items equal, scores to the tolerance
+            if x.dtype.kind == "i":
+                np.testing.assert_array_equal(y, x)
+            else:
+                np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
     assert set(fake.calls) == set(NATIVE_MODELS), fake.calls
     assert fake.calls["grace_encoder"] == 1 and fake.calls["ranker_onnx"] == 1 and fake.calls["sasrec_onnx"] == 1
 

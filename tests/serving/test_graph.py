@@ -46,16 +46,16 @@ def test_step_names_are_unique_and_every_step_has_an_implementation():
 
 
 def test_check_signature_rejects_a_step_whose_run_disagrees_with_the_graph():
-    class Wrong(IMPLEMENTATIONS["merge"]):
-        def run(self, exclude_ids, allowed_categories, grace_items, knn_items):  # no recent_items, no catch-all
+    class Wrong(IMPLEMENTATIONS[graph.SIDE_RETRIEVE.name]):
+        def run(self, hist_items, exclude_ids, allowed_categories):  # no hist_behaviors, no catch-all
             return ()
 
-    with pytest.raises(TypeError, match="recent_items"):
+    with pytest.raises(TypeError, match="hist_behaviors"):
         check_signature(Wrong)
 
 
 def test_every_retrieval_source_feeds_the_merge_in_graph_order():
-    merge_inputs = [t.name for t in graph.MERGE.inputs]
+    merge_inputs = [t.name for t in graph.RANK.inputs]
     positions = [merge_inputs.index(source.items.name) for source in graph.RETRIEVAL_SOURCES]
     assert positions == sorted(positions)
     for source in graph.RETRIEVAL_SOURCES:

@@ -110,15 +110,15 @@ def test_outside_triton_metrics_are_checked_no_ops():
     counter = registry.counter(metrics.RECOMMEND_ITEMS, source="grace")
     counter.add(3)
     registry.flush()
-    hist = registry.histogram(metrics.BATCH_SIZE, model="calibrate")
+    hist = registry.histogram(metrics.BATCH_SIZE, model="picky")
     hist.observe(4)
     registry.start()  # no thread: nothing to send
     registry.close()
     assert (counter.total, hist.count, hist.sum) == (3, 1, 4)
     with pytest.raises(ValueError, match="labels"):
-        registry.counter(metrics.RECOMMEND_ITEMS, model="calibrate")
+        registry.counter(metrics.RECOMMEND_ITEMS, model="picky")
     with pytest.raises(TypeError, match="histogram"):
-        registry.counter(metrics.BATCH_SIZE, model="calibrate")
+        registry.counter(metrics.BATCH_SIZE, model="picky")
     with pytest.raises(ValueError, match="only goes up"):
         counter.add(-1)
 
@@ -141,14 +141,14 @@ def test_counters_are_created_once_and_sent_once_per_flush():
 
 def test_a_histogram_is_prometheus_counters_sent_in_one_update_each():
     registry = metrics.Metrics(fake_pb())
-    hist = registry.histogram(metrics.BATCH_SIZE, model="ranker")
+    hist = registry.histogram(metrics.BATCH_SIZE, model="picky")
     for size in (3, 5, 1):
         hist.observe(size)
     registry.flush()
     buckets = {dict(labels)["le"]: value for labels, value in _increments(registry, "recserve_batch_size_bucket").items()}
     assert buckets == {"1": 1.0, "2": 1.0, "4": 2.0, "8": 3.0, "16": 3.0, "32": 3.0, "64": 3.0, "+Inf": 3.0}
-    assert _increments(registry, "recserve_batch_size_sum") == {(("model", "ranker"),): 9.0}
-    assert _increments(registry, "recserve_batch_size_count") == {(("model", "ranker"),): 3.0}
+    assert _increments(registry, "recserve_batch_size_sum") == {(("model", "picky"),): 9.0}
+    assert _increments(registry, "recserve_batch_size_count") == {(("model", "picky"),): 3.0}
     assert all(len(m.increments) <= 1 for m in family(registry, "recserve_batch_size_bucket").metrics)
     assert all(f.kind == "COUNTER" for f in registry._families.values())
 
@@ -201,35 +201,39 @@ def test_count_values_counts_bytes_labels():
 
 
 # --- the scaffold -------------------------------------------------------------------------------------------
-class PickyCalibrate(StepModel):
+# A step made for this test from the graph's tensors: what a final step of `recommend` reads and answers.
+PICKY = graph.Step("picky", "answers the top-k of its candidates",
+                   inputs=(graph.CAND_ITEMS, graph.GRACE_SCORES, graph.K), outputs=(graph.TOP_ITEM_IDS, graph.PCTR, graph.RETRIEVAL_SOURCE))
+
+
+class PickyRank(StepModel):
     """Answers every request but refuses k == 7 inside run (after the graph's checks): the scaffold redoes the
     batch one by one."""
 
-    STEP = graph.CALIBRATE
+    STEP = PICKY
 
     def load(self):
         self.items_by_source = self.metrics.counters(metrics.RECOMMEND_ITEMS, "source", graph.SOURCE_NAMES)
 
-    def run(self, logits, relevance, cand_items, cand_sources, k):
+    def run(self, cand_items, grace_scores, k):
         if int(k[0]) == 7:
             raise RequestError("k", "seven is refused")
         n = int(k[0])
-        return cand_items[:n], logits[:n], np.array([b"grace"] * (n - 1) + [b"recent"], dtype=object)
+        return cand_items[:n], grace_scores[:n], np.array([b"grace"] * (n - 1) + [b"recent"], dtype=object)
 
     def count_served(self, outputs):
         count_values(self.items_by_source, outputs[graph.RETRIEVAL_SOURCE.name])
 
 
 def _request(k: int, **changes):
-    c = LIMITS.max_candidates
-    request = dict(logits=np.zeros((1, c), np.float32), relevance=np.zeros((1, c), np.float32),
-                   cand_items=np.arange(c, dtype=np.int64)[None], cand_sources=np.zeros((1, c), np.int32),
+    c, w = LIMITS.max_candidates, LIMITS.beam_width
+    request = dict(cand_items=np.arange(c, dtype=np.int64)[None], grace_scores=np.zeros((1, w), np.float32),
                    k=np.array([[k]], np.int32))
     request.update(changes)
     return {name: value for name, value in request.items() if value is not None}
 
 
-def _served(tmp_path, cls=PickyCalibrate):
+def _served(tmp_path, cls=PickyRank):
     pb = fake_pb()
     step = cls()
     step.pb = pb
@@ -247,14 +251,14 @@ def test_execute_counts_batch_size_rejections_by_field_and_answers_once(tmp_path
     responses = step.execute(requests)
     errors = [r.error.code if r.error else None for r in responses]
     assert errors == [None, "INVALID_ARG", "INVALID_ARG", "INVALID_ARG", None]
-    assert _increments(step.metrics, "recserve_batch_size_count") == {(("model", "calibrate"),): 0.0}  # not yet
+    assert _increments(step.metrics, "recserve_batch_size_count") == {(("model", "picky"),): 0.0}  # not yet
     step.metrics.flush()
-    assert _increments(step.metrics, "recserve_batch_size_count") == {(("model", "calibrate"),): 1.0}
-    assert _increments(step.metrics, "recserve_batch_size_sum") == {(("model", "calibrate"),): 5.0}
+    assert _increments(step.metrics, "recserve_batch_size_count") == {(("model", "picky"),): 1.0}
+    assert _increments(step.metrics, "recserve_batch_size_sum") == {(("model", "picky"),): 5.0}
     rejected = _increments(step.metrics, "recserve_rejected_requests_total")
-    assert rejected[(("field", "k"), ("model", "calibrate"))] == 2.0  # k=0 (graph check) and k=7 (run)
-    assert rejected[(("field", "cand_items"), ("model", "calibrate"))] == 1.0  # required input missing
-    assert rejected[(("field", "logits"), ("model", "calibrate"))] == 0.0  # every input's series exists
+    assert rejected[(("field", "k"), ("model", "picky"))] == 2.0  # k=0 (graph check) and k=7 (run)
+    assert rejected[(("field", "cand_items"), ("model", "picky"))] == 1.0  # required input missing
+    assert rejected[(("field", "grace_scores"), ("model", "picky"))] == 0.0  # every input's series exists
     # The batch failed on k=7 and was redone one by one: each answered request is counted once.
     items = _increments(step.metrics, "recserve_recommend_items_total")
     assert items == {(("source", "grace"),): 2.0 + 3.0, (("source", "recent"),): 2.0,
@@ -262,7 +266,7 @@ def test_execute_counts_batch_size_rejections_by_field_and_answers_once(tmp_path
 
 
 def test_a_bug_counts_every_request_of_the_batch_as_an_internal_error(tmp_path):
-    class Buggy(PickyCalibrate):
+    class Buggy(PickyRank):
         def run(self, **inputs):
             raise ZeroDivisionError("a bug")
 
@@ -270,12 +274,12 @@ def test_a_bug_counts_every_request_of_the_batch_as_an_internal_error(tmp_path):
     responses = step.execute([_request(3), _request(0), _request(4)])
     assert [r.error.code for r in responses] == ["INTERNAL", "INVALID_ARG", "INTERNAL"]
     step.metrics.flush()
-    assert _increments(step.metrics, "recserve_internal_errors_total") == {(("model", "calibrate"),): 2.0}
+    assert _increments(step.metrics, "recserve_internal_errors_total") == {(("model", "picky"),): 2.0}
     assert any("internal error" in line and "ZeroDivisionError" in line for _, line in pb.Logger.lines)
 
 
 def test_a_failing_metric_never_costs_the_answer(tmp_path):
-    class Broken(PickyCalibrate):
+    class Broken(PickyRank):
         def count_served(self, outputs):
             raise KeyError("no such source")
 
@@ -286,8 +290,8 @@ def test_a_failing_metric_never_costs_the_answer(tmp_path):
 
 
 def test_in_process_steps_log_through_logging(tmp_path, caplog):
-    step = PickyCalibrate.create(tmp_path, LIMITS)
-    with caplog.at_level("INFO", logger="serving.steps.calibrate"):
+    step = PickyRank.create(tmp_path, LIMITS)
+    with caplog.at_level("INFO", logger="serving.steps.picky"):
         step.log.warning("hello")
-    assert [(r.name, r.levelname, r.message) for r in caplog.records] == [("serving.steps.calibrate", "WARNING",
+    assert [(r.name, r.levelname, r.message) for r in caplog.records] == [("serving.steps.picky", "WARNING",
                                                                            "hello")]

@@ -1,5 +1,5 @@
-"""SASRec as a served retrieval source: its exported scores, the eligible top-n, the step over a batch, and the
-merge's build-picked source priority."""
+"""SASRec as a served retrieval source: its exported scores, the eligible top-n, side_retrieve over a batch, and
+the rank step's merge in the build-picked source priority (with its ranker and calibration, real files)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.onnx_export import export_sasrec
-from exporters.ordering import rank_sources, score_sources, write_priority
+from exporters.onnx_export import export_ranker, export_sasrec
+from exporters.ordering import rank_sources, score_sources, write_ordering, write_priority
+from models.ranking.model import Ranker, RankerConfig
 from models.sasrec import SASRecConfig, SASRecModel, load_checkpoint, save_checkpoint
 from serving import graph
-from serving.catalog import save_top_category
+from serving.calibration import CALIBRATOR_FILE, IsotonicCalibrator
+from serving.catalog import ItemIds, save_top_category
+from serving.clip.ann_index import build_index, config_for, save_index
+from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.contract import ServingLimits
 from serving.sasrec import OnnxSasrec, top_eligible
-from serving.steps import Merge, SasrecRetrieve, load_source_priority
+from serving.steps import Rank, SideRetrieve, load_source_priority
 
 N = 30
 LIMITS = ServingLimits(num_items=N, num_categories=3, max_history=8, sasrec_candidates=5)
@@ -31,6 +35,11 @@ def version_dir(tmp_path_factory):
     assert diff["sasrec.onnx"] < 1e-4
     save_checkpoint(model, out)
     save_top_category(out, np.arange(N + 1) % 3)  # item i's top category is i % 3
+    # side_retrieve's other sources: a FAISS index of random item embeddings
+    emb = np.random.default_rng(0).normal(size=(N, 8)).astype(np.float32)
+    index_cfg = config_for(N)
+    save_index(build_index(emb, index_cfg, np.arange(1, N + 1)), out / ITEM_INDEX_FILE, index_cfg)
+    np.save(out / ITEM_EMBEDDINGS_FILE, np.concatenate([np.zeros((1, 8), np.float32), emb]))
     return out
 
 
@@ -56,15 +65,22 @@ def test_onnx_scores_match_torch_and_a_short_history_is_left_padded(version_dir)
     np.testing.assert_allclose(served.scores(hist[:1, -3:]), expected[:1], atol=1e-4)
 
 
+SASREC = graph.SIDE_RETRIEVE.outputs.index(graph.SASREC_ITEMS)  # its items, then its scores
+
+
 def test_step_answers_each_queued_request_with_its_own_filters(version_dir):
-    step = SasrecRetrieve.create(version_dir, LIMITS)
+    step = SideRetrieve.create(version_dir, LIMITS)
     hist = np.zeros(LIMITS.max_history, np.int64)
     hist[-3:] = [4, 5, 6]
-    free = dict(hist_items=hist, exclude_ids=np.zeros(1, np.int64), allowed_categories=np.arange(3))
+    free = dict(hist_items=hist, hist_behaviors=np.where(hist > 0, 1, 0), exclude_ids=np.zeros(1, np.int64),
+                allowed_categories=np.arange(3))
     only_cat1 = dict(free, allowed_categories=np.array([1]))
-    unfiltered = step.run(**free)[0]
+    unfiltered = step.run(**free)[SASREC]
     excluded = dict(free, exclude_ids=np.array([0, unfiltered[0]]))
-    answers = step.run_batch([free, only_cat1, excluded])
+    answers = [a[SASREC:SASREC + 2] for a in step.run_batch([free, only_cat1, excluded])]
+    for answer, request in zip(step.run_batch([free, only_cat1, excluded]), (free, only_cat1, excluded)):
+        for items in answer[::2]:  # every source's items honour the request's filters
+            assert all(i % 3 in request["allowed_categories"] and i not in request["exclude_ids"] for i in items)
     assert answers[0][0].tolist() == unfiltered.tolist() and len(unfiltered) == LIMITS.sasrec_candidates
     assert all(i % 3 == 1 for i in answers[1][0])
     assert unfiltered[0] not in answers[2][0] and answers[2][0].tolist() == unfiltered[1:].tolist() + \
@@ -73,18 +89,42 @@ def test_step_answers_each_queued_request_with_its_own_filters(version_dir):
     assert np.all(np.diff(scores) <= 0)
 
 
-def test_merge_takes_sources_in_the_build_priority_and_names_them_in_graph_order(version_dir, tmp_path):
+@pytest.fixture
+def rank_dir(tmp_path):
+    """A rank step's folder: catalog tables, an exported ranker, a calibrator, the merge order's weight 1 (the
+    answer is the merge order itself) and the priority each test writes."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ranker = Ranker(RankerConfig(num_items=N, num_leaf_categories=4, num_brands=3, num_price_buckets=2),
+                    leaf=np.arange(N + 1) % 4, brand=np.arange(N + 1) % 3, price_bucket=np.arange(N + 1) % 2).eval()
+    assert max(export_ranker(ranker, tmp_path, LIMITS.max_history, LIMITS.max_candidates).values()) < 1e-4
+    IsotonicCalibrator.fit(rng.normal(size=200), rng.integers(0, 2, 200)).save(tmp_path / CALIBRATOR_FILE)
     save_top_category(tmp_path, np.arange(N + 1) % 3)
-    priority = ["sasrec", "recent", "grace", "embedding_knn"]
-    write_priority(tmp_path, priority, None)
-    merge = Merge.create(tmp_path, LIMITS)
-    out = merge(grace_items=np.array([1, 2]), recent_items=np.array([3, 2]), knn_items=np.array([9]),
-                sasrec_items=np.array([2, 7]), exclude_ids=np.zeros(1, np.int64), allowed_categories=np.arange(3))
-    cand, src = out[graph.CAND_ITEMS.name], out[graph.CAND_SOURCES.name]
-    real = cand > 0
-    assert cand[real].tolist() == [2, 7, 3, 1, 9]
-    assert [graph.SOURCE_NAMES[s] for s in src[real]] == ["sasrec", "sasrec", "recent", "grace", "embedding_knn"]
-    assert (src[~real] == -1).all()
+    ItemIds(np.arange(100, 100 + N + 1)).save(tmp_path)  # the dataset's id of item i is 100 + i
+    write_ordering(tmp_path, 1.0, None)
+    return tmp_path
+
+
+def test_rank_merges_sources_in_the_build_priority_and_names_them(rank_dir):
+    write_priority(rank_dir, ["sasrec", "recent", "grace", "embedding_knn"], None)
+    rank = Rank.create(rank_dir, LIMITS)
+    hist = np.zeros(LIMITS.max_history, np.int64)
+    hist[-2:] = [4, 5]
+    request = dict(hist_items=hist, hist_behaviors=np.where(hist > 0, 1, 0), grace_items=np.array([1, 2]),
+                   recent_items=np.array([3, 2]), knn_items=np.array([9]), sasrec_items=np.array([2, 7]),
+                   exclude_ids=np.zeros(1, np.int64), allowed_categories=np.arange(3), k=np.array([4], np.int32))
+    out = rank(**request)
+    cand = out[graph.CAND_ITEMS.name]
+    assert cand[cand > 0].tolist() == [2, 7, 3, 1, 9] and (cand[5:] == 0).all()  # merge order, internal ids
+    assert out[graph.TOP_ITEM_IDS.name].tolist() == [102, 107, 103, 101]  # weight 1: the merge order, k of it
+    assert [s.decode() for s in out[graph.RETRIEVAL_SOURCE.name]] == ["sasrec", "sasrec", "recent", "grace"]
+    pctr = out[graph.PCTR.name]
+    assert pctr.dtype == np.float32 and ((pctr >= 0) & (pctr <= 1)).all()
+    (c,) = rank.candidates([request])  # what the build's ordering stage reads: the ranker over every candidate
+    assert c.items.tolist() == cand.tolist() and c.logits.shape == c.relevance.shape == cand.shape
+    # filters apply to every source: category 1 only (items 1 and 7), item 7 excluded
+    only = rank(**{**request, "allowed_categories": np.array([1]), "exclude_ids": np.array([0, 7])})
+    assert only[graph.TOP_ITEM_IDS.name].tolist() == [101]
 
 
 def test_a_priority_file_must_name_every_source_once(tmp_path):

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -76,6 +78,51 @@ def _throughput() -> str:
     return ("# `recommend`: served vs in process, and closed-loop throughput\n\nThe default build behind the "
             "launcher's defaults (nginx proxy, admin key, watchdog with liveness probes); the in-process side runs "
             "the very same step code without Triton. ![closed loop](throughput.png)\n\n" + render(_load("throughput.json")))
+
+
+def _throughput_long() -> str:
+    from loadtests.throughput import render  # noqa: PLC0415
+
+    result = _load("throughput_long.json")
+    build = result["build"]
+    return ("# `recommend` with long histories\n\nA build that serves histories of up to "
+            f"{build['max_history']} events (`python -m exporters.build_repository --set "
+            f"serving.max_history={build['max_history']}`, dataset {build['dataset']}, GRACE path "
+            f"{build['grace_variant']}, build {build['build_seconds']} s), behind the launcher's defaults; each "
+            "history length measured at concurrency 1, in process and served interleaved. The simulator's shoppers have about 40 events "
+            "each, so the model saw few positions past ~100 in training: these are latency figures, not quality "
+            "ones.\n\n" + render(result))
+
+
+def _queue_delay() -> str:
+    """The dynamic batcher's delay, chosen by measurement: each run's points side by side, then the median per
+    variant."""
+    data = _load("queue_delay.json")
+    cells = [("recommend", 1), ("recommend", 4), ("recommend", 16), ("score_ads", 1)]
+    lines = ["# Dynamic batching delay: side-by-side perf_analyzer sweeps", "", data["what"] + ".", ""]
+    lines += [f"- `{key}`: {text}" for key, text in data["variants"].items()]
+    lines += ["", "| variant | run | " + " | ".join(f"{m} c{c} req/s, p50 ms" for m, c in cells) + " |",
+              "|---" * (2 + len(cells)) + "|"]
+    by_variant: dict[str, list[dict]] = {}
+    for run in data["runs"]:
+        points = {(p["model"], p["concurrency"]): p for p in run["result"]["points"]}
+        by_variant.setdefault(run["variant"], []).append(points)
+        lines.append(f"| {run['variant']} | {run['result']['date']} | " + " | ".join(
+            f"{points[c]['req_per_s']:.1f}, {points[c]['p50_ms']:.1f}" if c in points and points[c]["p50_ms"]
+            else "" for c in cells) + " |")
+    lines += ["", "Median over the runs:", "", "| variant | runs | " + " | ".join(f"{m} c{c}" for m, c in cells) + " |",
+              "|---" * (2 + len(cells)) + "|"]
+    for variant, runs in by_variant.items():
+        row = []
+        for c in cells:
+            have = [r[c] for r in runs if c in r and r[c]["p50_ms"]]
+            row.append(f"{np.median([p['req_per_s'] for p in have]):.1f} req/s, p50 "
+                       f"{np.median([p['p50_ms'] for p in have]):.2f} ms" if have else "")
+        lines.append(f"| {variant} | {len(runs)} | " + " | ".join(row) + " |")
+    first = data["runs"][0]["result"]
+    lines += ["", f"Each run: `{first['command']}` (the server restarted on the variant's repository), "
+                  f"{first['machine']}."]
+    return "\n".join(lines) + "\n"
 
 
 def _perf_sweep() -> str:
@@ -221,6 +268,25 @@ def _grace_path() -> str:
         "exporters/config.py) follows this table.", GRACE_PATH_RUNS)
 
 
+GRACE_TRIE_RUNS = ("grace_trie_ml100k_ctrl_s0.json", "grace_trie_ml100k_s0.json",
+                   "grace_trie_ml100k_leveldecode_s0.json", "grace_event_memory_ml100k_s1.json",
+                   "grace_trie_ml100k_s1.json", "grace_path_sim_nocot_s0.json", "grace_trie_sim_nocot_s0.json")
+
+
+def _grace_trie() -> str:
+    return _grace_build_runs(
+        "GRACE trained with the loss it is searched with: a softmax over the trie's children",
+        "`_trie` (`--grace trie_loss=true`): at each path position the training softmax runs over the children the "
+        "item trie allows after the target's prefix (the other tokens masked), and retrieval renormalises each "
+        "beam's step over its children the same way (the reference and the served beam search). `_ctrl`: the "
+        "same command with the loss off, reproducing the committed baseline (`grace_jsa_ev`, same figures). "
+        "`_trie_leveldecode`: trained with the trie loss, decoded with level-normalised scores (what the served "
+        "search did before it renormalised): the disallowed tokens' scores are untrained, and it falls below the "
+        "baseline. Each row is one `python -m evaluation.evaluate` run at the build's budget, leave-last-out, all "
+        "users scored; a server shared the cores during these runs, so seconds are indicative. The default "
+        "(`GraceTrainConfig.trie_loss`) follows this table.", GRACE_TRIE_RUNS)
+
+
 def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
     """docs/results/<name>.md as a BENCHMARKS.md section: image links from the repository root."""
     def section() -> str:
@@ -235,6 +301,7 @@ def _in_benchmarks(name: str, render: Callable[[], str]) -> Callable[[], str]:
 SECTIONS: dict[str, Callable[[], str]] = {
     "load_recommend": _recommend_load,
     "load_throughput": _in_benchmarks("throughput", _throughput),
+    "load_long_history": _in_benchmarks("throughput_long", _throughput_long),
     "load_latency": _latency,
     "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
     "soak": _soak,
@@ -242,6 +309,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "grace_sim": _in_benchmarks("grace_sim", lambda: _grace("grace_sim")),
     "grace_event_memory": _in_benchmarks("grace_event_memory", _grace_event_memory),
     "grace_path": _in_benchmarks("grace_path", _grace_path),
+    "grace_trie": _in_benchmarks("grace_trie", _grace_trie),
     "build_report": _builds,
     "pipeline_quality": _pipeline,
     "pipeline_quality_movielens": _pipeline_movielens,
@@ -259,11 +327,14 @@ FILES: dict[str, Callable[[], str]] = {
     "grace_build_lr.md": _grace_build_lr,
     "grace_event_memory.md": _grace_event_memory,
     "grace_path.md": _grace_path,
+    "grace_trie.md": _grace_trie,
     "pipeline_quality.md": _pipeline,
     "pipeline_quality_movielens.md": _pipeline_movielens,
     "builds.md": _builds,
     "throughput.md": _throughput,
+    "throughput_long.md": _throughput_long,
     "perf_sweep.md": _perf_sweep,
+    "queue_delay.md": _queue_delay,
     "clip.md": _clip,
     "ctr.md": _ctr,
     "ann_sweep.md": _ann_sweep,

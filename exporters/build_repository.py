@@ -51,6 +51,7 @@ from serving.clip.ann_index import build_index, config_for, save_index
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.configs import write_configs
 from serving.grace.history import TOKENIZER_FILE
+from serving.grace.retriever import save_decoding
 from serving.contract import behavior_code
 from serving.recent import REMOVAL_EVENT, recent_items
 
@@ -117,6 +118,7 @@ def grace_stage(b: Build) -> dict:
     retriever.encoder.save(b.dir(graph.FEATURES))
     retriever.encoder.tokenizer.save(b.dir(graph.GRACE_RETRIEVE) / TOKENIZER_FILE)
     b.parity.update(export_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE), seed=b.config.seed))
+    save_decoding(b.dir(graph.GRACE_RETRIEVE), retriever.trie_decode)  # the served search scores as trained
     save_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE))  # the in-process reference runs it
     return metrics
 

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the repository the server serves (the in-process side loads the same files)")
     parser.add_argument("--requests", type=int, default=300, help="interleaved requests at concurrency 1")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 8, 16, 32],
+                        help="closed-loop concurrencies (none: only the interleaved comparisons)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
     parser.add_argument("--min-events", type=int, default=5)
     parser.add_argument("--max-events", type=int, default=16)
@@ -212,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                  for _ in range(max(args.requests, WARMUP))]
     result = {**provenance("loadtests.throughput", argv), "args": {k: (str(v) if isinstance(v, Path) else v)
                                                                    for k, v in vars(args).items()}}
+    manifest = json.loads((args.repository / BUILD_MANIFEST).read_text())
+    result["build"] = {"max_history": manifest["limits"]["max_history"], "build_seconds": manifest.get("build_seconds"),
+                       "grace_variant": manifest.get("grace", {}).get("variant"),
+                       "dataset": manifest.get("dataset", {}).get("name")}
     result["interleaved"] = interleaved(args.host, args.repository, histories[:args.requests], args.k)
     result["closed_loop"] = [closed_loop(args.host, histories, args.k, c, args.duration) for c in args.concurrency]
     if result["closed_loop"]:

@@ -20,7 +20,7 @@ from serving import graph
 from serving.graph import run_ensemble  # noqa: F401 (the reference's callers import it from here too)
 from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
-from serving.grace.retriever import load_decoding
+from serving.grace.retriever import load_decoding, trie_normalized
 from serving.sasrec import top_eligible
 from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds, SideRetrieve, excluded
 
@@ -30,12 +30,13 @@ CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed
 class TorchGraceRetrieve(GraceRetrieve):
     def load(self):
         self.trie, self.path_to_item, self.vocab_size = load_decoding(self.version_dir)
+        self.trie_normalized = trie_normalized(self.version_dir)
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()
     def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
         return grace_retrieve(self.model, self.trie, self.path_to_item, enc_tokens, enc_journey_ids, enc_journey_pos,
-                              self.limits.beam_width, excluded(exclude_ids))
+                              self.limits.beam_width, excluded(exclude_ids), self.trie_normalized)
 
     def run_batch(self, batch):  # the reference: one request at a time, the one-request search
         return [self.run(**inputs) for inputs in batch]

@@ -24,7 +24,7 @@ from serving.catalog import CATEGORY_FILE, ITEM_IDS_FILE
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.grace.history import HISTORY_FILES
-from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, TOKENIZER_FILE
+from serving.grace.retriever import DECODER_STEP_FILE, DECODING_FILE, ENCODER_FILE, TOKENIZER_FILE
 from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE, RANKER_FILE
 from serving.sasrec import SASREC_FILE
 
@@ -153,7 +153,7 @@ GRACE_RETRIEVE = Step(
     "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step; "
     "excluded items never complete a beam, so all beam_width candidates are eligible",
     inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, EXCLUDE_IDS), outputs=(GRACE_ITEMS, GRACE_SCORES),
-    artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE),
+    artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE, DECODING_FILE),
     # Two instances: GRACE is half of a request's CPU, and with one instance a batch waited for the previous one
     # while the second core idled (perf_sweep: c16 113 -> 124 req/s, c8 98 -> 108; docs/results/perf_sweep.md).
     batching=Batching(instances=2))
@@ -192,6 +192,10 @@ SCORE_ADS = Step(
     "score_ads", "calibrated pCTR of campaigns for one user: warm LR or LLM-HYPER cold-start weights",
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),
     artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE, ITEM_IDS_FILE),
+    # No batching delay: a request's own work is under a millisecond, and waiting 200 us for company cost ~0.5 ms
+    # at concurrency 1 (p50 2.16 -> 1.69 ms, medians of side-by-side sweeps: docs/results/queue_delay.md); the
+    # recommend steps keep 200 us, which bought throughput at 16 clients there (186 vs 159 req/s).
+    batching=Batching(queue_delay_us=0),
     published=(("num_items", "num_items"), ("max_history", "ads_max_history"), ("behaviors", "event_names"),
                ("example_item_ids", "example_item_ids"),
                ("num_campaigns", "num_campaigns"), ("max_campaigns", "max_campaigns")))

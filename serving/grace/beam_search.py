@@ -31,6 +31,25 @@ class CachedStep:
         return log_probs
 
 
+class TrieNormalizedStep:
+    """A beam-search step whose log-probabilities are renormalised over the trie's children of each beam's prefix:
+    log p(t) - logsumexp over the allowed t' of log p(t'). What a model trained with trie_loss (the softmax over
+    the children of the target's prefix) was trained to score; disallowed tokens get -inf."""
+
+    def __init__(self, step: StepFn, trie: dict[tuple[int, ...], np.ndarray]):
+        self.step, self.trie = step, trie
+
+    def __call__(self, beams: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
+        log_probs = np.asarray(self.step(beams, parents), np.float64)
+        out = np.full_like(log_probs, -np.inf)
+        for b, prefix in enumerate(beams[:, 1:].tolist()):  # beams, not examples: what the search loops over
+            allowed = self.trie[tuple(prefix)]
+            lp = log_probs[b, allowed]
+            top = lp.max()
+            out[b, allowed] = lp - (top + np.log(np.exp(lp - top).sum()))
+        return out
+
+
 def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray],
                             path_to_item: dict[tuple[int, ...], int], beam_width: int,
                             exclude: "set[int] | None" = None) -> tuple[np.ndarray, np.ndarray]:
@@ -135,14 +154,15 @@ BatchedRunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, beam_width: int,
-                        excludes: "list[set[int] | None]", level_offsets: "np.ndarray | None" = None
-                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+                        excludes: "list[set[int] | None]", level_offsets: "np.ndarray | None" = None,
+                        trie_normalized: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """constrained_beam_search for R requests at once: one decoder call per step for every beam of every request
     (each request keeps G = the widest request's beam count slots; unused slots are padding whose answers are
     ignored), the trie expanded with CSR arrays and every request's beams ranked together (no per-request
     Python). Per request it keeps the same candidates in the same order (beams in order, tokens in trie order,
     stable sort on score), hence the same result. level_offsets: the run answers each level's tokens only (the
-    tokenizer's level_offsets), else every token of the vocabulary."""
+    tokenizer's level_offsets), else every token of the vocabulary. trie_normalized: each beam's scores
+    renormalised over its trie children, as TrieNormalizedStep does (a model trained with trie_loss)."""
     r = len(excludes)
     num_nodes = len(index.offsets) - 1
     # (request, node) pairs no beam may enter, as one sorted key per pair
@@ -162,7 +182,16 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
         beam = np.repeat(np.arange(len(nodes)), counts)
         edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
         child, token, owner = index.child_node[edge], index.child_token[edge], request[beam]
-        score = scores[beam] + log_probs[rows[beam], token - first_token].astype(np.float64)
+        step_lp = log_probs[rows[beam], token - first_token].astype(np.float64)
+        if trie_normalized:  # every beam's children are one run of the edges: a segmented logsumexp
+            has = counts > 0
+            starts_of = (np.cumsum(counts) - counts)[has]
+            top = np.zeros(len(nodes))
+            top[has] = np.maximum.reduceat(step_lp, starts_of)
+            lse = np.zeros(len(nodes))
+            lse[has] = top[has] + np.log(np.add.reduceat(np.exp(step_lp - top[beam]), starts_of))
+            step_lp = step_lp - lse[beam]
+        score = scores[beam] + step_lp
         if len(blocked):
             keep = ~np.isin(owner * num_nodes + child, blocked)
             beam, child, token, owner, score = beam[keep], child[keep], token[keep], owner[keep], score[keep]

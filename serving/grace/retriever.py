@@ -4,16 +4,30 @@ every beam of every request (the step feeds one token per beam and carries the s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from serving.grace.beam_search import CachedStep, TrieIndex, batched_beam_search, constrained_beam_search
+from serving.grace.beam_search import (CachedStep, TrieIndex, TrieNormalizedStep, batched_beam_search,
+                                       constrained_beam_search)
 from serving.grace.history import TOKENIZER_FILE
 from serving.grace.tokenizer import ItemTokenizer, event_paths
 from serving.ort import session
 
 ENCODER_FILE, DECODER_STEP_FILE = "grace_encoder.onnx", "grace_decoder_step.onnx"
+DECODING_FILE = "grace_decoding.json"  # how the beam search scores a step, as the model was trained to
+
+
+def save_decoding(directory: Path, trie_normalized: bool) -> None:
+    (Path(directory) / DECODING_FILE).write_text(json.dumps({"trie_normalized": bool(trie_normalized)}) + "\n")
+
+
+def trie_normalized(directory: Path) -> bool:
+    """Whether each beam's step is renormalised over its trie children (a model trained with trie_loss); a
+    repository built before the file existed decodes level-normalised."""
+    path = Path(directory) / DECODING_FILE
+    return bool(json.loads(path.read_text())["trie_normalized"]) if path.exists() else False
 
 
 def load_decoding(directory: Path) -> tuple[dict, dict, int]:
@@ -30,6 +44,7 @@ class OnnxGraceRetriever:
     def __init__(self, directory: Path):
         directory = Path(directory)
         self.trie, self.path_to_item, self.vocab_size = load_decoding(directory)
+        self.trie_normalized = trie_normalized(directory)
         self.encoder = session(directory / ENCODER_FILE)
         self.decoder_step = session(directory / DECODER_STEP_FILE)
         past = next(i for i in self.decoder_step.get_inputs() if i.name == "past_kv").shape
@@ -80,7 +95,7 @@ class OnnxGraceRetriever:
             return log_probs, present
 
         return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests],
-                                   self.level_offsets)
+                                   self.level_offsets, self.trie_normalized)
 
     def _one(self, tokens, journey_ids, journey_pos, exclude, beam_width):
         valid = np.ones((1, len(tokens)), np.float32)
@@ -92,8 +107,9 @@ class OnnxGraceRetriever:
         def run(last_tokens, past):
             return self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, **memory})
 
-        return constrained_beam_search(CachedStep(run, self.empty_cache), self.trie, self.path_to_item, beam_width,
-                                       exclude)
+        step = CachedStep(run, self.empty_cache)
+        return constrained_beam_search(TrieNormalizedStep(step, self.trie) if self.trie_normalized else step,
+                                       self.trie, self.path_to_item, beam_width, exclude)
 
     def _memory_paths(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """{"memory_paths": each event's item path [R, E, P]} for a model with the copy path, else {}."""

@@ -206,6 +206,33 @@ def batched_run(fs: list):
 
 
 @pytest.mark.parametrize("beam_width", [1, 5, 20])
+def test_batched_trie_normalized_search_equals_the_normalized_one_request_search(tok, trie, p2i, beam_width):
+    """A model trained with trie_loss is searched with each beam's step renormalised over its trie children: the
+    batched search's segmented logsumexp gives per request what TrieNormalizedStep gives the one-request search,
+    and (the scores being log-probabilities over children) each item's score is its path's log-probability."""
+    from serving.grace.beam_search import TrieIndex, TrieNormalizedStep, batched_beam_search
+
+    index = TrieIndex(trie, p2i)
+    excludes = [None, set(range(1, 8)), set()]
+    fs = [random_log_probs(tok.vocab_size, seed) for seed in range(len(excludes))]
+    run, _ = batched_run(fs)
+    got = batched_beam_search(run, np.zeros((1, 1, 1, 1, 0, 1), np.float32), index, beam_width, excludes,
+                              trie_normalized=True)
+    plain = batched_beam_search(batched_run(fs)[0], np.zeros((1, 1, 1, 1, 0, 1), np.float32), index, beam_width,
+                                excludes)
+    for f, exclude, (got_items, got_scores), (_, plain_scores) in zip(fs, excludes, got, plain):
+        want_items, want_scores = constrained_beam_search(TrieNormalizedStep(make_step(f), trie), trie, p2i,
+                                                          beam_width, exclude)
+        np.testing.assert_array_equal(got_items, want_items)
+        np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
+        assert (got_scores <= 0).all() and not np.allclose(got_scores, plain_scores[:len(got_scores)])
+    # with every item allowed and the beam wide enough for all of them, the path probabilities sum to one
+    (items, scores), = batched_beam_search(batched_run(fs[:1])[0], np.zeros((1, 1, 1, 1, 0, 1), np.float32), index,
+                                           len(p2i), [None], trie_normalized=True)
+    assert len(items) == len(p2i) and np.exp(scores.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_width", [1, 5, 20])
 def test_batched_search_equals_one_search_per_request(tok, trie, p2i, beam_width):
     """Several requests at once, each with its own log-probs and exclusions (one excludes a whole subtree, one
     everything but a few items): per request the same items and scores as the one-request search, one decoder

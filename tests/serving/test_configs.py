@@ -78,7 +78,9 @@ def test_python_models_have_dynamic_batching_and_limits(parsed):
         cfg = configs[name]
         assert cfg.backend == "python"
         assert cfg.HasField("dynamic_batching"), name
-        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        # as the graph declares: a delay where batching paid, none where it cost latency (score_ads)
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == STEPS[name].batching.queue_delay_us
+        assert (cfg.dynamic_batching.max_queue_delay_microseconds > 0) == (name != "score_ads"), name
         policy = cfg.dynamic_batching.default_queue_policy  # bounded: a stalled step refuses, never hoards
         assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT, name
         assert policy.default_timeout_microseconds == limits.queue_timeout_ms * 1000 > 0

@@ -11,6 +11,7 @@ user's second-last event, never a test target) by running the freshly written re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE
 from serving.recommend import final_order
 from serving.steps import IMPLEMENTATIONS
 
+# recommend up to its last step: the retrieval whose candidates the rank step orders (run once per user here)
+RETRIEVAL = dataclasses.replace(graph.RECOMMEND, steps=graph.RECOMMEND.steps[:-1], outputs=())
+assert graph.RECOMMEND.steps[-1] is graph.RANK
 MERGE_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 K = 10
 
@@ -50,7 +54,7 @@ def candidates_of(repository: Path, limits: ServingLimits, examples, external_id
                    graph.BEHAVIORS.name: np.asarray(examples.behaviors[i], np.int32),
                    graph.TIMESTAMPS.name: np.asarray(examples.timestamps[i], np.int64),
                    graph.K.name: np.array([K], np.int32)}
-        out = run_ensemble(graph.RECOMMEND, steps, request, every_tensor=True)
+        out = run_ensemble(RETRIEVAL, steps, request, every_tensor=True)  # rank's inputs, then its candidates
         (c,) = rank.candidates([{t.name: out[t.name] for t in graph.RANK.inputs}])
         real = c.items > 0
         rows.append({"items": c.items[real], "relevance": c.relevance[real], "pctr": rank.calibrator(c.logits[real]),

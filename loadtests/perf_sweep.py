@@ -249,10 +249,8 @@ def render(result: dict) -> str:
 
 
 def _served_steps(result: dict) -> list[str]:
-    """The served steps in graph order as the result recorded them (older results: the steps of the graph that
-    made them, in its order)."""
-    return result.get("served_steps", ["features", "grace_retrieve", "recent_retrieve", "clip_retrieve",
-                                       "sasrec_retrieve", "merge", "ranker", "calibrate", "score_ads", "clip_embed"])
+    """The served steps in graph order as the sweep recorded them (a later graph must not re-order its table)."""
+    return result["served_steps"]
 
 
 def _cpu_order(result: dict, name: str) -> int:

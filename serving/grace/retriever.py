@@ -33,7 +33,10 @@ def trie_normalized(directory: Path) -> bool:
 def load_decoding(directory: Path) -> tuple[dict, dict, int]:
     """The tokenizer's prefix trie, path -> item map and vocabulary size: what constrained decoding needs (the
     served retriever and the torch reference alike)."""
-    tokenizer = ItemTokenizer.load(Path(directory) / TOKENIZER_FILE)
+    return _decoding(ItemTokenizer.load(Path(directory) / TOKENIZER_FILE))
+
+
+def _decoding(tokenizer: ItemTokenizer) -> tuple[dict, dict, int]:
     return tokenizer.build_trie(), tokenizer.path_to_item(), tokenizer.vocab_size
 
 
@@ -43,7 +46,8 @@ LEVEL_TOKENS = "level_tokens"  # the decoder step's input naming the tokens it s
 class OnnxGraceRetriever:
     def __init__(self, directory: Path):
         directory = Path(directory)
-        self.trie, self.path_to_item, self.vocab_size = load_decoding(directory)
+        tokenizer = ItemTokenizer.load(directory / TOKENIZER_FILE)
+        self.trie, self.path_to_item, self.vocab_size = _decoding(tokenizer)
         self.trie_normalized = trie_normalized(directory)
         self.encoder = session(directory / ENCODER_FILE)
         self.decoder_step = session(directory / DECODER_STEP_FILE)
@@ -61,7 +65,10 @@ class OnnxGraceRetriever:
         # A level-restricted step scores only the tokens of the level it decodes (a level's tokens are one range
         # of the vocabulary): a quarter of the head and softmax at the semantic levels. An older export scores all.
         restricted = any(i.name == LEVEL_TOKENS for i in self.decoder_step.get_inputs())
-        self.level_offsets = ItemTokenizer.load(directory / TOKENIZER_FILE).level_offsets if restricted else None
+        self.level_offsets = tokenizer.level_offsets if restricted else None
+        offsets = tokenizer.level_offsets
+        self.level_tokens = None if not restricted else [  # each level's tokens, fed at its depth
+            np.arange(start, end, dtype=np.int64) for start, end in zip(offsets, offsets[1:])]
 
     def __call__(self, tokens: np.ndarray, journey_ids: np.ndarray, journey_pos: np.ndarray, beam_width: int,
                  exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +95,8 @@ class OnnxGraceRetriever:
 
         def run(last_tokens, past):
             feeds = {"last_tokens": last_tokens, "past_kv": past, **memory}
-            if self.level_offsets is not None:  # the cache holds the decoded prefix: its length is the level
-                depth = past.shape[4]
-                feeds[LEVEL_TOKENS] = np.arange(self.level_offsets[depth], self.level_offsets[depth + 1], dtype=np.int64)
+            if self.level_tokens is not None:  # the cache holds the decoded prefix: its length is the level
+                feeds[LEVEL_TOKENS] = self.level_tokens[past.shape[4]]
             log_probs, present = self.decoder_step.run(None, feeds)
             return log_probs, present
 

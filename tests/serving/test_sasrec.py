@@ -77,8 +77,9 @@ def test_step_answers_each_queued_request_with_its_own_filters(version_dir):
     only_cat1 = dict(free, allowed_categories=np.array([1]))
     unfiltered = step.run(**free)[SASREC]
     excluded = dict(free, exclude_ids=np.array([0, unfiltered[0]]))
-    answers = [a[SASREC:SASREC + 2] for a in step.run_batch([free, only_cat1, excluded])]
-    for answer, request in zip(step.run_batch([free, only_cat1, excluded]), (free, only_cat1, excluded)):
+    batch = step.run_batch([free, only_cat1, excluded])
+    answers = [a[SASREC:SASREC + 2] for a in batch]
+    for answer, request in zip(batch, (free, only_cat1, excluded)):
         for items in answer[::2]:  # every source's items honour the request's filters
             assert all(i % 3 in request["allowed_categories"] and i not in request["exclude_ids"] for i in items)
     assert answers[0][0].tolist() == unfiltered.tolist() and len(unfiltered) == LIMITS.sasrec_candidates

@@ -304,6 +304,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "load_long_history": _in_benchmarks("throughput_long", _throughput_long),
     "load_latency": _latency,
     "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
+    "queue_delay": _in_benchmarks("queue_delay", _queue_delay),
     "soak": _soak,
     "grace_quality": _grace_section,
     "grace_sim": _in_benchmarks("grace_sim", lambda: _grace("grace_sim")),

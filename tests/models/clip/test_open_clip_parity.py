@@ -5,7 +5,8 @@ open_clip's package __init__ imports torchvision (open_clip/utils.py), which can
 project's CPU torch (PyPI's torchvision for torch 2.13 fails to import: 'operator torchvision::nms does not
 exist'), so the test loads open_clip's own tokenizer module from the installed wheel by its path: the real code,
 without the package import. The checkpoint parity (an open_clip-written checkpoint loading with identical outputs)
-needs open_clip.model, hence torchvision, and is not tested here."""
+needs open_clip.model, hence torchvision: test_open_clip_checkpoint.py, run by `bash scripts/open_clip_parity.sh`
+in a side environment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,0 @@
-"""Triton python-backend entry of this step; what it computes and its I/O are in serving.steps and
-serving.graph."""
-
-from serving.steps import Features as TritonPythonModel  # noqa: F401

@@ -137,13 +137,19 @@ def _journey_stats(journey_ids: torch.Tensor, real: torch.Tensor):
 
 
 class JourneySparseAttention(nn.Module):
-    def __init__(self, d_model: int, heads: int, cfg: JSAConfig = JSAConfig(), backend: str = "gather"):
+    def __init__(self, d_model: int, heads: int, cfg: JSAConfig = JSAConfig(), backend: str = "gather",
+                 max_length: int | None = None):
+        """max_length: the longest input the module will be given (a model's memory length). When every input
+        fits in one block (`fits_one_block`), forward computes the same function in its one-block form, in eager
+        mode and in the ONNX export alike (the traced graph then holds only that form)."""
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.cfg, self.backend = cfg, backend
+        self.max_length = max_length
+        self.one_block = max_length is not None and self.fits_one_block(max_length)
         self.heads, self.head_dim = heads, d_model // heads
         self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model) for _ in range(4))
         self.gate = nn.Linear(d_model, heads * len(BRANCHES))
@@ -285,11 +291,25 @@ class JourneySparseAttention(nn.Module):
         if bool((both & (journey_ids[:, 1:] < journey_ids[:, :-1])).any()):
             raise ValueError("journey_ids must be nondecreasing along T over real tokens")
 
+    def fits_one_block(self, length: int) -> bool:
+        """Whether a history of `length` tokens makes JSA two branches: it lies in the last selection block and
+        the last compression stride (no compressed token ends before a query's journey starts, no earlier block
+        is there to select) and inside the window (the window reaches back to the journey's start). What
+        remains is the summary branch and causal attention inside the query's journey; the compressed and
+        selected branches attend to nothing (zero outputs)."""
+        cfg = self.cfg
+        return (length <= min(cfg.block, cfg.compress_stride, cfg.window)
+                and not cfg.include_first_block and not cfg.select_current_block)
+
     def forward(self, x: torch.Tensor, journey_ids: torch.Tensor, valid: torch.Tensor,
                 return_plan: bool = False):
         """x [B,T,d], journey_ids [B,T] int (-1 on padding), valid [B,T] float -> [B,T,d]
         (and the JSAPlan when return_plan)."""
         self._check_inputs(x, journey_ids, valid)
+        if self.one_block and not return_plan:
+            if not torch.jit.is_tracing() and x.shape[1] > self.max_length:
+                raise ValueError(f"x has {x.shape[1]} positions; this module takes at most {self.max_length}")
+            return self._forward_one_block(x, journey_ids, valid)
         # Blocks and strides are aligned to the END of the history (extra left padding up to a multiple of
         # both), so a history gives the same output however much left padding its batch adds.
         t_in = x.shape[1]
@@ -330,17 +350,7 @@ class JourneySparseAttention(nn.Module):
         win_layout = self._window_layout(win_start, t)
         out_win = self._block_sparse(q, k, v, win_layout, win_start)
 
-        # summary: pooled parts of the most recent journeys before the query's own
-        spj, slots = cfg.summaries_per_journey, cfg.summary_slots
-        oldest = num_j[:, None] - cfg.max_summarized_journeys  # journey rank of slot 0
-        part = torch.div((pos[None, :] - start) * spj, length, rounding_mode="floor").clamp(0, spj - 1)
-        slot = torch.where(real & (rank >= oldest), (rank - oldest) * spj + part, torch.full_like(rank, slots))
-        onehot = (slot[:, :, None] == torch.arange(slots, device=x.device)).to(x.dtype)  # [B,T,S]
-        s_cnt = onehot.sum(1)  # [B,S]
-        ks, vs = self._pooled_kv(torch.matmul(onehot.transpose(1, 2), x) / s_cnt.clamp(min=1.0)[..., None])
-        slot_rank = oldest + torch.arange(slots, device=x.device)[None, :] // spj  # [B,S]
-        sum_mask = (s_cnt > 0)[:, None, :] & (slot_rank[:, None, :] < rank[:, :, None]) & real[:, :, None]
-        out_sum = self._masked_dense(q, ks, vs, sum_mask, importance=False)[0]
+        out_sum, sum_mask = self._summary(x, q, real, rank, start, length, num_j)
 
         # Combined in [B,T,H,hd] order: the block-sparse outputs already are, and the output projection wants it.
         gates = torch.sigmoid(self.gate(x)).view(b, t, h, len(BRANCHES))
@@ -350,6 +360,46 @@ class JourneySparseAttention(nn.Module):
             out = torch.addcmul(out, outs[i], gates[..., i:i + 1])
         out = self.o(out.reshape(b, t, d))
         return out, JSAPlan(sel_layout, sel_start, win_layout, win_start, cmp_mask, sum_mask, real)
+
+
+    def _summary(self, x, q, real, rank, start, length, num_j):
+        """The summary branch: pooled parts of the most recent journeys before the query's own -> out
+        [B,H,T,hd] and its mask [B,T,S]."""
+        cfg = self.cfg
+        pos = torch.arange(x.shape[1], device=x.device)
+        spj, slots = cfg.summaries_per_journey, cfg.summary_slots
+        oldest = num_j[:, None] - cfg.max_summarized_journeys  # journey rank of slot 0
+        part = torch.div((pos[None, :] - start) * spj, length, rounding_mode="floor").clamp(0, spj - 1)
+        slot = torch.where(real & (rank >= oldest), (rank - oldest) * spj + part, torch.full_like(rank, slots))
+        onehot = (slot[:, :, None] == torch.arange(slots, device=x.device)).to(x.dtype)  # [B,T,S]
+        s_cnt = onehot.sum(1)  # [B,S]
+        ks, vs = self._pooled_kv(torch.matmul(onehot.transpose(1, 2), x) / s_cnt.clamp(min=1.0)[..., None])
+        slot_rank = oldest + torch.arange(slots, device=x.device)[None, :] // spj  # [B,S]
+        sum_mask = (s_cnt > 0)[:, None, :] & (slot_rank[:, None, :] < rank[:, :, None]) & real[:, :, None]
+        return self._masked_dense(q, ks, vs, sum_mask, importance=False)[0], sum_mask
+
+    def _forward_one_block(self, x, journey_ids, valid):
+        """forward for inputs that fit one block (fits_one_block): the summary branch and the window branch as
+        dense attention over the unpadded length (the window: every key from the query's journey start up to
+        the query); the compressed and selected branches attend to nothing and add zero. About half the ONNX
+        kernels of the four-branch form for the same outputs (tests/models/grace/test_jsa.py)."""
+        b, t, d = x.shape
+        h, hd = self.heads, self.head_dim
+        q = self._heads(self.q, x, 1.0 / math.sqrt(hd))
+        k, v = self._heads(self.k, x), self._heads(self.v, x)
+        journey_ids = journey_ids.long()
+        real = (valid > 0.5) & (journey_ids >= 0)
+        rank, start, length, _, num_j = _journey_stats(journey_ids, real)
+        pos = torch.arange(t, device=x.device)
+        win_mask = (pos[None, None, :] >= start[:, :, None]) & (pos[None, None, :] <= pos[None, :, None]) \
+            & real[:, :, None]
+        out_win = self._masked_dense(q, k, v, win_mask, importance=False)[0]
+        out_sum = self._summary(x, q, real, rank, start, length, num_j)[0]
+        gates = torch.sigmoid(self.gate(x)).view(b, t, h, len(BRANCHES))
+        win, summ = BRANCHES.index("window"), BRANCHES.index("summary")
+        out = out_sum.transpose(1, 2) * gates[..., summ:summ + 1]
+        out = torch.addcmul(out, out_win.transpose(1, 2), gates[..., win:win + 1])
+        return self.o(out.reshape(b, t, d))
 
 
 def _layout_pairs(layout: BlockLayout, key_start: torch.Tensor, real: torch.Tensor) -> int:

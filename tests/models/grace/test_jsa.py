@@ -331,6 +331,71 @@ def test_onnx_export_dynamic_length(tmp_path):
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
+ONE_BLOCK = JSAConfig(block=16, compress_block=16, compress_stride=16, top_n=2, window=16, summaries_per_journey=2,
+                      max_summarized_journeys=3)
+ONE_BLOCK_PATTERNS = [[_journeys([3, 5, 1, 4], 0), _journeys([6, 2], 5)], [_journeys([16], 0), _journeys([1] * 9, 7)],
+                      [_journeys([2, 2, 2, 2, 2, 2, 2, 2], 0)]]
+
+
+def _one_block_pair(cfg, max_length, seed=0):
+    four = _module(cfg, seed=seed)
+    one = JourneySparseAttention(D_MODEL, HEADS, cfg, backend="gather", max_length=max_length).eval()
+    one.load_state_dict(four.state_dict())
+    return four, one
+
+
+@pytest.mark.parametrize("cfg", [ONE_BLOCK, JSAConfig()], ids=["block16", "default"])
+@pytest.mark.parametrize("rows", range(len(ONE_BLOCK_PATTERNS)))
+def test_one_block_form_matches_the_four_branch_form(cfg, rows):
+    """A module whose inputs fit one block (its max_length) runs two branches; every output row, padding
+    included, equals the four-branch form's and the per-query loops' (the oracle)."""
+    four, one = _one_block_pair(cfg, ONE_BLOCK.block)
+    assert one.one_block and not four.one_block
+    x, jid, valid = _batch(ONE_BLOCK_PATTERNS[rows], seed=rows)
+    with torch.no_grad():
+        got, want, oracle = one(x, jid, valid), four(x, jid, valid), _naive_jsa(four, x, jid, valid)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[valid.bool()], oracle[valid.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_one_block_form_only_where_it_is_the_same_function():
+    """Beyond one block, a shorter window, or a forced block (the first real one, the current one) the other
+    branches attend to something: those keep the four-branch form, and a longer input is refused."""
+    assert JourneySparseAttention(D_MODEL, HEADS, ONE_BLOCK, max_length=16).one_block
+    assert not JourneySparseAttention(D_MODEL, HEADS, ONE_BLOCK, max_length=17).one_block
+    assert not JourneySparseAttention(D_MODEL, HEADS, LEAN, max_length=8).one_block  # window 5
+    assert not JourneySparseAttention(D_MODEL, HEADS, SMALL, max_length=4).one_block  # forced blocks
+    _, one = _one_block_pair(ONE_BLOCK, 16)
+    x, jid, valid = _batch([_journeys([20], 0)])
+    with pytest.raises(ValueError, match="at most 16"):
+        one(x, jid, valid)
+
+
+def test_one_block_form_exports_fewer_kernels(tmp_path):
+    """The ONNX export of a module whose inputs fit one block holds only the two-branch form: fewer nodes than
+    the four-branch export, the same outputs at every length up to max_length."""
+    import onnx
+    import onnxruntime as ort
+
+    four, one = _one_block_pair(ONE_BLOCK, 16, seed=2)
+    nodes = {}
+    for name, module in (("four", four), ("one", one)):
+        x, jid, valid = _batch(ONE_BLOCK_PATTERNS[0], seed=8)
+        path = tmp_path / f"{name}.onnx"
+        torch.onnx.export(module, (x, jid, valid), str(path), dynamo=False, opset_version=17,
+                          input_names=["x", "journey_ids", "valid"], output_names=["y"],
+                          dynamic_axes={n: {0: "b", 1: "t"} for n in ("x", "journey_ids", "valid", "y")})
+        nodes[name] = len(onnx.load(str(path)).graph.node)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for i, rows in enumerate(ONE_BLOCK_PATTERNS):
+            x, jid, valid = _batch(rows, seed=10 + i)
+            with torch.no_grad():
+                ref = four(x, jid, valid).numpy()  # the four-branch form in eager mode
+            got = sess.run(None, {"x": x.numpy(), "journey_ids": jid.numpy(), "valid": valid.numpy()})[0]
+            np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+    assert nodes["one"] < 0.6 * nodes["four"], nodes
+
+
 def test_compute_report_smoke(tmp_path):
     jid = journey_ids_for(100, 2, tokens_per_event=9, events_per_journey=(3, 8), seed=0)
     assert jid.shape == (2, 100) and bool((jid[:, 1:] >= jid[:, :-1]).all()) and int(jid.min()) == 0

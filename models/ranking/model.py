@@ -62,11 +62,9 @@ class Ranker(nn.Module):
         cand = self.item_vectors(cand_items)  # [B,C,d]
         b, c, d = cand.shape
         l = hist.shape[1]
-        h = hist[:, None].expand(b, c, l, d)
-        q = cand[:, :, None].expand(b, c, l, d)
-        w = self.attn_mlp(torch.cat([h, q, h * q, h - q], -1)).squeeze(-1)  # [B,C,L]
+        w = self.target_attention_logits(hist, cand)  # [B,C,L]
         w = w.masked_fill(valid[:, None] == 0, -1e9).softmax(-1) * valid[:, None]
-        interest = (w[..., None] * h).sum(2)  # [B,C,d]
+        interest = torch.matmul(w, hist)  # [B,C,d]: the attention-weighted history
         n = valid.sum(1, keepdim=True).clamp(min=1.0)
         mean = (hist * valid[..., None]).sum(1) / n  # [B,d]
         last = hist[:, -1]  # newest event (right-aligned)
@@ -85,6 +83,18 @@ class Ranker(nn.Module):
                            seen_share, seen_recency], -1)
         h = self.trunk(feats)
         return self.ctr_head(h).squeeze(-1), self.relevance_head(h).squeeze(-1)
+
+
+    def target_attention_logits(self, hist: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """DIN's attention MLP over [h, q, h*q, h-q] of every (candidate, history event) pair -> [B,C,L]. Its
+        first layer is linear, so the h and q parts (and h-q's) are applied once per event and once per
+        candidate and only h*q per pair: a quarter of the pair-wise multiply-adds, the same function."""
+        first, rest = self.attn_mlp[0], self.attn_mlp[1:]
+        w_h, w_q, w_hq, w_diff = first.weight.split(self.cfg.d_model, dim=1)  # each [hidden, d]
+        per_event = torch.matmul(hist, (w_h + w_diff).t())  # [B,L,hidden]
+        per_cand = torch.matmul(cand, (w_q - w_diff).t()) + first.bias  # [B,C,hidden]
+        pairs = torch.matmul(cand[:, :, None] * hist[:, None], w_hq.t())  # [B,C,L,hidden]
+        return rest(pairs + per_event[:, None] + per_cand[:, :, None]).squeeze(-1)
 
 
 CHECKPOINT_FILE = "ranker.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it

@@ -50,7 +50,6 @@ from serving.catalog import CATEGORY_FILE, ITEM_IDS_FILE, ItemIds, save_top_cate
 from serving.clip.ann_index import build_index, config_for, save_index
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.configs import write_configs
-from serving.grace.history import TOKENIZER_FILE
 from serving.grace.retriever import save_decoding
 from serving.contract import behavior_code
 from serving.recent import REMOVAL_EVENT, recent_items
@@ -113,10 +112,9 @@ def grace_stage(b: Build) -> dict:
     metrics.update(evaluate_recommender(retriever, test, exclude_history=b.limits.exclude_history))
     if cfg.baselines:
         metrics["baselines"] = baseline_metrics(dataset, split, test, budget, b)
-    # The encoder's input length limit follows the tokenizer: every step checks it (serving.graph ENC_TOKENS).
+    # The encoder's input length limit follows the tokenizer (the GPU rendering's native models check it).
     b.limits = dataclasses.replace(b.limits, tokens_per_event=retriever.encoder.tokenizer.tokens_per_event)
-    retriever.encoder.save(b.dir(graph.FEATURES))
-    retriever.encoder.tokenizer.save(b.dir(graph.GRACE_RETRIEVE) / TOKENIZER_FILE)
+    retriever.encoder.save(b.dir(graph.GRACE_RETRIEVE))  # the tokenizer the search decodes with, too
     b.parity.update(export_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE), seed=b.config.seed))
     save_decoding(b.dir(graph.GRACE_RETRIEVE), retriever.trie_decode)  # the served search scores as trained
     save_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE))  # the in-process reference runs it

@@ -22,21 +22,23 @@ from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.retriever import load_decoding, trie_normalized
 from serving.sasrec import top_eligible
-from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, ScoreAds, SideRetrieve, excluded
+from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, RequestStep, ScoreAds, SideRetrieve, excluded
 
 CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed/1 (clip_embed serves its ONNX)
 
 
 class TorchGraceRetrieve(GraceRetrieve):
     def load(self):
+        RequestStep.load(self)  # the request's validation and history encoder, not the ONNX retriever
         self.trie, self.path_to_item, self.vocab_size = load_decoding(self.version_dir)
         self.trie_normalized = trie_normalized(self.version_dir)
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()
-    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
-        return grace_retrieve(self.model, self.trie, self.path_to_item, enc_tokens, enc_journey_ids, enc_journey_pos,
-                              self.limits.beam_width, excluded(exclude_ids), self.trie_normalized)
+    def run(self, **request):
+        f = self.features(request)
+        return grace_retrieve(self.model, self.trie, self.path_to_item, f.enc_tokens, f.enc_journey_ids,
+                              f.enc_journey_pos, self.limits.beam_width, excluded(f.exclude_ids), self.trie_normalized)
 
     def run_batch(self, batch):  # the reference: one request at a time, the one-request search
         return [self.run(**inputs) for inputs in batch]

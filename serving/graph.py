@@ -24,7 +24,7 @@ from serving.catalog import CATEGORY_FILE, ITEM_IDS_FILE
 from serving.clip.embedder import IMAGE_FILE, MANIFEST_FILE as CLIP_MANIFEST_FILE, TEXT_FILE
 from serving.clip.retrieval import ITEM_EMBEDDINGS_FILE, ITEM_INDEX_FILE
 from serving.grace.history import HISTORY_FILES
-from serving.grace.retriever import DECODER_STEP_FILE, DECODING_FILE, ENCODER_FILE, TOKENIZER_FILE
+from serving.grace.retriever import DECODER_STEP_FILE, DECODING_FILE, ENCODER_FILE
 from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE, RANKER_FILE
 from serving.sasrec import SASREC_FILE
 
@@ -119,9 +119,6 @@ TOP_ITEM_IDS = Tensor("top_item_ids", "INT64")
 PCTR = Tensor("pctr", "FP32")
 RETRIEVAL_SOURCE = Tensor("retrieval_source", "STRING")
 # between the steps of recommend
-ENC_TOKENS = Tensor("enc_tokens", "INT64", max_len="max_history_tokens")
-ENC_JOURNEY_IDS = Tensor("enc_journey_ids", "INT64", values=(0, "max_history-1"), max_len="max_history_tokens")
-ENC_JOURNEY_POS = Tensor("enc_journey_pos", "INT64", values=(0, "max_history_tokens-1"), max_len="max_history_tokens")
 HIST_ITEMS = Tensor("hist_items", "INT64", ("max_history",), values=(0, "num_items"))
 HIST_BEHAVIORS = Tensor("hist_behaviors", "INT64", ("max_history",), values=(0, "num_behaviors"))
 EXCLUDE_IDS = Tensor("exclude_ids", "INT64", values=(0, "num_items"), max_len="max_exclude_ids")
@@ -144,26 +141,28 @@ EMBEDDING = Tensor("embedding", "FP32")
 
 # --- steps -----------------------------------------------------------------------------------------------
 FILTERS = (EXCLUDE_IDS, ALLOWED_CATEGORIES)
-FEATURES = Step(
-    "features", "validates a recommend request; CoT tokens with journey ids and positions, padded histories",
-    inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, K, EXCLUDE_ITEM_IDS, CATEGORY_IDS),
-    outputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, HIST_ITEMS, HIST_BEHAVIORS) + FILTERS,
-    artifacts=HISTORY_FILES + (ITEM_IDS_FILE,))
+# recommend's request goes to both retrieval steps as it came: each validates it (the checks are cheap next to a
+# hop: a `features` step before them cost ~2 ms at concurrency 1 and ~0.8 ms of CPU per request) and side_retrieve
+# passes the validated history and filters on to rank.
+REQUEST = (ITEM_IDS, BEHAVIORS, TIMESTAMPS, K, EXCLUDE_ITEM_IDS, CATEGORY_IDS)
 GRACE_RETRIEVE = Step(
-    "grace_retrieve", "GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step; "
+    "grace_retrieve", "validates a recommend request and encodes its history (CoT tokens, journey ids and "
+    "positions); the GRACE encoder once, then trie-constrained beam search over the cached ONNX decoder step; "
     "excluded items never complete a beam, so all beam_width candidates are eligible",
-    inputs=(ENC_TOKENS, ENC_JOURNEY_IDS, ENC_JOURNEY_POS, EXCLUDE_IDS), outputs=(GRACE_ITEMS, GRACE_SCORES),
-    artifacts=(TOKENIZER_FILE, ENCODER_FILE, DECODER_STEP_FILE, DECODING_FILE),
+    inputs=REQUEST, outputs=(GRACE_ITEMS, GRACE_SCORES),
+    artifacts=HISTORY_FILES + (ITEM_IDS_FILE, ENCODER_FILE, DECODER_STEP_FILE, DECODING_FILE),
     # Two instances: GRACE is half of a request's CPU, and with one instance a batch waited for the previous one
     # while the second core idled (perf_sweep: c16 113 -> 124 req/s, c8 98 -> 108; docs/results/perf_sweep.md).
     batching=Batching(instances=2))
 SIDE_RETRIEVE = Step(
     "side_retrieve", "the retrieval sources beside GRACE, in one step: the request's most recently interacted "
     "distinct items (repeat intent, newest first), CLIP-embedding nearest neighbours of the history in the FAISS "
-    "item index, and SASRec's top items after the history (one ONNX call for all queued requests); filters inside",
-    inputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS,
-    outputs=(RECENT_ITEMS, RECENT_SCORES, KNN_ITEMS, KNN_SCORES, SASREC_ITEMS, SASREC_SCORES),
-    artifacts=(CATEGORY_FILE, ITEM_INDEX_FILE, ITEM_EMBEDDINGS_FILE, SASREC_FILE),
+    "item index, and SASRec's top items after the history (one ONNX call for all queued requests); filters inside. "
+    "It validates the request too and hands rank the padded history and the request's filters",
+    inputs=REQUEST,
+    outputs=(HIST_ITEMS, HIST_BEHAVIORS) + FILTERS + (RECENT_ITEMS, RECENT_SCORES, KNN_ITEMS, KNN_SCORES,
+                                                     SASREC_ITEMS, SASREC_SCORES),
+    artifacts=(CATEGORY_FILE, ITEM_IDS_FILE, ITEM_INDEX_FILE, ITEM_EMBEDDINGS_FILE, SASREC_FILE),
     # One step, not three: each python step costs a hop and ~0.4-0.6 ms of CPU per request however little it
     # computes (perf_sweep, CPU per request by process), and these three together are cheaper than GRACE, beside
     # which they run.
@@ -206,8 +205,8 @@ CLIP_EMBED = Step(
 
 RECOMMEND = Ensemble(
     "recommend", "ranked items with calibrated pCTR and the retrieval source of each",
-    inputs=FEATURES.inputs, outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
-    steps=(FEATURES, GRACE_RETRIEVE, SIDE_RETRIEVE, RANK),
+    inputs=REQUEST, outputs=(TOP_ITEM_IDS, PCTR, RETRIEVAL_SOURCE),
+    steps=(GRACE_RETRIEVE, SIDE_RETRIEVE, RANK),
     published=(("num_items", "num_items"), ("max_history", "max_history"), ("max_k", "max_k"),
                ("num_categories", "num_categories"), ("max_exclude", "max_exclude"), ("behaviors", "event_names"),
                ("categories", "category_names"), ("example_item_ids", "example_item_ids")))

@@ -1,5 +1,5 @@
 """Request-level steps of `recommend`, in numpy, shared by the served Triton models and the in-process
-reference: validation and features, the eligibility mask, candidate merge, calibrated top-k.
+reference: validation and features (both retrieval steps validate the request), the eligibility mask, candidate merge, calibrated top-k.
 
 Only the neural parts differ between the two (ONNX Runtime when served, torch in the reference).
 """
@@ -18,19 +18,20 @@ from serving.validation import check_ids, integer_array, validate_history
 
 @dataclasses.dataclass(frozen=True)
 class HistoryFeatures:
-    enc_tokens: np.ndarray  # int64 [L * tokens_per_event]
-    enc_journey_ids: np.ndarray  # int64 [L * tokens_per_event], journey index of each token
-    enc_journey_pos: np.ndarray  # int64 [L * tokens_per_event], position of the token inside its journey
+    # GRACE's encoder inputs, each int64 [L * tokens_per_event] (None where the step does not encode the history):
+    enc_tokens: np.ndarray | None  # the CoT tokens
+    enc_journey_ids: np.ndarray | None  # journey index of each token
+    enc_journey_pos: np.ndarray | None  # position of the token inside its journey
     hist_items: np.ndarray  # int64 [max_history], right-aligned, 0 = pad
     hist_behaviors: np.ndarray  # int64 [max_history]
     exclude_ids: np.ndarray  # int64 [>=1]; always holds the padding item 0
     allowed_categories: np.ndarray  # int64 [>=1]; every category when the request names none
 
 
-def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimits, catalog: ItemIds, item_ids,
+def validate_and_featurize(history_encoder: HistoryEncoder | None, limits: ServingLimits, catalog: ItemIds, item_ids,
                            behaviors, timestamps, k, exclude_item_ids=None, category_ids=None) -> HistoryFeatures:
     """Checks one request (each argument a 1-D array, optional ones may be None) and builds its features; the
-    request's item ids are the dataset's, the features' internal."""
+    request's item ids are the dataset's, the features' internal. Without a history encoder, no encoder tokens."""
     items, behs, ts = validate_history(item_ids, behaviors, timestamps, max_history=limits.max_history,
                                        catalog=catalog, event_names=limits.event_names)
     n = len(items)
@@ -61,7 +62,8 @@ def validate_and_featurize(history_encoder: HistoryEncoder, limits: ServingLimit
     hist_items = np.zeros(limits.max_history, np.int64)
     hist_behaviors = np.zeros(limits.max_history, np.int64)
     hist_items[-n:], hist_behaviors[-n:] = items, behs
-    tokens, journey_ids, journey_pos = history_encoder.encode(items, behs, ts)
+    tokens, journey_ids, journey_pos = (None, None, None) if history_encoder is None else \
+        history_encoder.encode(items, behs, ts)
     return HistoryFeatures(enc_tokens=tokens, enc_journey_ids=journey_ids, enc_journey_pos=journey_pos,
                            hist_items=hist_items,
                            hist_behaviors=hist_behaviors, exclude_ids=exclude, allowed_categories=allowed)

@@ -24,60 +24,48 @@ from serving.grace.retriever import OnnxGraceRetriever
 from serving.ranking import MERGE_PRIORITY_FILE, ORDERING_FILE, OnnxRanker
 from serving.recent import REMOVAL_EVENT, recent_items
 from serving.sasrec import OnnxSasrec
-from serving.recommend import calibrated_top_k, eligible_mask, merge_candidates, validate_and_featurize
+from serving.recommend import (HistoryFeatures, calibrated_top_k, eligible_mask, merge_candidates,
+                               validate_and_featurize)
 from serving.validation import integer_array, validate_history
 
 MAX_TEXT_BYTES = 1024
 
 
-class Features(StepModel):
-    STEP = graph.FEATURES
+class RequestStep(StepModel):
+    """A step that takes recommend's request as the client sent it and validates it itself (the retrieval steps
+    run side by side on it: no hop before them). A bad request raises RequestError naming the field."""
+
+    ENCODES_HISTORY = False  # GRACE reads the history as tokens with journeys (serving.grace.history)
 
     def load(self):
-        self.history_encoder = HistoryEncoder.load(self.version_dir)
+        super().load()
         self.catalog = ItemIds.load(self.version_dir)
+        self.history_encoder = HistoryEncoder.load(self.version_dir) if self.ENCODES_HISTORY else None
 
-    def run(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None):
-        f = validate_and_featurize(self.history_encoder, self.limits, self.catalog, item_ids, behaviors, timestamps,
-                                   k, exclude_item_ids, category_ids)
-        return (f.enc_tokens, f.enc_journey_ids, f.enc_journey_pos, f.hist_items, f.hist_behaviors, f.exclude_ids,
-                f.allowed_categories)
+    def features(self, request: dict) -> HistoryFeatures:
+        """One request's validated features (the encoder tokens only where the step encodes the history)."""
+        return validate_and_featurize(self.history_encoder, self.limits, self.catalog, **request)
 
 
-class GraceRetrieve(StepModel):
+class GraceRetrieve(RequestStep):
     STEP = graph.GRACE_RETRIEVE
+    ENCODES_HISTORY = True
 
     def load(self):
+        super().load()
         self.retriever = OnnxGraceRetriever(self.version_dir)
-        self.vocab_size = self.retriever.vocab_size
         self.retriever.decoder_step = CountedRuns(self.retriever.decoder_step,
                                                   self.metrics.counter(metrics.GRACE_BEAM_STEPS))
 
-    def check_inputs(self, inputs):
-        """Beyond the graph's limits: token ids inside the model's vocabulary, three aligned non-empty inputs."""
-        super().check_inputs(inputs)
-        tokens = inputs[graph.ENC_TOKENS.name]
-        lengths = {t.name: len(inputs[t.name]) for t in self.STEP.inputs if t.name != graph.EXCLUDE_IDS.name}
-        if len(set(lengths.values())) != 1 or len(tokens) == 0:
-            raise RequestError(graph.ENC_TOKENS.name,
-                               f"the three inputs must be non-empty and of one length, got {lengths}")
-        if len(tokens) % self.limits.tokens_per_event:  # the encoder reads whole events
-            raise RequestError(graph.ENC_TOKENS.name, f"length {len(tokens)} is not whole events of "
-                                                      f"{self.limits.tokens_per_event} tokens")
-        bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)]
-        if len(bad):
-            raise RequestError(graph.ENC_TOKENS.name,
-                               f"token {int(bad[0])} is out of range; valid range is 0..{self.vocab_size - 1}")
-
-    def run(self, enc_tokens, enc_journey_ids, enc_journey_pos, exclude_ids):
-        return self.run_batch([dict(enc_tokens=enc_tokens, enc_journey_ids=enc_journey_ids,
-                                    enc_journey_pos=enc_journey_pos, exclude_ids=exclude_ids)])[0]
+    def run(self, **request):
+        return self.run_batch([request])[0]
 
     def run_batch(self, batch):
-        """Every queued request in one encoder call and one decoder call per beam-search step."""
-        return self.retriever.batch([(inputs[graph.ENC_TOKENS.name], inputs[graph.ENC_JOURNEY_IDS.name],
-                                      inputs[graph.ENC_JOURNEY_POS.name], excluded(inputs[graph.EXCLUDE_IDS.name]))
-                                     for inputs in batch], self.limits.beam_width)
+        """Every queued request in one encoder call and one decoder call per beam-search step (a bad request
+        raises before any model runs: the scaffold then answers the batch one request at a time)."""
+        features = [self.features(request) for request in batch]
+        return self.retriever.batch([(f.enc_tokens, f.enc_journey_ids, f.enc_journey_pos, excluded(f.exclude_ids))
+                                     for f in features], self.limits.beam_width)
 
 
 class CountedRuns:
@@ -103,14 +91,16 @@ class FilteredStep(StepModel):
     """A step that restricts items to those the request may receive (its filters, never item 0)."""
 
     def load(self):
+        super().load()
         self.top_category = load_top_category(self.version_dir)
 
     def eligible(self, exclude_ids, allowed_categories) -> np.ndarray:
         return eligible_mask(self.top_category, exclude_ids, allowed_categories)
 
 
-class SideRetrieve(FilteredStep):
-    """Recency, CLIP nearest neighbours and SASRec: the sources beside GRACE, one hop for the three."""
+class SideRetrieve(FilteredStep, RequestStep):
+    """Recency, CLIP nearest neighbours and SASRec: the sources beside GRACE, one hop for the three; it also hands
+    rank the validated history and filters."""
 
     STEP = graph.SIDE_RETRIEVE
 
@@ -127,21 +117,22 @@ class SideRetrieve(FilteredStep):
         """SASRec's top sasrec_candidates eligible items of each row (the reference swaps in the torch model)."""
         return self.sasrec.retrieve(hist_items, eligible, self.limits.sasrec_candidates)
 
-    def run(self, hist_items, hist_behaviors, exclude_ids, allowed_categories):
-        return self.run_batch([dict(hist_items=hist_items, hist_behaviors=hist_behaviors, exclude_ids=exclude_ids,
-                                    allowed_categories=allowed_categories)])[0]
+    def run(self, **request):
+        return self.run_batch([request])[0]
 
     def run_batch(self, batch):
         """SASRec scores every queued request in one ONNX Runtime call; recency and FAISS per request."""
-        eligible = np.stack([self.eligible(b[graph.EXCLUDE_IDS.name], b[graph.ALLOWED_CATEGORIES.name]) for b in batch])
-        hist = np.stack([b[graph.HIST_ITEMS.name] for b in batch])
+        features = [self.features(request) for request in batch]
+        eligible = np.stack([self.eligible(f.exclude_ids, f.allowed_categories) for f in features])
+        hist = np.stack([f.hist_items for f in features])
         results = []
-        for inputs, mask, sasrec in zip(batch, eligible, self.sasrec_top(hist, eligible)):
-            items, behaviors = inputs[graph.HIST_ITEMS.name], inputs[graph.HIST_BEHAVIORS.name]
-            recent = recent_items(items, behaviors, mask, self.limits.recent_candidates, self.removal_code)
-            knn = clip_retrieve(self.index, self.item_embeddings, items, behaviors, mask, self.limits.knn_candidates,
-                                self.behavior_weights)
-            results.append((*recent, *knn, *sasrec))
+        for f, mask, sasrec in zip(features, eligible, self.sasrec_top(hist, eligible)):
+            recent = recent_items(f.hist_items, f.hist_behaviors, mask, self.limits.recent_candidates,
+                                  self.removal_code)
+            knn = clip_retrieve(self.index, self.item_embeddings, f.hist_items, f.hist_behaviors, mask,
+                                self.limits.knn_candidates, self.behavior_weights)
+            results.append((f.hist_items, f.hist_behaviors, f.exclude_ids, f.allowed_categories, *recent, *knn,
+                            *sasrec))
         return results
 
 
@@ -320,4 +311,4 @@ def decode_texts(column: np.ndarray, tokenizer, context_length: int) -> list[str
 
 
 IMPLEMENTATIONS = {cls.STEP.name: cls for cls in
-                   (Features, GraceRetrieve, SideRetrieve, Rank, ScoreAds, ClipEmbed)}
+                   (GraceRetrieve, SideRetrieve, Rank, ScoreAds, ClipEmbed)}

@@ -1,5 +1,5 @@
 """A request's history -> GRACE encoder inputs: chain-of-thought tokens plus each token's journey id and its
-position inside the journey. Numpy only: the served `features` step and training share it.
+position inside the journey. Numpy only: the served `grace_retrieve` step and training share it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from clients.recommend_client import build_inputs_from_arrays
 from serving import graph, metrics
 from serving.ads.scorer import SOURCES as AD_SOURCES
 from serving.contract import BUILD_MANIFEST, ServingLimits
-from serving.steps import Features, GraceRetrieve
+from serving.steps import GraceRetrieve
 from tests.conftest import run_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -88,12 +88,10 @@ def _history(limits: ServingLimits, picks, behaviors):
 
 def _decoder_steps(model_repository, limits, histories) -> int:
     """The decoder-step calls the same requests take in process (the same step classes, ONNX Runtime)."""
-    features = Features.create(model_repository / graph.FEATURES.name / "1", limits)
     grace = GraceRetrieve.create(model_repository / graph.GRACE_RETRIEVE.name / "1", limits)
     for items, behaviors, timestamps in histories:
-        f = features(item_ids=np.asarray(items, np.int64), behaviors=np.asarray(behaviors, np.int32),
-                     timestamps=np.asarray(timestamps, np.int64), k=np.asarray([K], np.int32))
-        grace(**{t.name: f[t.name] for t in graph.GRACE_RETRIEVE.inputs})
+        grace(item_ids=np.asarray(items, np.int64), behaviors=np.asarray(behaviors, np.int32),
+              timestamps=np.asarray(timestamps, np.int64), k=np.asarray([K], np.int32))
     return grace.metrics.counter(metrics.GRACE_BEAM_STEPS).total
 
 
@@ -107,7 +105,7 @@ def test_custom_metrics_count_what_was_served(server, model_repository, limits):
             rec = client.infer(build_inputs_from_arrays(items, behaviors, timestamps, K))
             assert len(rec.items) == K
             sources.update(item.source for item in rec.items)
-        with pytest.raises(RecommendError) as err:  # k=0: features refuses it (the graph's range of k)
+        with pytest.raises(RecommendError) as err:  # k=0: both retrieval steps refuse it
             client.infer(build_inputs_from_arrays(*histories[0], 0))
         assert err.value.code == "StatusCode.INVALID_ARGUMENT", err.value
 
@@ -141,22 +139,22 @@ def test_custom_metrics_count_what_was_served(server, model_repository, limits):
     # rejections: exactly the two invalid requests, by step and field
     rejected = {dict(labels)["model"] + "/" + dict(labels)["field"]: value
                 for labels, value in delta.series("recserve_rejected_requests_total").items() if value}
-    expected = {"features/k": 1.0, **({"score_ads/campaign_ids": 1.0} if ads_requests else {})}
+    expected = {"grace_retrieve/k": 1.0, "side_retrieve/k": 1.0, **({"score_ads/campaign_ids": 1.0} if ads_requests else {})}
     assert rejected == expected
     assert delta("recserve_rejected_requests_total", model="rank", field="k") == 0  # present, unmoved
 
     # batch sizes: one observation per execution (= Triton's exec count), summing to the requests each step got
-    for step, requests in ((graph.FEATURES.name, n + 1), (graph.RANK.name, n), (graph.GRACE_RETRIEVE.name, n),
+    for step, requests in ((graph.GRACE_RETRIEVE.name, n + 1), (graph.SIDE_RETRIEVE.name, n + 1), (graph.RANK.name, n),
                            *(((graph.SCORE_ADS.name, ads_requests + 1),) if ads_requests else ())):
         executions = delta("nv_inference_exec_count", model=step, version="1")
         assert delta("recserve_batch_size_count", model=step) == executions > 0, step
         assert delta("recserve_batch_size_sum", model=step) == requests, step
         assert delta("recserve_batch_size_bucket", model=step, le="+Inf") == executions, step
-    # Triton saw every request features got, but it cannot tell a refusal from an answer: a python step's error
+    # Triton saw every request grace_retrieve got, but it cannot tell a refusal from an answer: a python step's error
     # response counts as nv_inference_request_success (Triton 2.51), hence recserve_rejected_requests_total.
     failures = sum(value for labels, value in delta.series("nv_inference_request_failure").items()
-                   if ("model", graph.FEATURES.name) in labels)  # one series per reason
-    assert delta("nv_inference_request_success", model=graph.FEATURES.name, version="1") + failures == n + 1
+                   if ("model", graph.GRACE_RETRIEVE.name) in labels)  # one series per reason
+    assert delta("nv_inference_request_success", model=graph.GRACE_RETRIEVE.name, version="1") + failures == n + 1
     assert not any(delta.series("recserve_internal_errors_total").values())
 
     # GRACE: as many decoder-step calls as the same requests take in process

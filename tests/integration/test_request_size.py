@@ -55,7 +55,7 @@ def test_oversized_requests_are_refused_at_the_edge_and_leave_no_memory(model_re
                 tensor.set_data_from_numpy(huge.astype(dtype))
             k = grpcclient.InferInput("k", [1, 1], "INT32")
             k.set_data_from_numpy(np.array([[10]], np.int32))
-            for target in ("recommend", "features", "grace_retrieve"):  # internal steps sit behind the same edge
+            for target in ("recommend", "grace_retrieve", "side_retrieve"):  # internal steps sit behind the same edge
                 for _ in range(3):
                     with pytest.raises(Exception) as refused:
                         raw.infer(target, [*tensors, k], client_timeout=60)

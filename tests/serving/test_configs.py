@@ -99,7 +99,7 @@ def test_fixed_dims_follow_the_limits(parsed):
     limits, configs = parsed
     L, W, C = limits.max_history, limits.beam_width, limits.max_candidates
     expect = {
-        ("features", "hist_items"): [L], ("side_retrieve", "hist_items"): [L], ("rank", "hist_items"): [L],
+        ("side_retrieve", "hist_items"): [L], ("rank", "hist_items"): [L],
         ("grace_retrieve", "grace_items"): [W], ("rank", "grace_items"): [W], ("rank", "cand_items"): [C],
     }
     for (model, tensor), dims in expect.items():
@@ -166,12 +166,12 @@ def test_ensemble_dataflow_is_complete_acyclic_and_type_consistent(parsed):
                 produced[tensor] = (outputs[key].data_type, list(outputs[key].dims), False)
             pending.remove(s)
         rounds += 1
-    assert rounds == 3  # features -> retrieval (GRACE beside the side sources) -> rank
+    assert rounds == 2  # retrieval (GRACE beside the side sources, both on the request) -> rank
     for out in ens.output:
         assert out.name in producers, out.name
         dtype, dims, _ = produced[out.name]
         assert (out.data_type, list(out.dims)) == (dtype, dims), out.name
-    # The retrieval steps run off the features step, so the scheduler can run them in parallel.
+    # The retrieval steps both run off the request, so the scheduler runs them in parallel.
     assert producers["grace_items"] == "grace_retrieve" and producers["knn_items"] == "side_retrieve"
     assert producers["recent_items"] == producers["sasrec_items"] == "side_retrieve"
     # ... and rank consumes every retrieval source; its diagnostics output is not part of the ensemble.
@@ -180,11 +180,11 @@ def test_ensemble_dataflow_is_complete_acyclic_and_type_consistent(parsed):
     assert "cand_items" not in producers
 
 
-def test_ensemble_inputs_match_features_model(parsed):
+def test_ensemble_inputs_match_the_request_steps(parsed):
     _, configs = parsed
     ens_inputs = {t.name: (t.data_type, list(t.dims), t.optional) for t in configs["recommend"].input}
-    feat_inputs = {t.name: (t.data_type, list(t.dims), t.optional) for t in configs["features"].input}
-    assert ens_inputs == feat_inputs
+    for model in ("grace_retrieve", "side_retrieve"):  # both take the request as the client sent it
+        assert {t.name: (t.data_type, list(t.dims), t.optional) for t in configs[model].input} == ens_inputs
 
 
 def _imported_class(tree: ast.Module) -> tuple[str, str]:
@@ -461,9 +461,8 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
     request = dict(item_ids=items, behaviors=np.ones(len(items), np.int32),
                    timestamps=np.arange(1_700_000_000, 1_700_000_000 + len(items), dtype=np.int64),
                    k=np.array([10], np.int32))
-    features = step("features", model_repository)(**request)
-    grace = {t.name: features[t.name] for t in STEPS["grace_retrieve"].inputs}
-    cpu_grace, gpu_grace = step("grace_retrieve", model_repository)(**grace), step("grace_retrieve", gpu_repository)(**grace)
+    cpu_grace = step("grace_retrieve", model_repository)(**request)
+    gpu_grace = step("grace_retrieve", gpu_repository)(**request)
     gpu_retriever = step("grace_retrieve", gpu_repository).retriever
     assert isinstance(gpu_retriever.encoder, serving_ort.BlsSession)
     # the native decoder's requests axis is dynamic (-1): queued requests share each step call, as on the CPU
@@ -473,6 +472,7 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
         np.testing.assert_allclose(gpu_grace[name], cpu_grace[name], rtol=1e-5, atol=1e-5)
     cand = np.zeros(limits.max_candidates, np.int64)
     cand[:limits.beam_width] = cpu_grace["grace_items"]
+    features = step("side_retrieve", model_repository)(**request)  # the validated history it hands rank
     rank = [np.stack([a] * 3) for a in (features["hist_items"], features["hist_behaviors"], cand)]  # a batch of 3
     cpu_rank, gpu_rank = step("rank", model_repository), step("rank", gpu_repository)
     for x, y in zip(cpu_rank.score(*rank), gpu_rank.score(*rank)):
@@ -484,7 +484,7 @@ def test_gpu_steps_reach_their_native_models_through_bls(gpu_repository, model_r
     got = gpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
     want = cpu_clip.run_batch([dict(image=clip["image"], text=texts)])[0][0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    side = [{t.name: features[t.name] for t in STEPS["side_retrieve"].inputs}] * 2  # two queued requests
+    side = [request] * 2  # two queued requests
     cpu_side, gpu_side = step("side_retrieve", model_repository), step("side_retrieve", gpu_repository)
     for cpu_out, gpu_out in zip(cpu_side.run_batch(side), gpu_side.run_batch(side)):
         for x, y in zip(cpu_out, gpu_out):  # items equal, scores to the tolerance

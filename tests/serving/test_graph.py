@@ -46,7 +46,7 @@ def test_step_names_are_unique_and_every_step_has_an_implementation():
 
 
 def test_check_signature_rejects_a_step_whose_run_disagrees_with_the_graph():
-    class Wrong(IMPLEMENTATIONS[graph.SIDE_RETRIEVE.name]):
+    class Wrong(IMPLEMENTATIONS[graph.RANK.name]):
         def run(self, hist_items, exclude_ids, allowed_categories):  # no hist_behaviors, no catch-all
             return ()
 

@@ -45,8 +45,12 @@ class WithoutSources:
 
     def __init__(self, step, definition: graph.Step, sources: list[graph.RetrievalSource]):
         self.step, self.definition, self.items = step, definition, {source.items.name for source in sources}
-        # a step whose every source is dropped is not called at all (GRACE's beam search would be wasted)
-        self.skip = all(s.items.name in self.items for s in graph.RETRIEVAL_SOURCES if s.step.name == definition.name)
+        # a step whose every source is dropped and whose other outputs no step reads is not called at all
+        # (GRACE's beam search would be wasted); side_retrieve still hands rank the history and filters
+        read = {t.name for step in graph.RECOMMEND.steps for t in step.inputs} - {
+            s.items.name for s in graph.RETRIEVAL_SOURCES}
+        self.skip = all(s.items.name in self.items for s in graph.RETRIEVAL_SOURCES if s.step.name == definition.name) \
+            and not any(t.name in read for t in definition.outputs)
 
     def __call__(self, **inputs):
         if self.skip:

@@ -35,13 +35,12 @@ class TorchGraceRetrieve(GraceRetrieve):
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()
-    def run(self, **request):
-        f = self.features(request)
+    def run_batch(self, batch):  # the reference: one request at a time, the one-request search
+        return [self.retrieve(self.features(request)) for request in batch]
+
+    def retrieve(self, f):
         return grace_retrieve(self.model, self.trie, self.path_to_item, f.enc_tokens, f.enc_journey_ids,
                               f.enc_journey_pos, self.limits.beam_width, excluded(f.exclude_ids), self.trie_normalized)
-
-    def run_batch(self, batch):  # the reference: one request at a time, the one-request search
-        return [self.run(**inputs) for inputs in batch]
 
 
 class TorchRank(Rank):

@@ -46,6 +46,10 @@ class RequestStep(StepModel):
         """One request's validated features (the encoder tokens only where the step encodes the history)."""
         return validate_and_featurize(self.history_encoder, self.limits, self.catalog, **request)
 
+    def run(self, item_ids, behaviors, timestamps, k, exclude_item_ids=None, category_ids=None):
+        return self.run_batch([dict(item_ids=item_ids, behaviors=behaviors, timestamps=timestamps, k=k,
+                                    exclude_item_ids=exclude_item_ids, category_ids=category_ids)])[0]
+
 
 class GraceRetrieve(RequestStep):
     STEP = graph.GRACE_RETRIEVE
@@ -56,9 +60,6 @@ class GraceRetrieve(RequestStep):
         self.retriever = OnnxGraceRetriever(self.version_dir)
         self.retriever.decoder_step = CountedRuns(self.retriever.decoder_step,
                                                   self.metrics.counter(metrics.GRACE_BEAM_STEPS))
-
-    def run(self, **request):
-        return self.run_batch([request])[0]
 
     def run_batch(self, batch):
         """Every queued request in one encoder call and one decoder call per beam-search step (a bad request
@@ -116,9 +117,6 @@ class SideRetrieve(FilteredStep, RequestStep):
     def sasrec_top(self, hist_items: np.ndarray, eligible: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """SASRec's top sasrec_candidates eligible items of each row (the reference swaps in the torch model)."""
         return self.sasrec.retrieve(hist_items, eligible, self.limits.sasrec_candidates)
-
-    def run(self, **request):
-        return self.run_batch([request])[0]
 
     def run_batch(self, batch):
         """SASRec scores every queued request in one ONNX Runtime call; recency and FAISS per request."""

@@ -83,19 +83,17 @@ def test_side_sources_are_served_and_equal_the_reference(client, reference, trit
         items = rng.choice(np.arange(1, 9), size=n).tolist()  # few distinct items: a repeat-heavy shopper
         behs = rng.choice([1, 1, 2, 3, 4], size=n).tolist()
         ts = (1_700_000_000 + np.cumsum(rng.integers(0, 600, size=n))).tolist()
-        hist_items = np.zeros(limits.max_history, np.int64)
-        hist_behs = np.zeros(limits.max_history, np.int64)
-        hist_items[-n:], hist_behs[-n:] = items, behs
-        exclude = np.array([0, items[-1]] if i % 2 else [0], np.int64)
-        cats = np.arange(limits.num_categories, dtype=np.int64)
-        feeds = dict(zip([t.name for t in graph.SIDE_RETRIEVE.inputs], (hist_items, hist_behs, exclude, cats)))
+        request = {graph.ITEM_IDS.name: np.asarray(items, np.int64), graph.BEHAVIORS.name: np.asarray(behs, np.int32),
+                   graph.TIMESTAMPS.name: np.asarray(ts, np.int64), graph.K.name: np.array([20], np.int32)}
+        if i % 2:  # the newest item excluded (the request speaks the dataset's ids)
+            request[graph.EXCLUDE_ITEM_IDS.name] = np.asarray(items[-1:], np.int64)
         inputs = []
-        for name, value in feeds.items():
-            tensor = grpcclient.InferInput(name, [1, len(value)], "INT64")
+        for name, value in request.items():
+            tensor = grpcclient.InferInput(name, [1, len(value)], "INT32" if value.dtype == np.int32 else "INT64")
             tensor.set_data_from_numpy(value[None])
             inputs.append(tensor)
         result = raw.infer(graph.SIDE_RETRIEVE.name, inputs)
-        expected = step(**feeds)
+        expected = step(**request)
         for tensor in graph.SIDE_RETRIEVE.outputs:
             if tensor is graph.SASREC_SCORES:  # the torch model in the reference, its ONNX export served
                 np.testing.assert_allclose(result.as_numpy(tensor.name)[0], expected[tensor.name], atol=1e-4)

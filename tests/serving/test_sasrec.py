@@ -35,6 +35,7 @@ def version_dir(tmp_path_factory):
     assert diff["sasrec.onnx"] < 1e-4
     save_checkpoint(model, out)
     save_top_category(out, np.arange(N + 1) % 3)  # item i's top category is i % 3
+    ItemIds(np.arange(100, 100 + N + 1)).save(out)  # the dataset's id of item i is 100 + i (the request's ids)
     # side_retrieve's other sources: a FAISS index of random item embeddings
     emb = np.random.default_rng(0).normal(size=(N, 8)).astype(np.float32)
     index_cfg = config_for(N)
@@ -69,19 +70,23 @@ SASREC = graph.SIDE_RETRIEVE.outputs.index(graph.SASREC_ITEMS)  # its items, the
 
 
 def test_step_answers_each_queued_request_with_its_own_filters(version_dir):
+    """side_retrieve takes the request itself (the dataset's ids) and answers internal ids, each request of a
+    batch with its own filters; it hands rank the request's padded history and filters."""
     step = SideRetrieve.create(version_dir, LIMITS)
-    hist = np.zeros(LIMITS.max_history, np.int64)
-    hist[-3:] = [4, 5, 6]
-    free = dict(hist_items=hist, hist_behaviors=np.where(hist > 0, 1, 0), exclude_ids=np.zeros(1, np.int64),
-                allowed_categories=np.arange(3))
-    only_cat1 = dict(free, allowed_categories=np.array([1]))
-    unfiltered = step.run(**free)[SASREC]
-    excluded = dict(free, exclude_ids=np.array([0, unfiltered[0]]))
+    free = dict(item_ids=np.array([104, 105, 106]), behaviors=np.ones(3, np.int32),
+                timestamps=np.array([10, 20, 30]), k=np.array([5], np.int32))
+    only_cat1 = dict(free, category_ids=np.array([1], np.int32))
+    outputs = step(**free)
+    unfiltered = outputs[graph.SASREC_ITEMS.name]
+    assert outputs[graph.HIST_ITEMS.name][-3:].tolist() == [4, 5, 6] and outputs[graph.HIST_ITEMS.name][0] == 0
+    assert outputs[graph.ALLOWED_CATEGORIES.name].tolist() == [0, 1, 2]
+    excluded = dict(free, exclude_item_ids=np.array([100 + unfiltered[0]]))
     batch = step.run_batch([free, only_cat1, excluded])
     answers = [a[SASREC:SASREC + 2] for a in batch]
-    for answer, request in zip(batch, (free, only_cat1, excluded)):
-        for items in answer[::2]:  # every source's items honour the request's filters
-            assert all(i % 3 in request["allowed_categories"] and i not in request["exclude_ids"] for i in items)
+    first_source = graph.SIDE_RETRIEVE.outputs.index(graph.RECENT_ITEMS)
+    for answer, allowed, dropped in zip(batch, ([0, 1, 2], [1], [0, 1, 2]), ([], [], [unfiltered[0]])):
+        for items in answer[first_source::2]:  # every source's items honour the request's filters
+            assert all(i % 3 in allowed and i not in dropped for i in items)
     assert answers[0][0].tolist() == unfiltered.tolist() and len(unfiltered) == LIMITS.sasrec_candidates
     assert all(i % 3 == 1 for i in answers[1][0])
     assert unfiltered[0] not in answers[2][0] and answers[2][0].tolist() == unfiltered[1:].tolist() + \

@@ -30,7 +30,7 @@ CLIP_CHECKPOINT_DIR = "clip_model"  # the torch CLIP model dir inside clip_embed
 class TorchGraceRetrieve(GraceRetrieve):
     def load(self):
         RequestStep.load(self)  # the request's validation and history encoder, not the ONNX retriever
-        self.trie, self.path_to_item, self.vocab_size = load_decoding(self.version_dir)
+        self.trie, self.path_to_item, _ = load_decoding(self.version_dir)
         self.trie_normalized = trie_normalized(self.version_dir)
         self.model = load_grace(self.version_dir)
 

@@ -1,5 +1,6 @@
 """Request-level steps of `recommend`, in numpy, shared by the served Triton models and the in-process
-reference: validation and features (both retrieval steps validate the request), the eligibility mask, candidate merge, calibrated top-k.
+reference: validation and features (both retrieval steps validate the request), the eligibility mask, candidate
+merge, calibrated top-k.
 
 Only the neural parts differ between the two (ONNX Runtime when served, torch in the reference).
 """

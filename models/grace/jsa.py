@@ -326,12 +326,7 @@ class JourneySparseAttention(nn.Module):
     def _forward_aligned(self, x, journey_ids, valid):
         cfg = self.cfg
         b, t, d = x.shape
-        h, hd = self.heads, self.head_dim
-        q = self._heads(self.q, x, 1.0 / math.sqrt(hd))  # scaled once, for every branch
-        k, v = self._heads(self.k, x), self._heads(self.v, x)
-        journey_ids = journey_ids.long()
-        real = (valid > 0.5) & (journey_ids >= 0)
-        rank, start, length, pad, num_j = _journey_stats(journey_ids, real)
+        q, k, v, real, (rank, start, length, pad, num_j) = self._project(x, journey_ids, valid)
         pos = torch.arange(t, device=x.device)
 
         # compressed: pooled blocks that end before the query's journey starts
@@ -353,7 +348,7 @@ class JourneySparseAttention(nn.Module):
         out_sum, sum_mask = self._summary(x, q, real, rank, start, length, num_j)
 
         # Combined in [B,T,H,hd] order: the block-sparse outputs already are, and the output projection wants it.
-        gates = torch.sigmoid(self.gate(x)).view(b, t, h, len(BRANCHES))
+        gates = torch.sigmoid(self.gate(x)).view(b, t, self.heads, len(BRANCHES))
         outs = [o.transpose(1, 2) for o in (out_cmp, out_sel, out_sum, out_win)]
         out = outs[1] * gates[..., 1:2]
         for i in (0, 2, 3):
@@ -361,6 +356,14 @@ class JourneySparseAttention(nn.Module):
         out = self.o(out.reshape(b, t, d))
         return out, JSAPlan(sel_layout, sel_start, win_layout, win_start, cmp_mask, sum_mask, real)
 
+    def _project(self, x, journey_ids, valid):
+        """What both forms start from: queries (pre-scaled, for every branch), keys, values [B,H,T,hd], the real
+        tokens [B,T] and _journey_stats (rank, start, length, pad, num_journeys)."""
+        q = self._heads(self.q, x, 1.0 / math.sqrt(self.head_dim))
+        k, v = self._heads(self.k, x), self._heads(self.v, x)
+        journey_ids = journey_ids.long()
+        real = (valid > 0.5) & (journey_ids >= 0)
+        return q, k, v, real, _journey_stats(journey_ids, real)
 
     def _summary(self, x, q, real, rank, start, length, num_j):
         """The summary branch: pooled parts of the most recent journeys before the query's own -> out
@@ -384,18 +387,13 @@ class JourneySparseAttention(nn.Module):
         the query); the compressed and selected branches attend to nothing and add zero. About half the ONNX
         kernels of the four-branch form for the same outputs (tests/models/grace/test_jsa.py)."""
         b, t, d = x.shape
-        h, hd = self.heads, self.head_dim
-        q = self._heads(self.q, x, 1.0 / math.sqrt(hd))
-        k, v = self._heads(self.k, x), self._heads(self.v, x)
-        journey_ids = journey_ids.long()
-        real = (valid > 0.5) & (journey_ids >= 0)
-        rank, start, length, _, num_j = _journey_stats(journey_ids, real)
+        q, k, v, real, (rank, start, length, _, num_j) = self._project(x, journey_ids, valid)
         pos = torch.arange(t, device=x.device)
         win_mask = (pos[None, None, :] >= start[:, :, None]) & (pos[None, None, :] <= pos[None, :, None]) \
             & real[:, :, None]
         out_win = self._masked_dense(q, k, v, win_mask, importance=False)[0]
         out_sum = self._summary(x, q, real, rank, start, length, num_j)[0]
-        gates = torch.sigmoid(self.gate(x)).view(b, t, h, len(BRANCHES))
+        gates = torch.sigmoid(self.gate(x)).view(b, t, self.heads, len(BRANCHES))
         win, summ = BRANCHES.index("window"), BRANCHES.index("summary")
         out = out_sum.transpose(1, 2) * gates[..., summ:summ + 1]
         out = torch.addcmul(out, out_win.transpose(1, 2), gates[..., win:win + 1])

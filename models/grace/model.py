@@ -115,7 +115,7 @@ class EncoderBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         if cfg.attention == "jsa":
             from models.grace.jsa import JSAConfig, JourneySparseAttention  # noqa: PLC0415 (optional dependency)
-            # Its longest input is the memory of max_tokens: at most one block, JSA runs (and exports) two branches.
+            # Its longest input is the memory of max_tokens; when that fits one block JSA runs (and exports) two branches.
             memory = cfg.max_events if cfg.event_memory else cfg.max_tokens
             self.attn = JourneySparseAttention(d, cfg.num_heads, JSAConfig(**(cfg.jsa or {})), backend=cfg.jsa_backend,
                                                max_length=memory)

@@ -84,7 +84,6 @@ class Ranker(nn.Module):
         h = self.trunk(feats)
         return self.ctr_head(h).squeeze(-1), self.relevance_head(h).squeeze(-1)
 
-
     def target_attention_logits(self, hist: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """DIN's attention MLP over [h, q, h*q, h-q] of every (candidate, history event) pair -> [B,C,L]. Its
         first layer is linear, so the h and q parts (and h-q's) are applied once per event and once per

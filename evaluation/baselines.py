@@ -56,9 +56,14 @@ def _check_k(k: int, num_items: int) -> None:
 
 
 class MostPopular:
-    """Items ranked by their interaction count in the training part of each user's sequence."""
+    """Items ranked by their interaction count in the training part of each user's sequence; with `days`, only
+    the training events of the last `days` days before the newest one count (recent popularity: on a global
+    time split, the days before the cut)."""
 
-    def __init__(self) -> None:
+    def __init__(self, days: float | None = None) -> None:
+        if days is not None and days <= 0:
+            raise ValueError(f"days must be > 0, got {days}")
+        self.days = days
         self.ranking: np.ndarray | None = None
 
     def fit(self, dataset: SequenceDataset, train_examples: Examples, *, seed: int = 0,
@@ -68,8 +73,14 @@ class MostPopular:
         last = np.full(dataset.num_users, -1, np.int64)
         np.maximum.at(last, train_examples.users, train_examples.positions)
         counts = np.zeros(dataset.num_items + 1, np.int64)
-        for u in np.flatnonzero(last >= 0):
-            np.add.at(counts, dataset.user_items[u][:last[u] + 1], 1)
+        users = np.flatnonzero(last >= 0)
+        since = -np.inf
+        if self.days is not None and len(users):  # the window ends at the newest training event
+            newest = max(float(dataset.user_timestamps[u][last[u]]) for u in users)
+            since = newest - self.days * 86400.0
+        for u in users:
+            items, times = dataset.user_items[u][:last[u] + 1], dataset.user_timestamps[u][:last[u] + 1]
+            np.add.at(counts, items[times >= since], 1)
         counts[0] = -1  # padding never ranks
         # Ties by ascending item id, so the ranking is deterministic.
         self.ranking = np.lexsort((np.arange(len(counts)), -counts))[:dataset.num_items]

@@ -56,6 +56,8 @@ def register(name: str, factory: Factory, *, description: str = "", replace: boo
 
 register("mostpop", lambda dataset, seed: MostPopular(),
          description="most-popular items over the training events (ignores the history)")
+register("pop30", lambda dataset, seed: MostPopular(days=30),
+         description="most-popular items over the last 30 days of training events (recent popularity)")
 register("recent", lambda dataset, seed: MostRecent(),
          description="the user's own distinct history items newest first, then most-popular (repeat baseline)")
 register("sasrec", lambda dataset, seed: SASRec(),

@@ -66,6 +66,9 @@ class GraceBuildConfig:
     def __post_init__(self) -> None:
         if self.variant != AUTO and self.variant not in VARIANTS:
             raise ValueError(f"grace.variant must be {AUTO!r} or one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.model.item_head:  # the served retriever decodes paths only: it would not compute what was validated
+            raise ValueError("grace.model.item_head is evaluation-only (python -m evaluation.evaluate --grace "
+                             "item_head=true): the served retriever has no item head; docs/results/grace_heads.md")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,15 @@ class GraceConfig:
     # dataset whose users repeat items. Needs event_memory (one memory position per event to point at); the
     # decoder step then takes the history's item paths (memory_paths) as an input.
     copy: bool = False
+    # The output head shares the token embeddings (its weight is token_emb's; a bias of its own), as SASRec
+    # ties its item embeddings: a token read in the history and the same token written share one vector.
+    tied_head: bool = False
+    # A dense item head beside the generative decoder (as LIGER and COBRA pair semantic IDs with dense
+    # retrieval): the encoder's state after an event, projected, scores every catalog item by a dot product with
+    # the item's vector, the scaled sum of its path tokens' embeddings (the decoder's vocabulary: no per-item
+    # parameters, and an item new to the catalog has a vector as soon as it has a path). The catalog size;
+    # 0: no item head. The paths are a buffer (GraceModel.set_item_paths), saved with the weights.
+    item_head: int = 0
 
     @property
     def max_events(self) -> int:
@@ -191,6 +200,11 @@ class GraceModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size)
+        # Tied: the embeddings are N(0, 1) for the inputs' sake, so the head reads d ** -0.5 of the state to keep
+        # the initial logits of unit scale.
+        self.head_scale = d ** -0.5 if cfg.tied_head else 1.0
+        if cfg.tied_head:
+            self.head.weight = self.token_emb.weight
         if cfg.copy:
             # The pointer's keys are the last decoder layer's cross-attention keys (no extra encoder output).
             self.copy_query, self.copy_gate = nn.Linear(d, d), nn.Linear(d, 1)
@@ -200,6 +214,9 @@ class GraceModel(nn.Module):
             # A learned bonus for the events whose token at the previous level is the one just written: the
             # pointer then follows one item's path down the levels instead of re-choosing at each.
             self.copy_match = nn.Parameter(torch.tensor(2.0))
+        if cfg.item_head:
+            self.item_query = nn.Linear(d, d)
+            self.register_buffer("item_paths", torch.zeros(cfg.item_head + 1, cfg.path_length, dtype=torch.long))
         level_bias = torch.zeros(cfg.path_length, cfg.vocab_size)
         if cfg.level_offsets is not None:
             off = cfg.level_offsets
@@ -207,6 +224,31 @@ class GraceModel(nn.Module):
                 level_bias[p, :off[p]] = NEG_INF
                 level_bias[p, off[p + 1]:] = NEG_INF
         self.register_buffer("level_bias", level_bias, persistent=False)  # [path_length, V], from the config
+
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.head_scale == 1.0 else h * self.head_scale
+
+    def set_item_paths(self, item_paths) -> None:
+        """The catalog's item paths [N+1, P] (row 0 the padding item), for the item head."""
+        paths = torch.as_tensor(item_paths, dtype=torch.long)
+        if paths.shape != self.item_paths.shape:
+            raise ValueError(f"item_paths must be {tuple(self.item_paths.shape)}, got {tuple(paths.shape)}")
+        self.item_paths.copy_(paths)
+
+    def item_vectors(self) -> torch.Tensor:
+        """[N+1, d]: each item's vector for the item head (row 0, the padding item, is never scored)."""
+        return self.token_emb(self.item_paths).sum(dim=1) * self.cfg.path_length ** -0.5
+
+    def item_scores(self, states: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder states [..., d] (one per event, GraceModel.event_states) -> item logits [..., N+1] (the
+        padding item at NEG_INF)."""
+        vectors = self.item_vectors() if vectors is None else vectors
+        scores = self.item_query(states) @ vectors.T * self.cfg.d_model ** -0.5
+        return scores.index_fill(-1, torch.zeros(1, dtype=torch.long, device=scores.device), NEG_INF)
+
+    def event_states(self, memory: torch.Tensor) -> torch.Tensor:
+        """Encoder memory -> [B, E, d], the state after each event (its last token's with token memory)."""
+        return memory if self.cfg.event_memory else memory[:, self.cfg.tokens_per_event - 1::self.cfg.tokens_per_event]
 
     def encode(self, tokens: torch.Tensor, valid: torch.Tensor, journey_ids: torch.Tensor,
                journey_pos: torch.Tensor) -> torch.Tensor:
@@ -302,9 +344,9 @@ class GraceModel(nn.Module):
             present.append(torch.stack(kv))
         h = self.dec_norm(x)
         if level_tokens is None:
-            logits = self.head(h) + self.level_bias[pos]
+            logits = self.head(self.head_input(h)) + self.level_bias[pos]
         else:
-            logits = h @ self.head.weight[level_tokens].T + self.head.bias[level_tokens]
+            logits = self.head_input(h) @ self.head.weight[level_tokens].T + self.head.bias[level_tokens]
         if not self.cfg.copy:
             return logits, torch.stack(present)
         if memory_paths is None:
@@ -348,12 +390,13 @@ class GraceModel(nn.Module):
         prefix = torch.cat([bos, target_paths[:, :-1]], dim=1)
         return self.decode(prefix, self.cross_kv(memory), valid, self.memory_paths(tokens))
 
-    def forward_positions(self, tokens, valid, journey_ids, journey_pos, next_paths):
+    def forward_positions(self, tokens, valid, journey_ids, journey_pos, next_paths, with_states: bool = False):
         """Teacher forcing after every event: next_paths [B, E, P] is the path of the item that follows each
         of the E = T / tokens_per_event event slots (right-aligned like the history; rows of padding slots are
         ignored by the caller) -> logits [B, E, P, V] (log-probabilities with the copy path). The decoder of
         slot e cross-attends only to the events up to e, so its logits equal those of `forward` on that prefix
-        alone (causal encoder)."""
+        alone (causal encoder). with_states: also the encoder state after each event [B, E, d] (the item head's
+        input)."""
         b, e, p = next_paths.shape
         t, tpe = tokens.shape[1], self.cfg.tokens_per_event
         if t != e * tpe:
@@ -373,7 +416,7 @@ class GraceModel(nn.Module):
             keys_values = block.cross.project_kv(memory)
             x = block.forward_groups(x, p, self_bias, keys_values, memory_bias)
         h = self.dec_norm(x)
-        logits = (self.head(h).reshape(b, e, p, -1) + self.level_bias).reshape(b, e * p, -1)
+        logits = (self.head(self.head_input(h)).reshape(b, e, p, -1) + self.level_bias).reshape(b, e * p, -1)
         if self.cfg.copy:
             # Query (slot, level) copies its level's token of each event: [B, E*P, E].
             by_level = self.memory_paths(tokens).transpose(1, 2)  # [B, P, E]
@@ -384,7 +427,8 @@ class GraceModel(nn.Module):
             events_ago = (slot[:, None] - slot[None, :]).repeat_interleave(p, dim=0)  # [E*P, E]; < 0 is masked
             logits = self.mix_copy(logits, h, keys_values[0], memory_bias[:, 0], events_ago, paths,
                                    follows.reshape(b, e * p, e).to(h.dtype))
-        return logits.reshape(b, e, p, -1)
+        logits = logits.reshape(b, e, p, -1)
+        return (logits, self.event_states(memory)) if with_states else logits
 
 
 CHECKPOINT_FILE = "grace.pt"  # torch checkpoint beside the ONNX export; the in-process reference runs it

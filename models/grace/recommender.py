@@ -24,14 +24,14 @@ from tqdm import tqdm
 from data.sequences import leave_last_out, next_items, windows
 from models.budget import EarlyStopping, TrainingBudget
 from serving.grace.beam_search import CachedStep, TrieNormalizedStep, constrained_beam_search
-from models.grace.model import GraceConfig, GraceModel
+from models.grace.model import NEG_INF, GraceConfig, GraceModel
 from serving.grace.history import HistoryEncoder, left_pad
 from serving.grace.journeys import DEFAULT_MAX_GAP
 from models.grace.collaborative import cooccurrence_embeddings
 from models.grace.semantic_ids import DEFAULT_HEADROOM, fit_residual_kmeans
 from models.text_embedding import embed_texts, texts_key
 from serving.contract import default_limit
-from serving.grace.tokenizer import ItemTokenizer
+from serving.grace.tokenizer import BOS, ItemTokenizer
 
 CACHE_DIR = Path.home() / ".cache" / "recserve"
 WARMUP_STEPS = 100
@@ -108,9 +108,22 @@ class GraceTrainConfig:
     # Whether retrieval renormalises over the trie's children (TrieNormalizedStep); None follows trie_loss.
     # False with trie_loss decodes level-normalised scores, which such a model was never trained to give (0.078).
     trie_decode: bool | None = None
+    # GraceConfig.tied_head: the output head shares the token embeddings.
+    tied_head: bool = False
+    # path_loss's label smoothing (over the tokens each position may take).
+    label_smoothing: float = 0.0
+    # GraceConfig.item_head: a dense item head trained beside the decoder (a full softmax over the catalog after
+    # every event, weighted item_loss_weight against the path loss). item_retrieval: how retrieval uses it:
+    # "beam" (the decoder's beam search alone), "dense" (the item head's top items), "hybrid" (the union of
+    # both top lists, each candidate scored by the sum of its path log-probability and its item-head
+    # log-probability: a product of the two experts).
+    item_head: bool = False
+    item_loss_weight: float = 1.0
+    item_retrieval: str = "hybrid"
 
 
 SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")
+ITEM_RETRIEVALS = ("beam", "dense", "hybrid")
 
 
 def item_embeddings(dataset, cfg: GraceTrainConfig, seed: int, train_sequences, cache_dir: Path | None) -> np.ndarray:
@@ -191,19 +204,28 @@ def trie_allowed_tokens(item_paths: np.ndarray, vocab_size: int) -> torch.Tensor
     return torch.from_numpy(allowed)
 
 
-def path_loss(scores: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+def path_loss(scores: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor | None = None,
+              label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of target tokens [..., P] under scores [..., P, V] (logits, or log-probabilities with
     the copy path: log_softmax leaves those unchanged). With `allowed` [..., P, V] (bool, e.g.
     trie_allowed_tokens[target items]) the softmax runs over the allowed tokens only (the rest masked to -inf):
-    for the copy path's log-probabilities that is the mixture renormalised over the allowed children."""
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1))
+    for the copy path's log-probabilities that is the mixture renormalised over the allowed children.
+    label_smoothing eps: the target distribution is 1 - eps on the target plus eps spread uniformly over the
+    tokens the position may take (the allowed ones; without `allowed`, those with a score above the level
+    mask), so no mass lands on a token the search can never write."""
+    if allowed is None:
+        allowed = scores > NEG_INF / 2
+    log_probs = scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+    nll = -log_probs.gather(-1, target[..., None])[..., 0]
+    if label_smoothing <= 0.0:
+        return nll.mean()
+    uniform = -log_probs.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1).clamp(min=1)
+    return ((1.0 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
 
 def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: TrainingBudget, seed: int,
                 progress: bool = True, every_position: bool = True, stopper: EarlyStopping | None = None,
-                trie_loss: bool = False) -> dict:
+                trie_loss: bool = False, label_smoothing: float = 0.0, item_loss_weight: float = 1.0) -> dict:
     """Teacher-forced next-item path prediction, batch by batch in the budget's order. every_position: `train`
     is a set of windows (data.sequences.windows) and the decoder is supervised after every event
     (GraceModel.forward_positions); else one target per example. `stopper` validates and may stop early.
@@ -226,8 +248,8 @@ def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: Train
         feeds = {k: torch.from_numpy(v) for k, v in left_pad(encode_examples(encoder, train, ex)).items()}
         if every_position:
             nxt = torch.from_numpy(next_items(train.subset(ex), feeds["tokens"].shape[1] // tpe))
-            logits = model.forward_positions(feeds["tokens"], feeds["valid"], feeds["journey_ids"],
-                                             feeds["journey_pos"], paths[nxt])
+            logits, states = model.forward_positions(feeds["tokens"], feeds["valid"], feeds["journey_ids"],
+                                                     feeds["journey_pos"], paths[nxt], with_states=True)
             keep = nxt > 0
             items = nxt[keep]
             logits, target = logits[keep], paths[items]
@@ -235,7 +257,9 @@ def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: Train
             items = torch.from_numpy(train.targets[ex])
             target = paths[items]
             logits = model(feeds["tokens"], feeds["valid"], feeds["journey_ids"], feeds["journey_pos"], target)
-        loss = path_loss(logits, target, None if allowed is None else allowed[items])
+        loss = path_loss(logits, target, None if allowed is None else allowed[items], label_smoothing)
+        if model.cfg.item_head:
+            loss = loss + item_loss_weight * F.cross_entropy(model.item_scores(states[keep]), items)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -255,14 +279,27 @@ def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: Train
 @torch.no_grad()
 def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, journey_ids: np.ndarray,
                    journey_pos: np.ndarray, beam_width: int, exclude: set[int] | None = None,
-                   trie_normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   trie_normalized: bool = False, item_retrieval: str = "beam",
+                   allowed: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reference retrieval with the torch model for one encoded history (what grace_retrieve serves).
     trie_normalized: each step's scores renormalised over the beam's allowed children (TrieNormalizedStep),
-    for a model trained with trie_loss."""
+    for a model trained with trie_loss. item_retrieval (a model with an item head; GraceTrainConfig): "beam",
+    "dense" or "hybrid"; the hybrid's path log-probabilities are renormalised over `allowed`
+    (trie_allowed_tokens) when trie_normalized."""
+    if item_retrieval not in ITEM_RETRIEVALS:
+        raise ValueError(f"item_retrieval must be one of {ITEM_RETRIEVALS}, got {item_retrieval!r}")
     feeds = left_pad([(tokens, journey_ids, journey_pos)])
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    cross_kv = model.cross_kv(model.encode(t["tokens"], t["valid"], t["journey_ids"], t["journey_pos"]))
+    memory = model.encode(t["tokens"], t["valid"], t["journey_ids"], t["journey_pos"])
+    cross_kv = model.cross_kv(memory)
     memory_paths = model.memory_paths(t["tokens"]) if model.cfg.copy else None
+    if model.cfg.item_head and item_retrieval != "beam":
+        dense = model.item_scores(model.event_states(memory)[0, -1]).log_softmax(-1)
+        if exclude:
+            dense[torch.tensor(sorted(i for i in exclude if 0 < i < len(dense)), dtype=torch.long)] = float("-inf")
+        top = torch.topk(dense, min(beam_width, len(dense) - 1 - len(exclude or ()))).indices
+        if item_retrieval == "dense":
+            return top.numpy(), dense[top].numpy().astype(np.float64)
 
     def run(last_tokens: np.ndarray, past: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         log_probs, present = model.decode_step(torch.from_numpy(last_tokens), torch.from_numpy(past), cross_kv,
@@ -270,8 +307,20 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
         return log_probs.numpy(), present.numpy()
 
     step = CachedStep(run, model.empty_cache(1).numpy())
-    return constrained_beam_search(TrieNormalizedStep(step, trie) if trie_normalized else step, trie, path_to_item,
-                                   beam_width, exclude)
+    items, scores = constrained_beam_search(TrieNormalizedStep(step, trie) if trie_normalized else step, trie,
+                                            path_to_item, beam_width, exclude)
+    if not model.cfg.item_head or item_retrieval == "beam":
+        return items, scores
+    candidates = torch.from_numpy(np.union1d(items, top.numpy()))
+    path = model.item_paths[candidates]  # [U, P]
+    prefix = torch.cat([torch.full_like(path[:, :1], BOS), path[:, :-1]], dim=1)
+    generated = model.decode(prefix, cross_kv, t["valid"], memory_paths)  # [U, P, V], one memory for every row
+    if trie_normalized and allowed is not None:
+        generated = generated.masked_fill(~allowed[candidates], float("-inf"))
+    path_log_prob = generated.log_softmax(-1).gather(-1, path[..., None])[..., 0].sum(-1)
+    total = path_log_prob + dense[candidates]
+    order = torch.argsort(total, descending=True, stable=True)
+    return candidates[order].numpy(), total[order].numpy().astype(np.float64)
 
 
 class GraceRecommender:
@@ -306,19 +355,36 @@ class GraceRecommender:
             num_heads=cfg.num_heads, encoder_layers=cfg.layers, decoder_layers=cfg.layers, attention=v.attention,
             causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config(), dropout=cfg.dropout,
             level_offsets=tuple(tok.level_offsets.tolist()) if cfg.level_softmax else None,
-            event_memory=cfg.event_memory, copy=cfg.copy and dataset.repeats))
+            event_memory=cfg.event_memory, copy=cfg.copy and dataset.repeats, tied_head=cfg.tied_head,
+            item_head=dataset.num_items if cfg.item_head else 0))
+        if cfg.item_head:
+            self.model.set_item_paths(tok.item_paths)
         self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()
         # A bidirectional encoder (TIGER) sees later events from earlier positions: one target per example.
         every = cfg.every_position and v.causal_encoder
+        if cfg.item_head and not every:
+            raise ValueError("the item head is trained after every event: it needs every_position and a causal encoder")
+        if cfg.item_retrieval not in ITEM_RETRIEVALS:
+            raise ValueError(f"item_retrieval must be one of {ITEM_RETRIEVALS}, got {cfg.item_retrieval!r}")
+        self._allowed = None
         train = spans if every else train_examples
         stopper = EarlyStopping(budget, valid, self.model, self.recommend, len(train),
                                 exclude_history=not dataset.repeats, num_items=dataset.num_items)
         trained = train_model(self.model, self.encoder, train, budget, seed, self.progress, every, stopper,
-                              trie_loss=cfg.trie_loss)
+                              trie_loss=cfg.trie_loss, label_smoothing=cfg.label_smoothing,
+                              item_loss_weight=cfg.item_loss_weight)
         self.losses = trained.pop("losses")
         self.info.update(trained, supervision="every position" if every else "one target per example",
                          **stopper.finish())
         return self.info
+
+    def allowed_tokens(self) -> torch.Tensor | None:
+        """trie_allowed_tokens of the catalog, built once, for the hybrid retrieval's path scores."""
+        if not (self.model.cfg.item_head and self.cfg.item_retrieval == "hybrid" and self.trie_decode):
+            return None
+        if getattr(self, "_allowed", None) is None:
+            self._allowed = trie_allowed_tokens(self.encoder.tokenizer.item_paths, self.model.cfg.vocab_size)
+        return self._allowed
 
     @property
     def trie_decode(self) -> bool:
@@ -343,7 +409,8 @@ class GraceRecommender:
         items, behaviors, timestamps = (np.asarray(a)[-self.cfg.max_history:] for a in (items, behaviors, timestamps))
         ranked, _ = grace_retrieve(self.model, self.trie, self.path_to_item, *self.encoder.encode(items, behaviors, timestamps),
                                    beam_width=max(k, self.cfg.beam_width), exclude=exclude,
-                                   trie_normalized=self.trie_decode)
+                                   trie_normalized=self.trie_decode, item_retrieval=self.cfg.item_retrieval,
+                                   allowed=self.allowed_tokens())
         return ranked[:k]
 
     def recommend(self, examples, k: int, exclude_history: bool = False) -> np.ndarray:

@@ -53,6 +53,25 @@ def test_most_popular_counts_training_events_only():
     assert isinstance(m, Recommender)
 
 
+def test_recent_popularity_counts_only_the_last_days_of_training():
+    day = 86400.0
+    ds = SequenceDataset(
+        name="t", num_items=4, item_attributes={"a": np.zeros(5, np.int64)}, item_texts=[""] * 5,
+        # item 1 is popular long ago, item 3 in the last days; each user's last event is held out
+        user_items=[np.array([1, 1, 1, 3, 3, 2]), np.array([1, 1, 4, 3, 2])],
+        user_behaviors=[np.ones(6, np.int64), np.ones(5, np.int64)],
+        user_timestamps=[np.array([0, 1, 2, 98, 99, 100]) * day, np.array([0, 1, 95, 97, 100]) * day])
+    split = leave_last_out(ds, max_history=10)
+    everything, recent = MostPopular(), MostPopular(days=30)
+    for m in (everything, recent):
+        m.fit(ds, split.train, seed=0, budget=TrainingBudget())
+    assert everything.recommend(split.test, 2)[0].tolist() == [1, 3]  # 5 x item 1 over all time
+    # newest training event: day 99; the window [69, 99] holds 3, 3, 4, 3: item 3 first, then 4, then ties by id
+    assert recent.recommend(split.test, 4)[0].tolist() == [3, 4, 1, 2]
+    with pytest.raises(ValueError, match="days must be > 0"):
+        MostPopular(days=0)
+
+
 def test_most_recent_puts_distinct_history_first_then_popular():
     ds = SequenceDataset(
         name="t", num_items=5, item_attributes={"a": np.zeros(6, np.int64)}, item_texts=[""] * 6,

@@ -43,3 +43,9 @@ def test_unknown_settings_are_errors_naming_the_path():
 def test_assignment_values_parse_as_json_or_string():
     assert parse_assignment("a.b=3") == {"a": {"b": 3}}
     assert parse_assignment("grace.variant=grace_dense") == {"grace": {"variant": "grace_dense"}}
+
+
+def test_an_evaluation_only_item_head_is_refused_by_the_build():
+    with pytest.raises(ValueError, match="item_head is evaluation-only"):
+        load_config(None, ["grace.model.item_head=true"])
+    assert load_config(None, ["grace.model.tied_head=true", "grace.model.label_smoothing=0.1"]).grace.model.tied_head

@@ -42,6 +42,7 @@ GRACE_CFGS = {"dense": GRACE_CFG, "jsa": JSA_CFG, "events": dataclasses.replace(
               "copy": dataclasses.replace(GRACE_CFG, event_memory=True, copy=True),
               "levels": dataclasses.replace(GRACE_CFG, event_memory=True, level_offsets=LEVELS),
               "levels_copy": dataclasses.replace(GRACE_CFG, event_memory=True, copy=True, level_offsets=LEVELS),
+              "levels_tied": dataclasses.replace(GRACE_CFG, event_memory=True, level_offsets=LEVELS, tied_head=True),
               "jsa_events": dataclasses.replace(JSA_CFG, event_memory=True, jsa={**JSA_CFG.jsa, "block": 4,
                                                                                   "compress_block": 4,
                                                                                   "compress_stride": 4, "window": 4})}

@@ -152,3 +152,61 @@ def test_train_model_with_trie_loss_trains(copy):
         opt.step()
         losses.append(loss.item())
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_label_smoothing_spreads_over_the_allowed_tokens_only():
+    """eps on the allowed children uniformly, 1 - eps on the target; eps = 0 is the plain loss; disallowed
+    tokens still get no probability (finite loss, no gradient) with smoothing on."""
+    tok = _tokenizer()
+    allowed = trie_allowed_tokens(tok.item_paths, tok.vocab_size)
+    items = torch.arange(1, tok.num_items + 1)
+    target = torch.from_numpy(tok.item_paths)[items]
+    mask = allowed[items]
+    logits = torch.randn(len(items), 4, 30, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    eps = 0.2
+    loss = path_loss(logits, target, mask, label_smoothing=eps)
+    manual = []
+    for i in range(len(items)):
+        for p in range(4):
+            ok = mask[i, p].nonzero()[:, 0]
+            lp = logits[i, p, ok].log_softmax(-1)
+            nll = -lp[(ok == target[i, p]).nonzero()[0, 0]]
+            manual.append((1 - eps) * nll + eps * (-lp).mean())
+    assert torch.isfinite(loss) and torch.allclose(loss, torch.stack(manual).mean(), atol=1e-5)
+    assert torch.allclose(path_loss(logits, target, mask, label_smoothing=0.0), path_loss(logits, target, mask))
+    assert not torch.allclose(loss, path_loss(logits, target, mask), atol=1e-3)
+    loss.backward()
+    assert (logits.grad[~mask] == 0).all()
+    # Without the trie masks the level mask (scores at NEG_INF) bounds the smoothing: still finite and equal to
+    # smoothing over the unmasked tokens.
+    levelled = logits.detach().clone()
+    levelled[..., :10] = -1e9
+    unmasked = torch.ones_like(mask)
+    unmasked[..., :10] = False
+    assert torch.allclose(path_loss(levelled, target, None, eps), path_loss(levelled, target, unmasked, eps), atol=1e-5)
+
+
+def test_tied_head_shares_the_token_embeddings():
+    base = dict(vocab_size=30, max_tokens=6 * 5, path_length=4, tokens_per_event=5, d_model=16, num_heads=2,
+                level_offsets=tuple(OFFSETS.tolist()), event_memory=True)
+    tied = GraceModel(GraceConfig(**base, tied_head=True))
+    assert tied.head.weight is tied.token_emb.weight
+    assert GraceModel(GraceConfig(**base)).head.weight is not GraceModel(GraceConfig(**base)).token_emb.weight
+    # The level-restricted step (what the export serves) equals the full head's columns.
+    torch.manual_seed(0)
+    tied.eval()
+    memory = torch.randn(1, 6, 16)
+    cross_kv = tied.cross_kv(memory)
+    valid = torch.ones(1, 30)
+    last = torch.tensor([1])
+    full, _ = tied.decode_step(last, tied.empty_cache(1), cross_kv, valid)
+    level = torch.arange(10, 14)
+    part, _ = tied.decode_step(last, tied.empty_cache(1), cross_kv, valid, level_tokens=level)
+    assert torch.allclose(full[:, level], part, atol=1e-5)
+    # A gradient through the head reaches the shared embedding rows of the written tokens.
+    tied.train()
+    target = torch.tensor([[10, 14, 20, 26]])
+    logits = tied(torch.full((1, 30), 11), torch.ones(1, 30), torch.zeros(1, 30, dtype=torch.long),
+                  torch.arange(30)[None] % 5, target)
+    path_loss(logits, target).backward()
+    assert tied.token_emb.weight.grad[26].abs().sum() > 0

@@ -96,6 +96,10 @@ class GraceTrainConfig:
     # a whole history in one block (no selection, no compressed keys: a query sees only its own journey and
     # the mean of each earlier one).
     jsa_block: int = 0
+    # The current-journey window in memory positions (JSAConfig.window); 0 follows jsa_block (or JSAConfig's
+    # default). A small block with a long window keeps attention inside the journey exact while the selected
+    # and compressed branches reach the details of earlier journeys (with one block, only their means).
+    jsa_window: int = 0
     # Train with the loss the decoder is searched with: at each path position the softmax runs over the children
     # the item trie allows after the target's (teacher-forced) prefix, not over the whole level (the other
     # tokens' scores masked to -inf before the cross-entropy; with the copy path, the mixture's log-probabilities
@@ -400,6 +404,8 @@ class GraceRecommender:
         geometry = {}
         if self.cfg.jsa_block:
             geometry = {name: self.cfg.jsa_block for name in ("block", "compress_block", "compress_stride", "window")}
+        if self.cfg.jsa_window:
+            geometry["window"] = self.cfg.jsa_window
         return dataclasses.asdict(JSAConfig(**{**geometry, **(self.jsa or {})}))
 
     def recommend_one(self, items, behaviors, timestamps, k: int, exclude_history: bool = False) -> np.ndarray:

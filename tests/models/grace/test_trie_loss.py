@@ -210,3 +210,16 @@ def test_tied_head_shares_the_token_embeddings():
                   torch.arange(30)[None] % 5, target)
     path_loss(logits, target).backward()
     assert tied.token_emb.weight.grad[26].abs().sum() > 0
+
+
+def test_jsa_geometry_settings():
+    """jsa_block sets the block, compression and window; jsa_window overrides the window alone; the full config
+    is what the checkpoint records."""
+    def geometry(**kw):
+        cfg = GraceRecommender("grace_jsa", dataclasses.replace(GraceTrainConfig(), **kw), cache_dir=None)._jsa_config()
+        return {k: cfg[k] for k in ("block", "compress_block", "compress_stride", "window")}
+
+    assert geometry(jsa_block=8) == dict(block=8, compress_block=8, compress_stride=8, window=8)
+    assert geometry(jsa_block=8, jsa_window=64) == dict(block=8, compress_block=8, compress_stride=8, window=64)
+    assert geometry() == dict(block=64, compress_block=64, compress_stride=64, window=64)
+    assert GraceRecommender("grace_dense", GraceTrainConfig(), cache_dir=None)._jsa_config() is None

@@ -49,16 +49,17 @@ class _Encoder(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic_axes: dict, parity: Callable[[Path], float]) -> float:
+            dynamic_axes: dict, parity: Callable[[Path], float], fold: bool = True) -> float:
     """Exports, then folds the traced shape arithmetic (exporters.onnx_slim): first merging named axes the
     graph needs equal, else strictly, else not at all, keeping the first file whose `parity` (max |ORT - torch|
-    on shapes other than the traced ones) is within PARITY_TOLERANCE. Returns that file's parity."""
+    on shapes other than the traced ones) is within PARITY_TOLERANCE. Returns that file's parity. fold=False: the
+    file as torch exports it (exporters.fold_bench's baseline)."""
     module.eval()
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
     exported = path.read_bytes()
-    for merge_axes in (True, False):
+    for merge_axes in (True, False) if fold else ():
         if slim_file(path, merge_axes) is not None:
             diff = parity(path)
             if diff <= PARITY_TOLERANCE:
@@ -97,7 +98,7 @@ def sample_encoder_inputs(rng: np.random.Generator, vocab: int, tokens_per_event
     return {"tokens": tokens, "valid": valid, "journey_ids": journey_ids, "journey_pos": journey_pos}
 
 
-def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, float]:
+def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = True) -> dict[str, float]:
     """Writes grace_encoder.onnx (history -> cross-attention K/V of every decoder layer) and
     grace_decoder_step.onnx (one token per beam + self-attention KV cache + shared cross K/V -> next-token
     log-probs and the grown cache); returns max |ORT - torch| on shapes other than the traced ones."""
@@ -115,7 +116,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
     enc_diff = _export(encoder, tuple(torch.from_numpy(feeds[n]) for n in enc_names), enc_path, enc_names,
                        ["cross_kv"], {**{n: {0: "batch", 1: "tokens"} for n in enc_names},
                                       "cross_kv": {2: "batch", 4: memory_axis}},
-                       lambda path: _max_diff(encoder, path, enc_check))
+                       lambda path: _max_diff(encoder, path, enc_check), fold)
     layers, heads, hd = cfg.decoder_layers, cfg.num_heads, d // cfg.num_heads
 
     def step_feeds(beams: int, past_len: int, t: int, requests: int = 1) -> dict[str, np.ndarray]:
@@ -150,12 +151,12 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0) -> dict[str, f
          "memory_valid": {0: "requests", 1: "tokens"}, "memory_paths": {0: "requests", 1: "events"},
          LEVEL_TOKENS: {0: "level"}, "log_probs": {0: "beams", 1: "level"} if off is not None else {0: "beams"},
          "present_kv": {2: "beams", 4: "present"}},
-        lambda path: max(_max_diff(step, path, feeds) for feeds in step_checks))
+        lambda path: max(_max_diff(step, path, feeds) for feeds in step_checks), fold)
     return {enc_path.name: enc_diff, step_path.name: step_diff}
 
 
-def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates: int, seed: int = 0
-                  ) -> dict[str, float]:
+def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates: int, seed: int = 0,
+                  fold: bool = True) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     n = model.cfg.num_items
 
@@ -173,10 +174,10 @@ def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates
     check = dict(zip(inputs, sample(5)))
     return {path.name: _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path, inputs, outputs,
                                {name: {0: "batch"} for name in inputs + outputs},
-                               lambda p: _max_diff(model, p, check))}
+                               lambda p: _max_diff(model, p, check), fold)}
 
 
-def export_sasrec(model: SASRecModel, out_dir: Path, seed: int = 0) -> dict[str, float]:
+def export_sasrec(model: SASRecModel, out_dir: Path, seed: int = 0, fold: bool = True) -> dict[str, float]:
     """Writes sasrec.onnx: right-aligned item ids [B, max_len] -> next-item scores [B, N] (dynamic batch)."""
     rng = np.random.default_rng(seed)
     n, length = model.cfg.num_items, model.cfg.max_len
@@ -191,4 +192,4 @@ def export_sasrec(model: SASRecModel, out_dir: Path, seed: int = 0) -> dict[str,
     check = {ITEMS_INPUT: sample(5)}
     return {path.name: _export(model, (torch.from_numpy(sample(2)),), path, [ITEMS_INPUT], ["scores"],
                                {ITEMS_INPUT: {0: "batch"}, "scores": {0: "batch"}},
-                               lambda p: _max_diff(model, p, check))}
+                               lambda p: _max_diff(model, p, check), fold)}

@@ -161,6 +161,7 @@ _ann_sweep = _from("evaluation.ann_sweep", "render", "ann_sweep.json")
 _kernels_cpu = _from("kernels.bench", "render", "kernels_cpu.json")
 _kernels_cpu_csv = _from("kernels.bench", "render_csv", "kernels_cpu.json")
 _jsa_compute = _from("evaluation.jsa_compute", "render", "jsa_compute.json")
+_onnx_fold = _from("exporters.fold_bench", "render", "onnx_fold.json")
 _jsa_compute_csv = _from("evaluation.jsa_compute", "render_csv", "jsa_compute.json")
 
 
@@ -342,6 +343,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "ann_sweep": _in_benchmarks("ann_sweep", _ann_sweep),
     "kernels_cpu": _in_benchmarks("kernels_cpu", _kernels_cpu),
     "jsa_compute": _in_benchmarks("jsa_compute", _jsa_compute),
+    "onnx_fold": _in_benchmarks("onnx_fold", _onnx_fold),
 }
 # docs/results/*.md rendered from the result file beside them.
 FILES: dict[str, Callable[[], str]] = {
@@ -367,6 +369,7 @@ FILES: dict[str, Callable[[], str]] = {
     "kernels_cpu.csv": _kernels_cpu_csv,
     "jsa_compute.md": _jsa_compute,
     "jsa_compute.csv": _jsa_compute_csv,
+    "onnx_fold.md": _onnx_fold,
 }
 
 

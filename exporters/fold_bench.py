@@ -51,6 +51,24 @@ def requests(encoder: HistoryEncoder, num_items: int, count: int, events: int, s
     return out
 
 
+def render(result: dict) -> str:
+    """docs/results/onnx_fold.md from the result file."""
+    rows = ["| export | p50 ms | p99 ms | encoder kernels | decoder-step kernels |", "|---|---:|---:|---:|---:|"]
+    for name, v in result["variants"].items():
+        rows.append(f"| {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['kernels'][ENCODER_FILE]} | "
+                    f"{v['kernels'][DECODER_STEP_FILE]} |")
+    return "\n".join([
+        "# ONNX shape folding: GRACE's served retrieval side by side", "",
+        f"Per request (encoder, every decoder step and the beam search of `OnnxGraceRetriever`, one ORT thread), "
+        f"{result['events']}-event histories, beam width {result['beam_width']}, {result['requests']} requests per "
+        f"export in interleaved rounds; kernels are the nodes ONNX Runtime runs after its own optimisation.", "",
+        *rows, "",
+        f"Folded / as exported, p50: **{result['folded_over_exported_p50']:.3f}**; identical items and scores: "
+        f"{result['identical_results']}.", "",
+        f"`{result['command']}` ({result['date']}, commit {result['commit']}, {result['machine']['cpu']}; "
+        f"{result.get('note', '')})".replace("; )", ")"), ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -58,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=200, help="requests per round and variant")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path)
+    p.add_argument("--note", default="", help="recorded with the result (e.g. what else ran on the machine)")
     args = p.parse_args(argv)
     source = args.repository / graph.GRACE_RETRIEVE.name / "1"
     model = load_checkpoint(source)
@@ -93,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
               "machine": {"cpu": cpu_model(), "ort_threads": 1}, "events": args.events, "beam_width": beam,
               "requests": args.requests * args.rounds, "variants": stats, "folded_over_exported_p50": round(ratio, 4),
-              "identical_results": same}
+              "identical_results": same, "note": args.note}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

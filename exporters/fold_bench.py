@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     stats = {name: {"p50_ms": round(1e3 * float(np.median(t)), 4), "p99_ms": round(1e3 * float(np.percentile(t, 99)), 4),
                     "kernels": files[name]} for name, t in times.items()}
     ratio = stats["folded"]["p50_ms"] / stats["as_exported"]["p50_ms"]
-    result = {"command": "python -m exporters.fold_bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+    result = {"command": "python -m exporters.fold_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
               "machine": {"cpu": cpu_model(), "ort_threads": 1}, "events": args.events, "beam_width": beam,
               "requests": args.requests * args.rounds, "variants": stats, "folded_over_exported_p50": round(ratio, 4),

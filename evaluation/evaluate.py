@@ -367,19 +367,31 @@ def benchmark_section(report: str, out: Path) -> str:
     return re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({out.parent.as_posix()}/{m.group(1)})", report)
 
 
+def _commands_with_commit(meta: dict) -> dict:
+    """A report's commands, each marked with the commit its runs trained at (reports combined from runs made at
+    different commits keep each one's)."""
+    commands = meta.get("commands") or [meta["command"]]
+    mark = f"  [commit {meta['commit']}]" if meta.get("commit") else ""
+    return {**meta, "commands": [c if "[commit " in c else c + mark for c in commands]}
+
+
 def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[dict]]:
     """Several reports of the same protocol and budget (e.g. runs made in parallel) -> one table at `out`."""
     first = json.loads(reports[0].read_text())
-    meta, records = first["meta"], first["runs"]
+    meta, records = _commands_with_commit(first["meta"]), first["runs"]
+    commits = {first["meta"].get("commit")}
     for path in reports[1:]:
         later = _load_previous(path, meta["budget"], meta["max_history"], meta.get("split", "last"))
+        commits.add(later["meta"].get("commit"))
+        later = {**later, "meta": _commands_with_commit(later["meta"])}
         sizes = {d["name"]: (d["eval_users"], d["events"]) for d in meta["datasets"]}
         for d in later["meta"]["datasets"]:
             if d["name"] in sizes and sizes[d["name"]] != (d["eval_users"], d["events"]):
                 raise ValueError(f"--combine: {path} evaluated dataset {d['name']} differently")
         meta, records = _merge({"meta": meta, "runs": records}, later["meta"], later["runs"])
     json_path = out.with_suffix(".json")
-    meta = {**meta, "json": str(json_path), "commands": meta["commands"] + [command]}
+    meta = {**meta, "json": str(json_path), "commands": meta["commands"] + [command],
+            "commit": commits.pop() if len(commits) == 1 else "each command's own (in brackets)"}
     rows = aggregate(records)
     write_report(out, meta, records, rows)
     return meta, rows

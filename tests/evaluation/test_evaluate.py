@@ -121,6 +121,13 @@ def test_combine_reports_made_in_parallel(tmp_path):
     assert meta["seeds"] == [0, 1] and meta["commands"][-1] == "cmd all"
     text = (tmp_path / "all.md").read_text()
     assert "| mostpop |" in text and "| recent |" in text and "cmd a" in text and "cmd b" in text
+    # Runs made at different commits keep each one's: the commands carry it, the meta says so.
+    raw = json.loads(b.with_suffix(".json").read_text())
+    b.with_suffix(".json").write_text(json.dumps({**raw, "meta": {**raw["meta"], "commit": "abc1234"}}))
+    meta, _ = ev.combine([a.with_suffix(".json"), b.with_suffix(".json")], tmp_path / "all.md", "cmd all")
+    assert meta["commands"][1].startswith("cmd b") and meta["commands"][1].endswith("[commit abc1234]")
+    assert "[commit " in meta["commands"][0] and "abc1234" not in meta["commands"][0]
+    assert meta["commit"] == "each command's own (in brackets)"
     other = tmp_path / "other.md"
     ev.evaluate(["sim"], ["mostpop"], [0], 20, dataclasses.replace(ev.QUICK_BUDGET, epochs=3), 50, other, "c", **kw)
     with pytest.raises(ValueError, match="budget"):

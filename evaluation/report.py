@@ -288,8 +288,10 @@ def _grace_trie() -> str:
         "(`GraceTrainConfig.trie_loss`) follows this table.", GRACE_TRIE_RUNS)
 
 
-GRACE_HEADS_RUNS = tuple(f"grace_heads_{name}_s{seed}.json" for name in ("ctrl", "tied", "ihyb", "fit16", "dense",
-                                                                         "sasrec") for seed in (0, 1))
+GRACE_HEADS_RUNS = ("grace_heads_ctrl_s0.json", "grace_heads_ctrl_s1.json", "grace_heads_tied_s0.json",
+                    "grace_heads_tied_s1.json", "grace_heads_ihyb_s0.json", "grace_heads_ihyb_s1.json",
+                    "grace_heads_fit16_s0.json", "grace_heads_fit16_s1.json", "grace_heads_dense_s0.json",
+                    "grace_heads_dense_s1.json", "grace_heads_sasrec_s0.json", "grace_heads_sasrec_s1.json")
 
 
 def _grace_heads() -> str:

@@ -14,6 +14,7 @@ after this pass and keep the file as exported when a fold broke parity (exporter
 from __future__ import annotations
 
 import logging
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ def _dims(value_info) -> list:
 
 def _infer(model: onnx.ModelProto, merge_axes: bool) -> tuple[dict, dict, dict]:
     """(shapes, element types, known values) of every tensor, by ONNX Runtime's symbolic shape inference."""
-    import sympy  # noqa: F401,PLC0415  (the inference's dependency; torch brings it)
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # noqa: PLC0415
 
     # merge_axes (auto_merge): where an op needs two named axes equal, they are merged (the decoder step's
@@ -49,11 +49,10 @@ def _infer(model: onnx.ModelProto, merge_axes: bool) -> tuple[dict, dict, dict]:
 
 
 def _integer_value(value) -> np.ndarray | None:
-    """A known shape value (an int, or a list of them) as an int64 array; None if any part is symbolic."""
-    import sympy  # noqa: PLC0415
-
+    """A known shape value (an int, or a list of them) as an int64 array; None if any part is symbolic. (The
+    inference's values are sympy numbers, which register as numbers.Integral when they are integers.)"""
     def is_int(x) -> bool:
-        return isinstance(x, (int, np.integer, sympy.Integer)) and not isinstance(x, bool)
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
     if isinstance(value, list) and value and all(is_int(x) for x in value):
         return np.array([int(x) for x in value], np.int64)

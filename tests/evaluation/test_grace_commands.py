@@ -81,11 +81,15 @@ def test_published_grace_commands_run_as_written(page, tmp_path):
     commands = published_commands(ROOT / "docs" / "results" / page)
     paths = _temp_paths(commands, tmp_path)
     threads = torch.get_num_threads()
+    registry, descriptions = dict(ev.REGISTRY), dict(ev.DESCRIPTIONS)
     try:
         for argv in commands:
             ev.main(tiny(argv, paths))  # argparse exits (SystemExit) on a flag that no longer exists
     finally:
         torch.set_num_threads(threads)  # evaluate sets its --threads process-wide
+        # --suffix registers models process-wide: later renderings of the pages must not see them
+        ev.REGISTRY.clear(), ev.REGISTRY.update(registry)
+        ev.DESCRIPTIONS.clear(), ev.DESCRIPTIONS.update(descriptions)
 
     final = commands[-1]
     out = paths[_values(final, "--out")[0]]

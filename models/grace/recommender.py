@@ -292,6 +292,9 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
     (trie_allowed_tokens) when trie_normalized."""
     if item_retrieval not in ITEM_RETRIEVALS:
         raise ValueError(f"item_retrieval must be one of {ITEM_RETRIEVALS}, got {item_retrieval!r}")
+    if model.cfg.item_head and item_retrieval == "hybrid" and trie_normalized and allowed is None:
+        # else the hybrid would score candidates level-normalised while the beam ranked them trie-normalised
+        raise ValueError("a trie-normalised hybrid retrieval needs `allowed` (trie_allowed_tokens of the catalog)")
     feeds = left_pad([(tokens, journey_ids, journey_pos)])
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
     memory = model.encode(t["tokens"], t["valid"], t["journey_ids"], t["journey_pos"])
@@ -337,6 +340,7 @@ class GraceRecommender:
         self.name, self.variant, self.cfg, self.jsa = variant, VARIANTS[variant], cfg, jsa
         self.cache_dir, self.progress = cache_dir, progress
         self.model: GraceModel | None = None
+        self._allowed: torch.Tensor | None = None  # allowed_tokens' cache
         self.info: dict = {}
 
     def fit(self, dataset, train_examples=None, *, seed: int = 0, budget: TrainingBudget = TrainingBudget(),
@@ -364,13 +368,13 @@ class GraceRecommender:
         if cfg.item_head:
             self.model.set_item_paths(tok.item_paths)
         self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()
+        self._allowed = None  # a new catalog
         # A bidirectional encoder (TIGER) sees later events from earlier positions: one target per example.
         every = cfg.every_position and v.causal_encoder
         if cfg.item_head and not every:
             raise ValueError("the item head is trained after every event: it needs every_position and a causal encoder")
         if cfg.item_retrieval not in ITEM_RETRIEVALS:
             raise ValueError(f"item_retrieval must be one of {ITEM_RETRIEVALS}, got {cfg.item_retrieval!r}")
-        self._allowed = None
         train = spans if every else train_examples
         stopper = EarlyStopping(budget, valid, self.model, self.recommend, len(train),
                                 exclude_history=not dataset.repeats, num_items=dataset.num_items)
@@ -386,7 +390,7 @@ class GraceRecommender:
         """trie_allowed_tokens of the catalog, built once, for the hybrid retrieval's path scores."""
         if not (self.model.cfg.item_head and self.cfg.item_retrieval == "hybrid" and self.trie_decode):
             return None
-        if getattr(self, "_allowed", None) is None:
+        if self._allowed is None:
             self._allowed = trie_allowed_tokens(self.encoder.tokenizer.item_paths, self.model.cfg.vocab_size)
         return self._allowed
 

@@ -99,6 +99,8 @@ def test_retrieval_modes():
     # the beam's own scores are those path log-probabilities
     by_item = dict(zip(items.tolist(), path_lp.tolist()))
     assert np.allclose(beam_scores, [by_item[i] for i in beam_items.tolist()], atol=1e-4)
+    with pytest.raises(ValueError, match="needs `allowed`"):
+        grace_retrieve(model, trie, path_to_item, tokens, jid, jpos, 8, exclude, True, "hybrid")
     with pytest.raises(ValueError, match="item_retrieval"):
         grace_retrieve(model, trie, path_to_item, tokens, jid, jpos, 8, exclude, True, "both")
 

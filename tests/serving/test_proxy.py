@@ -111,3 +111,32 @@ def test_tls_behind_the_proxy_covers_grpc_and_http(add_one_repo, self_signed_cer
         assert ready.status == 200
         with pytest.raises(urllib.error.URLError):  # plaintext HTTP on the TLS port is refused
             urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5)
+
+
+def _loopback_connections_to(port: int) -> set[int]:
+    """Local ports of this machine's TCP sockets (any state, TIME_WAIT included) whose remote end is `port`."""
+    local_ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                local, remote = row.split()[1:3]
+                if int(remote.rsplit(":", 1)[1], 16) == port:
+                    local_ports.add(int(local.rsplit(":", 1)[1], 16))
+    return local_ports
+
+
+@needs_nginx
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_the_proxy_keeps_its_upstream_connections_alive(add_one_repo):  # noqa: F811
+    with make_server(add_one_repo, proxy=ProxySettings(), log_file=None) as server:
+        client = server.client()
+        assert infer_add_one(client, 1) == 2
+        before = _loopback_connections_to(server.upstream_grpc_port)
+        for i in range(40):
+            assert infer_add_one(client, i) == i + 1
+        opened = _loopback_connections_to(server.upstream_grpc_port) - before
+        client.close()
+        # One connection per request (what nginx does without an upstream keepalive pool) would be 40.
+        assert len(opened) <= 3, f"nginx opened {len(opened)} upstream connections for 40 requests"

@@ -17,6 +17,7 @@ Histories are drawn from the server's published example items, --min-events..--m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import threading
@@ -68,25 +69,39 @@ def in_process_pipeline(repository: Path):
     return recommend
 
 
-def interleaved(host: str, repository: Path, histories: list, k: int) -> dict:
+def interleaved(host: str, repository: Path, histories: list, k: int, direct_host: str | None = None) -> dict:
+    """In process, then served (then, with direct_host, served by tritonserver's own port, past the proxy),
+    request by request: every side sees the same machine state."""
     local = in_process_pipeline(repository)
-    in_process, served, same = [], [], 0
-    with RecommendClient(host) as client:
+    sides = {"in_process": [], "served": [], **({"served_direct": []} if direct_host else {})}
+    same = 0
+    with contextlib.ExitStack() as stack:
+        clients = {"served": stack.enter_context(RecommendClient(host))}
+        if direct_host:
+            clients["served_direct"] = stack.enter_context(RecommendClient(direct_host))
         for events in histories[:WARMUP]:
-            local(events, k), client.recommend(events, k)
+            local(events, k)
+            for client in clients.values():
+                client.recommend(events, k)
         for events in histories:
             started = time.perf_counter()
             mine = local(events, k)
-            middle = time.perf_counter()
-            theirs = client.recommend(events, k)
-            in_process.append(middle - started)
-            served.append(time.perf_counter() - middle)
-            same += int(np.array_equal(mine, [item.item_id for item in theirs.items]))
-    a, b = percentiles(in_process), percentiles(served)
+            sides["in_process"].append(time.perf_counter() - started)
+            for name, client in clients.items():
+                started = time.perf_counter()
+                theirs = client.recommend(events, k)
+                sides[name].append(time.perf_counter() - started)
+                same += int(np.array_equal(mine, [item.item_id for item in theirs.items]))
+    stats = {name: percentiles(seconds) for name, seconds in sides.items()}
+    a, b = stats["in_process"], stats["served"]
     by_step = {name: round(1000 * float(np.median(times[WARMUP:])), 3) for name, times in local.step_seconds.items()}
-    return {"in_process": a, "served": b, "in_process_step_p50_ms": by_step, "served_over_in_process_p50": round(b["p50_ms"] / a["p50_ms"], 3),
-            "served_over_in_process_p99": round(b["p99_ms"] / a["p99_ms"], 3),
-            "same_top_k": round(same / len(histories), 4)}
+    result = {**stats, "in_process_step_p50_ms": by_step,
+              "served_over_in_process_p50": round(b["p50_ms"] / a["p50_ms"], 3),
+              "served_over_in_process_p99": round(b["p99_ms"] / a["p99_ms"], 3),
+              "same_top_k": round(same / (len(histories) * len(clients)), 4)}
+    if direct_host:
+        result["direct_over_in_process_p50"] = round(stats["served_direct"]["p50_ms"] / a["p50_ms"], 3)
+    return result
 
 
 def closed_loop(host: str, histories: list, k: int, concurrency: int, duration_s: float) -> dict:
@@ -132,16 +147,21 @@ def render(result: dict) -> str:
              f"- histories of {result['args']['min_events']}-{result['args']['max_events']} events, k="
              f"{result['args']['k']}; the load generator runs on the same cores as the server", "",
              "| concurrency 1, interleaved | requests | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
-    for name in ("in_process", "served"):
+    for name in ("in_process", "served", "served_direct"):
+        if name not in c1:
+            continue
         r = c1[name]
-        lines.append(f"| {name.replace('_', '-')} | {r['requests']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+        label = {"in_process": "in-process", "served": "served", "served_direct": "served, tritonserver's own port"}
+        lines.append(f"| {label[name]} | {r['requests']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['mean_ms']:.2f} |")
     if c1.get("in_process_step_p50_ms"):
         steps = c1["in_process_step_p50_ms"]
         lines += ["", "In process, p50 per step (ms): " + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())]
     lines += ["", f"Served / in-process: p50 {c1['served_over_in_process_p50']:.2f}x, p99 "
-              f"{c1['served_over_in_process_p99']:.2f}x; same top-{result['args']['k']} for "
-              f"{100 * c1['same_top_k']:.0f}% of the requests."]
+              f"{c1['served_over_in_process_p99']:.2f}x"
+              + (f" (past the proxy, straight to tritonserver: p50 {c1['direct_over_in_process_p50']:.2f}x)"
+                 if "direct_over_in_process_p50" in c1 else "")
+              + f"; same top-{result['args']['k']} for {100 * c1['same_top_k']:.0f}% of the requests."]
     if result["closed_loop"]:
         lines += ["", "| concurrency | req/s | p50 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|"]
     for r in result["closed_loop"]:
@@ -187,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", required=True, help="the server's gRPC address")
+    parser.add_argument("--direct-host", help="tritonserver's own gRPC address behind the proxy (the launcher "
+                        "prints it): concurrency 1 is then also measured past the proxy")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the repository the server serves (the in-process side loads the same files)")
     parser.add_argument("--requests", type=int, default=300, help="interleaved requests at concurrency 1")
@@ -217,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     result["build"] = {"max_history": manifest["limits"]["max_history"], "build_seconds": manifest.get("build_seconds"),
                        "grace_variant": manifest.get("grace", {}).get("variant"),
                        "dataset": manifest.get("dataset", {}).get("name")}
-    result["interleaved"] = interleaved(args.host, args.repository, histories[:args.requests], args.k)
+    result["interleaved"] = interleaved(args.host, args.repository, histories[:args.requests], args.k,
+                                        args.direct_host)
     result["closed_loop"] = [closed_loop(args.host, histories, args.k, c, args.duration) for c in args.concurrency]
     if result["closed_loop"]:
         best = max(result["closed_loop"], key=lambda r: r["req_per_s"])

@@ -15,14 +15,16 @@ from loadtests.throughput import main, render
 def test_throughput_command_on_the_real_server(triton_server, model_repository, tmp_path):
     out, png = tmp_path / "throughput.json", tmp_path / "throughput.png"
     longest = json.loads((model_repository / "build_manifest.json").read_text())["limits"]["max_history"]
-    assert main(["--host", triton_server.grpc_url, "--repository", str(model_repository), "--requests", "30",
-                 "--concurrency", "1", "3", "--duration", "2", "--history-lengths", "4", str(longest),
+    direct = f"127.0.0.1:{triton_server.upstream_grpc_port}"
+    assert main(["--host", triton_server.grpc_url, "--direct-host", direct, "--repository", str(model_repository),
+                 "--requests", "30", "--concurrency", "1", "3", "--duration", "2", "--history-lengths", "4", str(longest),
                  "--length-requests", "5", "--out", str(out), "--plot", str(png)]) == 0
     result = json.loads(out.read_text())
     assert {"command", "commit", "date", "machine"} <= set(result)
     c1 = result["interleaved"]
     assert c1["same_top_k"] == 1.0  # the served pipeline answers what its own steps answer in process
-    assert c1["in_process"]["requests"] == c1["served"]["requests"] == 30
+    assert c1["in_process"]["requests"] == c1["served"]["requests"] == c1["served_direct"]["requests"] == 30
+    assert c1["direct_over_in_process_p50"] > 0 and "tritonserver's own port" in render(result)
     from serving import graph
     steps = c1["in_process_step_p50_ms"]
     assert list(steps) == [step.name for step in graph.RECOMMEND.steps] and all(ms > 0 for ms in steps.values())

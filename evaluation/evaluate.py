@@ -33,7 +33,7 @@ from data.sequences import SequenceDataset, Split, leave_last_out, time_split
 from kernels.machine import cpu_model
 from evaluation.baselines import MostPopular, MostRecent, Recommender, SASRec, check_recommendations
 from models.budget import TrainingBudget
-from evaluation.metrics import topk_metrics
+from evaluation.metrics import target_ranks, topk_metrics
 from evaluation.provenance import commit
 
 Factory = Callable[[SequenceDataset, int], Recommender]
@@ -146,6 +146,9 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
     if dataclasses.is_dataclass(cfg):  # the model's settings as trained, so later default changes cannot relabel it
         record["config"] = dataclasses.asdict(cfg)
     record.update({m: round(v, 5) for m, v in topk_metrics(recs, test.targets, KS).items()})
+    # Each evaluated user's 0-based rank of the target in the top k (-1: missed), in eval order: what the
+    # paired comparison between models (paired_differences) resamples.
+    record["target_ranks"] = target_ranks(np.asarray(recs)[:, :k], test.targets).tolist()
     losses = getattr(model, "losses", None)
     if losses:
         record["final_train_loss"] = round(float(np.mean(losses[-20:])), 4)
@@ -169,13 +172,67 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+PAIRED_REFERENCE = "sasrec"  # the model every other one is compared with, user by user
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 2000, 0
+
+
+def _per_user(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """HR@10 and NDCG@10 of each evaluated user, averaged over the runs' seeds."""
+    ranks = np.array([r["target_ranks"] for r in runs], np.int64)  # [seeds, users]
+    hit = (ranks >= 0) & (ranks < 10)
+    gain = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+    return hit.mean(axis=0), gain.mean(axis=0)
+
+
+def paired_differences(records: list[dict], reference: str = PAIRED_REFERENCE) -> list[dict]:
+    """Per dataset, each model's HR@10 / NDCG@10 minus the reference's on the same users (per-user values
+    averaged over each model's seeds), with a 95% bootstrap interval over users: whether a difference in the
+    table is larger than what the choice of evaluated users alone would move. Models (or runs) without
+    per-user ranks are left out."""
+    out = []
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        by_key.setdefault((r["dataset"], r["model"]), []).append(r)
+    for (dataset, model), runs in by_key.items():
+        ref = by_key.get((dataset, reference))
+        if model == reference or not ref or any("target_ranks" not in r for r in runs + ref):
+            continue
+        if len({len(r["target_ranks"]) for r in runs + ref}) != 1:
+            continue  # evaluated on different users: no pairing
+        rng = np.random.default_rng(BOOTSTRAP_SEED)
+        row = {"dataset": dataset, "model": model, "reference": reference, "users": len(runs[0]["target_ranks"])}
+        samples = rng.integers(0, row["users"], (BOOTSTRAP_SAMPLES, row["users"]))
+        for name, mine, theirs in zip(("hr@10", "ndcg@10"), _per_user(runs), _per_user(ref)):
+            diff = mine - theirs
+            boot = diff[samples].mean(axis=1)
+            row[name] = (float(diff.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+        out.append(row)
+    return out
+
+
+def render_paired(paired: list[dict]) -> list[str]:
+    if not paired:
+        return []
+    reference = paired[0]["reference"]
+    lines = ["", f"### Paired against `{reference}`", "",
+             f"Each model minus `{reference}` on the same evaluated users (each user's HR@10 / NDCG@10 averaged over "
+             f"a model's seeds), with the 95% interval of {BOOTSTRAP_SAMPLES} bootstrap resamples of the users: an "
+             "interval that contains 0 is a difference the choice of users alone could make.", "",
+             "| model | users | ΔHR@10 [95% interval] | ΔNDCG@10 [95% interval] |", "|---|---:|---|---|"]
+    for r in paired:
+        cells = [f"{r[m][0]:+.4f} [{r[m][1]:+.4f}, {r[m][2]:+.4f}]" for m in ("hr@10", "ndcg@10")]
+        lines.append(f"| {r['model']} | {r['users']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def machine_info() -> dict:
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
-def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None = None) -> str:
-    """plots: dataset name -> learning-curve image file name beside the report."""
+def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None = None,
+                    paired: list[dict] | None = None) -> str:
+    """plots: dataset name -> learning-curve image file name beside the report; paired: paired_differences."""
     b = meta["budget"]
     stopping = (f"Early stopping: one validation target per user is held out and not trained on (leave-last-out: "
                 "the second-last event; time split: the first event after the 70% cut); after "
@@ -236,6 +293,7 @@ def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None =
             cells += [f"{r['train_seconds'][0]:.1f}", f"{best[0]:.1f}" if best else "",
                       f"{r['eval_seconds'][0]:.1f}", " ".join(map(str, r["seeds"]))]
             lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+        lines += render_paired([p for p in paired or [] if p["dataset"] == d["name"]])
         if plots and d["name"] in plots:
             lines += ["", f"![validation HR@10 against training seconds, {d['name']}]({plots[d['name']]})"]
     lines += ["", f"Raw per-seed results (with each run's validation curve): `{meta['json']}`.", ""]
@@ -352,7 +410,7 @@ def write_report(out: Path, meta: dict, records: list[dict], rows: list[dict], b
     JSON (<out>.json) it is rendered from; with `benchmarks`, the same table as that file's section."""
     out.parent.mkdir(parents=True, exist_ok=True)
     plots = {p.stem[len(out.stem) + 1:]: p.name for p in plot_curves(records, out.with_suffix(""))}
-    text = render_markdown(meta, rows, plots)
+    text = render_markdown(meta, rows, plots, paired_differences(records))
     out.write_text(text)
     if write_json:
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")

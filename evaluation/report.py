@@ -26,12 +26,12 @@ def _load(name: str) -> dict:
 
 
 def _grace(stem: str) -> str:
-    from evaluation.evaluate import aggregate, render_markdown  # noqa: PLC0415 - imports torch
+    from evaluation.evaluate import aggregate, paired_differences, render_markdown  # noqa: PLC0415 - imports torch
 
     raw = _load(f"{stem}.json")
     names = [d["name"] for d in raw["meta"]["datasets"]]
     plots = {n: f"{stem}_{n}.png" for n in names if (RESULTS / f"{stem}_{n}.png").exists()}
-    return render_markdown(raw["meta"], aggregate(raw["runs"]), plots)
+    return render_markdown(raw["meta"], aggregate(raw["runs"]), plots, paired_differences(raw["runs"]))
 
 
 def _grace_section() -> str:

@@ -64,6 +64,31 @@ def test_aggregate_mean_and_sample_std():
     assert single["ndcg@5"] == (0.2, 0.0)
 
 
+def test_paired_differences_by_hand():
+    """Per-user values averaged over seeds, minus the reference's; the interval is over users and holds 0 only
+    when the users could make the difference."""
+    def run(model, seed, ranks, dataset="d"):
+        return {"dataset": dataset, "model": model, "seed": seed, "target_ranks": ranks}
+    ref = [run("sasrec", 0, [0, -1, -1, 3]), run("sasrec", 1, [0, -1, -1, -1])]
+    mine = [run("m", 0, [1, 0, -1, 12])]  # rank 12 is outside the top 10: a miss
+    (row,) = ev.paired_differences(ref + mine + [run("other", 0, [0, 0])])  # other: different users, skipped
+    # HR@10 per user: mine [1, 1, 0, 0], sasrec [1, 0, 0, 0.5] -> differences [0, 1, 0, -0.5]
+    assert row["model"] == "m" and row["users"] == 4 and row["hr@10"][0] == pytest.approx(0.125)
+    gain = lambda r: 1 / np.log2(r + 2)
+    expected = np.mean([gain(1) - gain(0), gain(0), 0, -gain(3) / 2])
+    assert row["ndcg@10"][0] == pytest.approx(expected)
+    low, high = row["hr@10"][1:]
+    assert -0.5 <= low < 0.125 < high <= 1  # means of resampled differences lie within their min and max
+    # A clear win over many users has an interval above 0; no reference or no ranks: nothing to pair.
+    many = [run("sasrec", 0, [-1] * 200), run("m", 0, [0] * 100 + [-1] * 100)]
+    (clear,) = ev.paired_differences(many)
+    assert clear["hr@10"][0] == pytest.approx(0.5) and clear["hr@10"][1] > 0.4
+    assert ev.paired_differences(mine) == []
+    assert ev.paired_differences([{k: v for k, v in r.items() if k != "target_ranks"} for r in ref + mine]) == []
+    text = "\n".join(ev.render_paired([clear]))
+    assert "Paired against `sasrec`" in text and "| m | 200 | +0.5000 [" in text
+
+
 def test_eval_subsample_and_registry():
     assert ev.eval_subsample(5, 0).tolist() == [0, 1, 2, 3, 4]
     sub = ev.eval_subsample(100, 10)
@@ -105,6 +130,8 @@ def test_cli_quick_on_small_simulator(tmp_path):
     assert [r["model"] for r in merged["runs"]] == ["mostpop"] * 2 + ["sasrec"] * 2 + ["recent"] * 2
     assert len(merged["meta"]["commands"]) == 2 and "| recent |" in out.read_text()
     assert "| sasrec |" in out.read_text()
+    assert all(len(r["target_ranks"]) == 50 for r in merged["runs"])  # one rank per evaluated user
+    assert "Paired against `sasrec`" in out.read_text() and "| recent | 50 |" in out.read_text()
     other = dataclasses.replace(ev.QUICK_BUDGET, epochs=3)
     with pytest.raises(ValueError, match="share the protocol"):
         ev.evaluate(["sim"], ["recent"], [0], 20, other, 50, out, "cmd", merge=True, sim_users=120, sim_items=80)
@@ -181,7 +208,7 @@ def test_published_grace_table_is_rendered_from_the_committed_result():
     md = (ROOT / "docs/results/grace.md").read_text()
     plots = {d["name"]: f"grace_{d['name']}.png" for d in raw["meta"]["datasets"]
              if any(r.get("curve") for r in raw["runs"] if r["dataset"] == d["name"])}
-    assert md == ev.render_markdown(raw["meta"], rows, plots)
+    assert md == ev.render_markdown(raw["meta"], rows, plots, ev.paired_differences(raw["runs"]))
     assert all((ROOT / "docs/results" / name).exists() for name in plots.values())
     benchmarks = (ROOT / "BENCHMARKS.md").read_text()
     section = ev.benchmark_section(md, Path("docs/results/grace.md"))

@@ -117,8 +117,20 @@ def eval_subsample(num_test: int, eval_users: int) -> np.ndarray:
     return np.sort(np.random.default_rng(EVAL_SAMPLE_SEED).choice(num_test, eval_users, replace=False))
 
 
+def best_epochs(info: dict) -> int | None:
+    """The epochs early stopping kept (validations once per epoch): 1 + the kept validation's place in the
+    curve; None for a model without a learning curve (nothing trained)."""
+    curve = info.get("curve")
+    if not curve:
+        return None
+    return 1 + next(i for i, point in enumerate(curve) if point["step"] == info["best_step"])
+
+
 def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, budget: TrainingBudget,
-            eval_idx: np.ndarray) -> dict:
+            eval_idx: np.ndarray, refit_split: Split | None = None) -> dict:
+    """Train (with early stopping when the split has validation), then test on `eval_idx`. With `refit_split`
+    (the same test, no validation held out: its events train too), a fresh model is then trained on it for the
+    epochs early stopping chose, and that model is tested: the validation period is not lost to training."""
     _unknown_models([model_name])
     torch.manual_seed(seed)
     model = REGISTRY[model_name](dataset, seed)
@@ -127,6 +139,19 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
     wall_s = time.perf_counter() - started
     info = dict(getattr(model, "info", None) or {})
     train_s = info.get("train_seconds", wall_s)  # without the validation passes of early stopping
+    refit = {}
+    if refit_split is not None:
+        if budget.eval_every:
+            raise ValueError("refit needs validations once per epoch (eval_every 0): it retrains for the kept epochs")
+        epochs = best_epochs(info)
+        torch.manual_seed(seed)
+        model = REGISTRY[model_name](dataset, seed)
+        started = time.perf_counter()
+        model.fit(dataset, refit_split.train, seed=seed,
+                  budget=dataclasses.replace(budget, epochs=epochs or budget.epochs, patience=0), valid=None)
+        refit = {"refit_epochs": epochs, "refit_seconds": round(time.perf_counter() - started, 2),
+                 "refit_train_examples": len(refit_split.train)}
+        split = refit_split
     test = split.test.subset(eval_idx)
     started = time.perf_counter()
     k = max(KS)
@@ -142,6 +167,7 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
     for key in ("valid_hr@10", "best_step", "seconds_to_best", "train_steps", "targets_per_second", "curve"):
         if key in info:
             record[key] = info[key]
+    record.update(refit)
     cfg = getattr(model, "cfg", None)
     if dataclasses.is_dataclass(cfg):  # the model's settings as trained, so later default changes cannot relabel it
         record["config"] = dataclasses.asdict(cfg)
@@ -163,11 +189,13 @@ def aggregate(records: list[dict]) -> list[dict]:
     rows = []
     for (ds, model), rs in groups.items():
         row = {"dataset": ds, "model": model, "seeds": [r["seed"] for r in rs]}
-        for key in METRICS + ("train_seconds", "eval_seconds", "valid_hr@10", "seconds_to_best"):
+        for key in METRICS + ("train_seconds", "eval_seconds", "valid_hr@10", "seconds_to_best", "refit_seconds"):
             if any(key not in r for r in rs):
                 continue  # models without validation
             v = np.array([r[key] for r in rs], np.float64)
             row[key] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        if any(r.get("refit_epochs") for r in rs):
+            row["refit_epochs"] = [r.get("refit_epochs") for r in rs]  # per seed
         rows.append(row)
     return rows
 
@@ -240,7 +268,11 @@ def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None =
                 f"HR@10 on {b.get('eval_users') or 'all'} validation users is measured, training stops after "
                 f"{b['patience']} validations without improvement and the best state is tested; {b['epochs']} "
                 "epochs is only the cap. `train s` excludes the validation passes; `to best s` is the training "
-                "time until the kept state." if b.get("patience") else
+                "time until the kept state." + (
+                    " Then every model is trained again from scratch, with the validation targets (leave-last-out) "
+                    "or every event before the test cut (time split) as training events too, for the epochs early "
+                    "stopping kept, and that model is tested (`refit s`: its training time); the validation "
+                    "columns are the first run's." if meta.get("refit") else "") if b.get("patience") else
                 f"No validation: every model trains the whole budget of {b['epochs']} epoch(s).")
     lines = [
         "# GRACE evaluation: " + ("global time split" if meta.get("split") == "time" else "leave-last-out")
@@ -280,9 +312,11 @@ def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None =
     lines += ["", "Models:", ""] + [f"- `{m}`: {DESCRIPTIONS.get(m) or 'registered without a description'}"
                                     for m in models]
     for d in meta["datasets"]:
+        refit_cols = meta.get("refit", False)
         lines += ["", f"## {d['name']}", "",
-                  "| model | HR@10 | NDCG@10 | HR@5 | NDCG@5 | valid HR@10 | train s | to best s | eval s | seeds |",
-                  "|---|---|---|---|---|---|---:|---:|---:|---|"]
+                  "| model | HR@10 | NDCG@10 | HR@5 | NDCG@5 | valid HR@10 | train s | to best s | "
+                  + ("refit epochs | refit s | " if refit_cols else "") + "eval s | seeds |",
+                  "|---|---|---|---|---|---|---:|---:|" + ("---|---:|" if refit_cols else "") + "---:|---|"]
         for r in rows:
             if r["dataset"] != d["name"]:
                 continue
@@ -290,8 +324,11 @@ def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None =
             valid = r.get("valid_hr@10")
             cells.append(f"{valid[0]:.4f} ± {valid[1]:.4f}" if valid else "")
             best = r.get("seconds_to_best")
-            cells += [f"{r['train_seconds'][0]:.1f}", f"{best[0]:.1f}" if best else "",
-                      f"{r['eval_seconds'][0]:.1f}", " ".join(map(str, r["seeds"]))]
+            cells += [f"{r['train_seconds'][0]:.1f}", f"{best[0]:.1f}" if best else ""]
+            if refit_cols:
+                cells += [" ".join(map(str, r["refit_epochs"])) if r.get("refit_epochs") else "",
+                          f"{r['refit_seconds'][0]:.1f}" if r.get("refit_seconds") else ""]
+            cells += [f"{r['eval_seconds'][0]:.1f}", " ".join(map(str, r["seeds"]))]
             lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
         lines += render_paired([p for p in paired or [] if p["dataset"] == d["name"]])
         if plots and d["name"] in plots:
@@ -333,12 +370,15 @@ def plot_curves(records: list[dict], stem: Path) -> list[Path]:
     return written
 
 
-def _load_previous(json_path: Path, budget: dict, max_history: int, split_kind: str = "last") -> dict:
-    """An earlier report to merge into; refused unless it used the same budget and history length."""
+def _load_previous(json_path: Path, budget: dict, max_history: int, split_kind: str = "last",
+                   refit: bool = False) -> dict:
+    """An earlier report to merge into; refused unless it used the same budget, history length and protocol."""
     old = json.loads(json_path.read_text())
-    for key, value in (("budget", budget), ("max_history", max_history), ("split", split_kind)):
-        if old["meta"].get(key, "last" if key == "split" else None) != value:
-            raise ValueError(f"--merge: {json_path} was made with {key}={old['meta'][key]}, this run uses "
+    defaults = {"split": "last", "refit": False}
+    for key, value in (("budget", budget), ("max_history", max_history), ("split", split_kind), ("refit", refit)):
+        if old["meta"].get(key, defaults.get(key)) != value:
+            raise ValueError(f"--merge: {json_path} was made with {key}={old['meta'].get(key, defaults.get(key))}, "
+                             f"this run uses "
                              f"{value}; every model in one table must share the protocol and budget")
     return old
 
@@ -358,7 +398,7 @@ def _merge(old: dict, meta: dict, records: list[dict]) -> tuple[dict, list[dict]
 
 def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_history: int, budget: TrainingBudget,
              eval_users: int, out: Path | None, command: str, merge: bool = False, split_kind: str = "last",
-             **dataset_kw) -> tuple[dict, list[dict]]:
+             refit: bool = False, **dataset_kw) -> tuple[dict, list[dict]]:
     _unknown_models(models)
     if not seeds:
         raise ValueError("seeds must name at least one seed")
@@ -366,7 +406,9 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
     code_commit = commit()  # at the start: the code that trains is the code of this moment
     previous = None
     if merge and json_path and json_path.exists():  # checked before any training, so a mismatch costs nothing
-        previous = _load_previous(json_path, dataclasses.asdict(budget), max_history, split_kind)
+        previous = _load_previous(json_path, dataclasses.asdict(budget), max_history, split_kind, refit)
+    if refit and not budget.patience:
+        raise ValueError("refit retrains for the epochs early stopping chose: it needs --patience > 0")
     records, ds_meta = [], []
     for ds_name in datasets:
         dataset = load_dataset(ds_name, **dataset_kw)
@@ -374,6 +416,12 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
             split = time_split(dataset, max_history, valid_quantile=0.7 if budget.patience > 0 else None)
         else:
             split = leave_last_out(dataset, max_history, validation=budget.patience > 0)
+        refit_split = None
+        if refit:  # the same test targets, the validation events trained on
+            refit_split = (time_split(dataset, max_history, valid_quantile=None) if split_kind == "time"
+                           else leave_last_out(dataset, max_history, validation=False))
+            if not np.array_equal(refit_split.test.targets, split.test.targets):
+                raise AssertionError("the refit split must test the same targets")
         eval_idx = eval_subsample(len(split.test), eval_users)
         ds_meta.append({**dataset.stats(), "train_examples": len(split.train), "test_users": len(split.test),
                         "eval_users": len(eval_idx)})
@@ -385,13 +433,13 @@ def evaluate(datasets: list[str], models: list[str], seeds: list[int], max_histo
                              f"vs {dataset.num_events}); use the same --eval-users and dataset options")
         for model_name in models:
             for seed in seeds:
-                r = run_one(dataset, split, model_name, seed, budget, eval_idx)
+                r = run_one(dataset, split, model_name, seed, budget, eval_idx, refit_split)
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 records.append(r)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = {"date": date, "commands": [f"{command}  # {date}"], "commit": code_commit,
             "machine": machine_info(), "budget": dataclasses.asdict(budget), "max_history": max_history,
-            "split": split_kind,
+            "split": split_kind, **({"refit": True} if refit else {}),
             "seeds": seeds, "datasets": ds_meta, "json": str(json_path) if json_path else None}
     if previous is not None:
         meta, records = _merge(previous, meta, records)
@@ -439,7 +487,8 @@ def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[di
     meta, records = _commands_with_commit(first["meta"]), first["runs"]
     commits = {first["meta"].get("commit")}
     for path in reports[1:]:
-        later = _load_previous(path, meta["budget"], meta["max_history"], meta.get("split", "last"))
+        later = _load_previous(path, meta["budget"], meta["max_history"], meta.get("split", "last"),
+                               meta.get("refit", False))
         commits.add(later["meta"].get("commit"))
         later = {**later, "meta": _commands_with_commit(later["meta"])}
         sizes = {d["name"]: (d["eval_users"], d["events"]) for d in meta["datasets"]}
@@ -476,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", choices=("last", "time"), default="last",
                    help="last: leave-last-out per user; time: one global cut at the 80%% quantile of event times "
                         "(validation at 70%%), the first event after it per user is the test target")
+    p.add_argument("--refit", action="store_true",
+                   help="after early stopping, train each model again from scratch with the validation events too, "
+                        "for the epochs it kept, and test that model (needs --patience)")
     p.add_argument("--out", type=Path, help="markdown report; raw JSON goes next to it (.json)")
     p.add_argument("--merge", action="store_true",
                    help="add to the report at --out (same budget and protocol), replacing re-run (model, seed) pairs")
@@ -542,7 +594,8 @@ def main(argv: list[str] | None = None) -> None:
     eval_users = args.eval_users if args.eval_users is not None else (200 if args.quick else 0)
     command = "python -m evaluation.evaluate " + shlex.join(argv)
     _, rows = evaluate(args.datasets, args.models, args.seeds, args.max_history, budget, eval_users, args.out,
-                       command, merge=args.merge, split_kind=args.split, sim_users=args.sim_users, sim_items=args.sim_items,
+                       command, merge=args.merge, split_kind=args.split, refit=args.refit, sim_users=args.sim_users,
+                       sim_items=args.sim_items,
                        sim_seed=args.sim_seed, ml_cache_dir=args.ml_cache_dir)
     if args.benchmarks and args.out:
         raw = json.loads(args.out.with_suffix(".json").read_text())

@@ -197,6 +197,46 @@ def test_early_stopping_keeps_the_best_state_and_plots_the_curve(tmp_path):
     assert "valid HR@10" in text and "Early stopping" in text and f"({plots[0].name})" in text
 
 
+def test_refit_retrains_on_the_validation_period_for_the_kept_epochs(tmp_path, monkeypatch):
+    """--refit: after early stopping, a fresh model trains on the split without validation (the same test
+    targets, more training events) for the epochs early stopping kept, and that model is tested."""
+    fits = []
+    original = ev.REGISTRY["sasrec"]
+
+    def recording(dataset, seed):
+        model = original(dataset, seed)
+        fit = model.fit
+
+        def fit_and_record(dataset, train, *, seed, budget, valid=None):
+            fits.append((len(train), budget.epochs, budget.patience, valid is not None))
+            return fit(dataset, train, seed=seed, budget=budget, valid=valid)
+        model.fit = fit_and_record
+        return model
+
+    monkeypatch.setitem(ev.REGISTRY, "sasrec", recording)
+    budget = dataclasses.replace(ev.QUICK_BUDGET, epochs=4, patience=1, eval_users=0, max_examples_per_epoch=None)
+    out = tmp_path / "refit.md"
+    for split_kind in ("time", "last"):
+        fits.clear()
+        _, rows = ev.evaluate(["sim"], ["sasrec", "pop30"], [0], 10, budget, 0, out, "cmd", split_kind=split_kind,
+                              refit=True, sim_users=80, sim_items=60)
+        (first, second) = fits
+        assert first[3] and first[2] == 1 and not second[3] and second[2] == 0
+        assert second[0] > first[0]  # the validation period trains too
+        run = next(r for r in json.loads(out.with_suffix(".json").read_text())["runs"] if r["model"] == "sasrec")
+        assert run["refit_epochs"] == ev.best_epochs(run) == second[1] and run["refit_seconds"] > 0
+        assert run["refit_train_examples"] == second[0]
+        pop = next(r for r in json.loads(out.with_suffix(".json").read_text())["runs"] if r["model"] == "pop30")
+        assert "refit_epochs" in pop and pop["refit_epochs"] is None  # nothing to stop early: refit on all events
+        text = out.read_text()
+        assert "trained again from scratch" in text and "| refit epochs | refit s |" in text
+    with pytest.raises(ValueError, match="patience"):
+        ev.evaluate(["sim"], ["sasrec"], [0], 10, ev.QUICK_BUDGET, 0, None, "cmd", refit=True, sim_users=80,
+                    sim_items=60)
+    assert ev.best_epochs({"curve": [{"step": 5}, {"step": 10}, {"step": 15}], "best_step": 10}) == 2
+    assert ev.best_epochs({}) is None
+
+
 def test_published_grace_table_is_rendered_from_the_committed_result():
     """docs/results/grace.md and BENCHMARKS.md's GRACE section are what the committed result file renders, and
     the learning-curve images they show are committed beside it."""

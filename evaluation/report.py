@@ -131,6 +131,90 @@ def _perf_sweep() -> str:
     return render(_load("perf_sweep.json"))
 
 
+def _source(result: dict, name: str) -> str:
+    return f"{name} ({result['commit']}, {result['date'][:10]})"
+
+
+# docs/operations.md's capacity plan: what "100x" means and the node shape it is sized on.
+TARGET_FACTOR, NODE_CORES, POD_CORES, PODS_PER_NODE = 100, 32, 2, 14
+
+
+def _operations_pod() -> str:
+    """docs/operations.md's "What one pod does now" and the CPU sizing that follows from it, every figure read
+    from the result file it names (with that file's commit and date)."""
+    thr, sweep, long_, soak = (_load(n) for n in ("throughput.json", "perf_sweep.json", "throughput_long.json",
+                                                   "soak.json"))
+    c1 = thr["interleaved"]
+    steps = ", ".join(f"{k} {v:.2f} ms" for k, v in c1["in_process_step_p50_ms"].items())
+    loop = {r["concurrency"]: r for r in thr["closed_loop"]}
+    peak = max(thr["closed_loop"], key=lambda r: r["req_per_s"])
+    rec = {p["concurrency"]: p for p in sweep["points"] if p["model"] == "recommend"}
+    ads = {p["concurrency"]: p for p in sweep["points"] if p["model"] == "score_ads"}
+    pa_peak = max(rec.values(), key=lambda p: p["req_per_s"])
+    cpu = pa_peak["cpu_ms_per_request"]
+    cpu_parts = sorted(((k, v) for k, v in cpu.items() if v >= 0.05), key=lambda kv: -kv[1])
+    longest = max(long_["by_history_length"], key=lambda r: r["events"])
+    mem0, mem1 = soak["result"]["memory_start_mib"], soak["result"]["memory_end_mib"]
+    stubs = sum(1 for k in mem0 if k.startswith("stub"))
+    T, S, L, K = (_source(thr, "throughput.md"), _source(sweep, "perf_sweep.md"), _source(long_, "throughput_long.md"),
+                  _source(soak, "soak.json"))
+    rows = [
+        ("`recommend` in process (the step code without Triton), concurrency 1",
+         f"p50 {c1['in_process']['p50_ms']:.2f} ms, mean {c1['in_process']['mean_ms']:.2f} ms; per step p50: {steps}", T),
+        ("`recommend` served, concurrency 1, interleaved with the above",
+         f"p50 {c1['served']['p50_ms']:.2f} ms, p99 {c1['served']['p99_ms']:.2f} ms "
+         f"({c1['served_over_in_process_p50']:.2f}x / {c1['served_over_in_process_p99']:.2f}x in process)"
+         + (f"; straight to tritonserver's own port p50 {c1['served_direct']['p50_ms']:.2f} ms "
+            f"({c1['direct_over_in_process_p50']:.2f}x)" if "served_direct" in c1 else ""), T),
+    ]
+    if 1 in loop:
+        rows.append(("`recommend` closed loop (Python gRPC clients), 1 client",
+                     f"{loop[1]['req_per_s']:.1f} req/s, p50 {loop[1]['p50_ms']:.1f} ms, p99 {loop[1]['p99_ms']:.1f} ms", T))
+    rows.append((f"`recommend` closed loop, {peak['concurrency']} clients (the peak of that generator)",
+                 f"{peak['req_per_s']:.1f} req/s, p50 {peak['p50_ms']:.1f} ms, p99 {peak['p99_ms']:.1f} ms", T))
+    rows.append((f"`recommend` perf_analyzer, concurrency 1 / {pa_peak['concurrency']} (its peak)",
+                 f"{rec[1]['req_per_s']:.1f} / {pa_peak['req_per_s']:.1f} req/s, p99 {rec[1]['p99_ms']:.1f} / "
+                 f"{pa_peak['p99_ms']:.1f} ms", S))
+    rows.append((f"CPU per `recommend` at concurrency {pa_peak['concurrency']}, all processes",
+                 f"{sum(cpu.values()):.2f} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_parts), S))
+    rows.append((f"`recommend` with {longest['events']}-event histories (a `serving.max_history="
+                 f"{long_['build']['max_history']}` build), concurrency 1",
+                 f"served p50 {longest['served']['p50_ms']:.1f} ms (in process {longest['in_process']['p50_ms']:.1f} ms)",
+                 L))
+    if 1 in ads:
+        rows.append((f"`score_ads`, 1 user x {sweep['args']['campaigns']} campaigns, perf_analyzer concurrency 1",
+                     f"{ads[1]['req_per_s']:.1f} req/s, p50 {ads[1]['p50_ms']:.2f} ms, p99 {ads[1]['p99_ms']:.2f} ms", S))
+    res = soak["result"]
+    rows.append((f"soak, {soak['settings']['rate']:g} req/s for {soak['settings']['duration_s']:g} s",
+                 f"{res['failures']} failures of {res['requests']}, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms; "
+                 f"RSS of tritonserver + {stubs} stubs {sum(mem0.values()):.0f} MiB at start, "
+                 f"{sum(mem1.values()):.0f} MiB at end", K))
+    lines = ["**What one pod does now.** Rendered by `python -m evaluation.report` from the result files named "
+             "(commit, date); measured on a 2-core Xeon shared with other jobs, the load generator on the same "
+             "cores: lower bounds on what a dedicated core does.", "",
+             "| figure | value | file |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    c1_rate, sat_rate = rec[1]["req_per_s"], pa_peak["req_per_s"]
+    target = TARGET_FACTOR * sat_rate
+    latency_pods, sat_pods = -(-target // c1_rate), -(-target // sat_rate)
+    lines += ["", f"So one 2-core pod serves about {c1_rate:.0f} req/s of `recommend` with one request in flight "
+              f"(perf_analyzer, p99 {rec[1]['p99_ms']:.0f} ms) and peaks at about {sat_rate:.0f} req/s with "
+              f"{pa_peak['concurrency']} in flight (p99 {pa_peak['p99_ms']:.0f} ms), where both cores are busy: a "
+              f"request costs about {sum(cpu.values()):.1f} ms of CPU across all processes, the largest part "
+              f"{cpu_parts[0][0]} ({cpu_parts[0][1]:.2f} ms).", "",
+              f"**CPU nodes at {TARGET_FACTOR}x** (about {target:,.0f} req/s of `recommend`, {TARGET_FACTOR} times "
+              f"that peak). Sized for latency, at the one-request-in-flight rate: {target:,.0f} / {c1_rate:.0f} ≈ "
+              f"{latency_pods:.0f} pods, {POD_CORES * latency_pods:.0f} cores. Sized at the saturated rate it would be "
+              f"~{sat_pods:.0f} pods. With the cpu overlay's {POD_CORES}-CPU request "
+              "(`deploy/overlays/cpu/deployment-resources.yaml`), a "
+              f"{NODE_CORES}-core node holds ~{PODS_PER_NODE} pods after system reservations, so "
+              f"~{-(-latency_pods // PODS_PER_NODE):.0f} nodes for the latency sizing "
+              f"({-(-sat_pods // PODS_PER_NODE):.0f} at saturation), plus one node of headroom for a drain (the PDB "
+              f"takes one pod at a time). Memory is not the limit: ~{sum(mem1.values()) / 1024:.1f} GiB RSS per pod "
+              "(soak.json) against the 3 GiB request."]
+    return "\n".join(lines) + "\n"
+
+
 def _latency() -> str:
     from loadtests.latency import render  # noqa: PLC0415
 
@@ -348,6 +432,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "jsa_compute": _in_benchmarks("jsa_compute", _jsa_compute),
     "onnx_fold": _in_benchmarks("onnx_fold", _onnx_fold),
 }
+# Sections of other documents: path under the repository root -> {section name: renderer}.
+DOC_SECTIONS: dict[str, dict[str, Callable[[], str]]] = {
+    "docs/operations.md": {"pod_figures": _operations_pod},
+}
 # docs/results/*.md rendered from the result file beside them.
 FILES: dict[str, Callable[[], str]] = {
     "grace.md": lambda: _grace("grace"),
@@ -377,6 +465,15 @@ FILES: dict[str, Callable[[], str]] = {
 }
 
 
+def _doc_section(text: str, content: str, name: str, path: Path) -> str:
+    """`text` with what lies between its markers `<!-- name: begin -->` / `end` replaced by `content`."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: markers {begin} / {end} missing")
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{content}{end}{rest.split(end, 1)[1]}"
+
+
 def rendered() -> tuple[str, dict[Path, str]]:
     """BENCHMARKS.md and each generated file as the committed result files make them."""
     from evaluation.pipeline_quality import with_section  # noqa: PLC0415
@@ -384,7 +481,14 @@ def rendered() -> tuple[str, dict[Path, str]]:
     text = BENCHMARKS.read_text()
     for name, render in SECTIONS.items():
         text = with_section(text, render(), name)
-    return text, {RESULTS / name: render() for name, render in FILES.items()}
+    files = {RESULTS / name: render() for name, render in FILES.items()}
+    for name, sections in DOC_SECTIONS.items():
+        path = ROOT / name
+        doc = path.read_text()
+        for name, render in sections.items():
+            doc = _doc_section(doc, render(), name, path)
+        files[path] = doc
+    return text, files
 
 
 def differences() -> list[str]:

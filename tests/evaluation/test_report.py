@@ -45,17 +45,36 @@ def test_every_generated_page_has_a_renderer_and_no_result_lies_unused():
 
 def test_a_hand_edited_page_is_caught(tmp_path, monkeypatch):
     """A figure edited by hand in a page rendered from a result file (here the CTR table) is named by --check."""
+    results = _copy_of_the_docs(tmp_path, monkeypatch)
+    page = results / "ctr.md"
+    text = page.read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| LR-warm"))
+    page.write_text(text.replace(row, row.replace("| 0.", "| 1.", 1)))
+    assert report.differences() == ["docs/results/ctr.md"]
+
+
+def _copy_of_the_docs(tmp_path, monkeypatch):
+    """docs/results, BENCHMARKS.md and docs/operations.md copied under tmp_path, the report pointed there."""
     results = tmp_path / "docs" / "results"
     results.mkdir(parents=True)
     for path in report.RESULTS.iterdir():
         if path.is_file():
             (results / path.name).write_bytes(path.read_bytes())
     (tmp_path / "BENCHMARKS.md").write_text(report.BENCHMARKS.read_text())
-    page = results / "ctr.md"
-    text = page.read_text()
-    row = next(x for x in text.splitlines() if x.startswith("| LR-warm"))
-    page.write_text(text.replace(row, row.replace("| 0.", "| 1.", 1)))
+    (tmp_path / "docs" / "operations.md").write_text((report.ROOT / "docs" / "operations.md").read_text())
     monkeypatch.setattr(report, "ROOT", tmp_path)
     monkeypatch.setattr(report, "RESULTS", results)
     monkeypatch.setattr(report, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
-    assert report.differences() == ["docs/results/ctr.md"]
+    return results
+
+
+def test_a_hand_edited_operations_figure_is_caught(tmp_path, monkeypatch):
+    """docs/operations.md's pod figures are a rendered section: a figure typed over is named by --check."""
+    _copy_of_the_docs(tmp_path, monkeypatch)
+    doc = tmp_path / "docs" / "operations.md"
+    text = doc.read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| `recommend` perf_analyzer"))
+    doc.write_text(text.replace(row, row.replace("req/s", "req/s (typed)", 1)))
+    assert report.differences() == ["docs/operations.md"]
+    doc.write_text(text)
+    assert report.differences() == []

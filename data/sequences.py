@@ -224,6 +224,28 @@ def time_split(dataset: SequenceDataset, max_history: int, test_quantile: float 
                  test=_examples(dataset, test, max_history), max_history=max_history)
 
 
+def training_counts(dataset: SequenceDataset, train: Examples, days: float | None = None) -> np.ndarray:
+    """int64 [N+1]: each item's training events (index 0, the padding item, 0). A user's training events are
+    those up to its last training target (its first event included, though never a target); held-out events
+    after it are not counted. With `days`, only the events of the last `days` days before the newest training
+    event count (recent popularity: on a global time split, the days before the cut)."""
+    if days is not None and days <= 0:
+        raise ValueError(f"days must be > 0, got {days}")
+    last = np.full(dataset.num_users, -1, np.int64)
+    np.maximum.at(last, train.users, train.positions)
+    counts = np.zeros(dataset.num_items + 1, np.int64)
+    users = np.flatnonzero(last >= 0)
+    since = -np.inf
+    if days is not None and len(users):  # the window ends at the newest training event
+        newest = max(float(dataset.user_timestamps[u][last[u]]) for u in users)
+        since = newest - days * 86400.0
+    for u in users:
+        items, times = dataset.user_items[u][:last[u] + 1], dataset.user_timestamps[u][:last[u] + 1]
+        np.add.at(counts, items[times >= since], 1)
+    counts[0] = 0
+    return counts
+
+
 def windows(train: Examples) -> Examples:
     """The training examples one pass of a model that supervises every position needs: per user, the examples
     whose targets are L = max_history apart counting back from the user's last training target. A window's

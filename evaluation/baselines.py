@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.sequences import Examples, SequenceDataset, pad_left, windows
+from data.sequences import Examples, SequenceDataset, pad_left, training_counts, windows
 from models.budget import EarlyStopping, TrainingBudget
 from models.sasrec import SASRecConfig, SASRecModel
 
@@ -68,19 +68,7 @@ class MostPopular:
 
     def fit(self, dataset: SequenceDataset, train_examples: Examples, *, seed: int = 0,
             budget: TrainingBudget | None = None, valid: Examples | None = None) -> None:
-        # A user's training events are those up to its last training target (that includes its first event,
-        # which is never a target); held-out events after it are not counted.
-        last = np.full(dataset.num_users, -1, np.int64)
-        np.maximum.at(last, train_examples.users, train_examples.positions)
-        counts = np.zeros(dataset.num_items + 1, np.int64)
-        users = np.flatnonzero(last >= 0)
-        since = -np.inf
-        if self.days is not None and len(users):  # the window ends at the newest training event
-            newest = max(float(dataset.user_timestamps[u][last[u]]) for u in users)
-            since = newest - self.days * 86400.0
-        for u in users:
-            items, times = dataset.user_items[u][:last[u] + 1], dataset.user_timestamps[u][:last[u] + 1]
-            np.add.at(counts, items[times >= since], 1)
+        counts = training_counts(dataset, train_examples, self.days)
         counts[0] = -1  # padding never ranks
         # Ties by ascending item id, so the ranking is deterministic.
         self.ranking = np.lexsort((np.arange(len(counts)), -counts))[:dataset.num_items]

@@ -145,7 +145,10 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
             raise ValueError("refit needs validations once per epoch (eval_every 0): it retrains for the kept epochs")
         epochs = best_epochs(info)
         torch.manual_seed(seed)
+        chosen = {k: info[k] for k in ("popularity_prior_weight",) if k in info}  # picked on validation
         model = REGISTRY[model_name](dataset, seed)
+        if chosen:
+            model.preset = chosen
         started = time.perf_counter()
         model.fit(dataset, refit_split.train, seed=seed,
                   budget=dataclasses.replace(budget, epochs=epochs or budget.epochs, patience=0), valid=None)
@@ -164,7 +167,8 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
     eval_s = time.perf_counter() - started
     record = {"dataset": dataset.name, "model": model_name, "seed": seed, "train_seconds": round(train_s, 2),
               "fit_wall_seconds": round(wall_s, 2), "eval_seconds": round(eval_s, 2), "eval_users": len(test)}
-    for key in ("valid_hr@10", "best_step", "seconds_to_best", "train_steps", "targets_per_second", "curve"):
+    for key in ("valid_hr@10", "best_step", "seconds_to_best", "train_steps", "targets_per_second", "curve",
+                "popularity_prior_weight", "valid_hr@10_by_prior_weight"):
         if key in info:
             record[key] = info[key]
     record.update(refit)

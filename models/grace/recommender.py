@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.sequences import leave_last_out, next_items, windows
+from data.sequences import leave_last_out, next_items, training_counts, windows
 from models.budget import EarlyStopping, TrainingBudget
-from serving.grace.beam_search import CachedStep, TrieNormalizedStep, constrained_beam_search
+from serving.grace.beam_search import (CachedStep, PriorStep, TrieNormalizedStep, constrained_beam_search,
+                                       prefix_log_mass)
 from models.grace.model import NEG_INF, GraceConfig, GraceModel
 from serving.grace.history import HistoryEncoder, left_pad
 from serving.grace.journeys import DEFAULT_MAX_GAP
@@ -124,6 +125,11 @@ class GraceTrainConfig:
     item_head: bool = False
     item_loss_weight: float = 1.0
     item_retrieval: str = "hybrid"
+    # A recent-popularity prior in retrieval (beam_search.PriorStep): each item's training events of the last
+    # `popularity_prior_days` days before the newest one, plus one, as an item prior whose weight is chosen on
+    # validation among popularity_prior_weights (0 = the model alone; on a tie the smaller weight). 0 days = off.
+    popularity_prior_days: float = 0.0
+    popularity_prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")
@@ -284,12 +290,14 @@ def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: Train
 def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, journey_ids: np.ndarray,
                    journey_pos: np.ndarray, beam_width: int, exclude: set[int] | None = None,
                    trie_normalized: bool = False, item_retrieval: str = "beam",
-                   allowed: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   allowed: torch.Tensor | None = None, prior: PriorStep | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Reference retrieval with the torch model for one encoded history (what grace_retrieve serves).
     trie_normalized: each step's scores renormalised over the beam's allowed children (TrieNormalizedStep),
     for a model trained with trie_loss. item_retrieval (a model with an item head; GraceTrainConfig): "beam",
     "dense" or "hybrid"; the hybrid's path log-probabilities are renormalised over `allowed`
-    (trie_allowed_tokens) when trie_normalized."""
+    (trie_allowed_tokens) when trie_normalized. prior: a PriorStep whose step is replaced by this model's (the
+    beam search ranks by the model's score plus the prior's)."""
     if item_retrieval not in ITEM_RETRIEVALS:
         raise ValueError(f"item_retrieval must be one of {ITEM_RETRIEVALS}, got {item_retrieval!r}")
     if model.cfg.item_head and item_retrieval == "hybrid" and trie_normalized and allowed is None:
@@ -314,8 +322,10 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
         return log_probs.numpy(), present.numpy()
 
     step = CachedStep(run, model.empty_cache(1).numpy())
-    items, scores = constrained_beam_search(TrieNormalizedStep(step, trie) if trie_normalized else step, trie,
-                                            path_to_item, beam_width, exclude)
+    step = TrieNormalizedStep(step, trie) if trie_normalized else step
+    if prior is not None:
+        step = prior.over(step)
+    items, scores = constrained_beam_search(step, trie, path_to_item, beam_width, exclude)
     if not model.cfg.item_head or item_retrieval == "beam":
         return items, scores
     candidates = torch.from_numpy(np.union1d(items, top.numpy()))
@@ -342,6 +352,10 @@ class GraceRecommender:
         self.model: GraceModel | None = None
         self._allowed: torch.Tensor | None = None  # allowed_tokens' cache
         self.info: dict = {}
+        self.prior: PriorStep | None = None  # the popularity prior at its chosen weight (None: off or weight 0)
+        # Settings chosen on validation by an earlier fit, to reuse when refitting without validation
+        # (evaluation.evaluate --refit): {"popularity_prior_weight": w}.
+        self.preset: dict = {}
 
     def fit(self, dataset, train_examples=None, *, seed: int = 0, budget: TrainingBudget = TrainingBudget(),
             valid=None) -> dict:
@@ -384,7 +398,28 @@ class GraceRecommender:
         self.losses = trained.pop("losses")
         self.info.update(trained, supervision="every position" if every else "one target per example",
                          **stopper.finish())
+        self.prior = None
+        if cfg.popularity_prior_days > 0:
+            self._choose_prior(dataset, train_examples, valid)
         return self.info
+
+    def _choose_prior(self, dataset, train_examples, valid) -> None:
+        """The popularity prior's log masses from the training events, and its weight: the preset one, else the
+        best validation HR@10 among cfg.popularity_prior_weights (all validation users), else 0."""
+        counts = training_counts(dataset, train_examples, self.cfg.popularity_prior_days)
+        log_mass = prefix_log_mass(self.path_to_item, counts + 1.0)
+        weight = self.preset.get("popularity_prior_weight")
+        if weight is None and valid is not None and len(valid):
+            scores = {}
+            for w in self.cfg.popularity_prior_weights:
+                self.prior = PriorStep(None, self.trie, log_mass, w) if w else None
+                ranked = self.recommend(valid, 10, exclude_history=not dataset.repeats)
+                scores[w] = float((ranked == valid.targets[:, None]).any(axis=1).mean())
+            weight = max(scores, key=lambda w: (scores[w], -w))
+            self.info["valid_hr@10_by_prior_weight"] = {str(w): round(v, 5) for w, v in scores.items()}
+        weight = float(weight or 0.0)
+        self.prior = PriorStep(None, self.trie, log_mass, weight) if weight else None
+        self.info["popularity_prior_weight"] = weight
 
     def allowed_tokens(self) -> torch.Tensor | None:
         """trie_allowed_tokens of the catalog, built once, for the hybrid retrieval's path scores."""
@@ -420,7 +455,7 @@ class GraceRecommender:
         ranked, _ = grace_retrieve(self.model, self.trie, self.path_to_item, *self.encoder.encode(items, behaviors, timestamps),
                                    beam_width=max(k, self.cfg.beam_width), exclude=exclude,
                                    trie_normalized=self.trie_decode, item_retrieval=self.cfg.item_retrieval,
-                                   allowed=self.allowed_tokens())
+                                   allowed=self.allowed_tokens(), prior=self.prior)
         return ranked[:k]
 
     def recommend(self, examples, k: int, exclude_history: bool = False) -> np.ndarray:

@@ -8,6 +8,7 @@ what a decoder with a KV cache needs to reorder its cache; `CachedStep` does tha
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import numpy as np
@@ -48,6 +49,45 @@ class TrieNormalizedStep:
             top = lp.max()
             out[b, allowed] = lp - (top + np.log(np.exp(lp - top).sum()))
         return out
+
+
+def prefix_log_mass(path_to_item: dict[tuple[int, ...], int], weights: np.ndarray) -> dict[tuple[int, ...], float]:
+    """log of the summed item weights under every prefix of the trie (the empty prefix included): an item prior
+    p(item) ∝ weights[item] factorises along a path as the ratios of these masses, one factor per token."""
+    mass: dict[tuple[int, ...], float] = {}
+    for path, item in path_to_item.items():
+        w = float(weights[item])
+        if not w > 0:
+            raise ValueError(f"item {item}: prior weight must be > 0, got {w}")
+        for depth in range(len(path) + 1):
+            mass[path[:depth]] = mass.get(path[:depth], 0.0) + w
+    return {prefix: float(np.log(m)) for prefix, m in mass.items()}
+
+
+class PriorStep:
+    """A beam-search step plus `weight` x the log of an item prior, spread over the path: token t after a prefix
+    adds weight * (log mass(prefix + t) - log mass(prefix)) (prefix_log_mass), so a whole path adds weight x
+    log p_prior(item) and a beam's score stays a sum the search can rank part-way. The product of the model
+    and the prior ** weight: a popularity prior whose weight is chosen on validation."""
+
+    def __init__(self, step: StepFn, trie: dict[tuple[int, ...], np.ndarray], log_mass: dict[tuple[int, ...], float],
+                 weight: float):
+        self.step, self.trie, self.weight = step, trie, float(weight)
+        self.bias = {prefix: weight * (np.array([log_mass[(*prefix, t)] for t in allowed.tolist()]) - log_mass[prefix])
+                     for prefix, allowed in trie.items()}
+
+    def over(self, step: StepFn) -> "PriorStep":
+        """The same prior (its bias table shared, not rebuilt) over another step: one per search."""
+        other = copy.copy(self)
+        other.step = step
+        return other
+
+    def __call__(self, beams: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
+        log_probs = np.array(self.step(beams, parents), np.float64)
+        for b, prefix in enumerate(beams[:, 1:].tolist()):
+            allowed = self.trie[tuple(prefix)]
+            log_probs[b, allowed] += self.bias[tuple(prefix)]
+        return log_probs
 
 
 def constrained_beam_search(step: StepFn, trie: dict[tuple[int, ...], np.ndarray],
@@ -136,6 +176,20 @@ class TrieIndex:
         for nodes in self.item_nodes.values():
             self.size[nodes] += 1
 
+    def edge_prior(self, weights: np.ndarray, weight: float) -> np.ndarray:
+        """float64 per edge: weight * (log mass(child) - log mass(parent)), the PriorStep's bias of that edge
+        (the mass of a node: the summed item weights under it)."""
+        leaves = np.flatnonzero(self.leaf_item > 0)  # node 0 is the root, never a leaf
+        mass = np.zeros(len(self.leaf_item), np.float64)
+        for item, nodes in self.item_nodes.items():
+            w = float(weights[item])
+            if not w > 0:
+                raise ValueError(f"item {item}: prior weight must be > 0, got {w}")
+            mass[nodes] += w
+        mass[0] = mass[leaves].sum()
+        parent = np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
+        return weight * (np.log(mass[self.child_node]) - np.log(mass[parent]))
+
     def blocked_nodes(self, exclude: "set[int] | None") -> np.ndarray:
         """Nodes whose items are all excluded: no beam may enter them (sorted node ids)."""
         if not exclude:
@@ -155,14 +209,16 @@ BatchedRunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, beam_width: int,
                         excludes: "list[set[int] | None]", level_offsets: "np.ndarray | None" = None,
-                        trie_normalized: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+                        trie_normalized: bool = False, edge_bias: "np.ndarray | None" = None
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """constrained_beam_search for R requests at once: one decoder call per step for every beam of every request
     (each request keeps G = the widest request's beam count slots; unused slots are padding whose answers are
     ignored), the trie expanded with CSR arrays and every request's beams ranked together (no per-request
     Python). Per request it keeps the same candidates in the same order (beams in order, tokens in trie order,
     stable sort on score), hence the same result. level_offsets: the run answers each level's tokens only (the
     tokenizer's level_offsets), else every token of the vocabulary. trie_normalized: each beam's scores
-    renormalised over its trie children, as TrieNormalizedStep does (a model trained with trie_loss)."""
+    renormalised over its trie children, as TrieNormalizedStep does (a model trained with trie_loss). edge_bias:
+    added to each edge's step score after that (TrieIndex.edge_prior: an item prior, as PriorStep adds)."""
     r = len(excludes)
     num_nodes = len(index.offsets) - 1
     # (request, node) pairs no beam may enter, as one sorted key per pair
@@ -191,6 +247,8 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
             lse = np.zeros(len(nodes))
             lse[has] = top[has] + np.log(np.add.reduceat(np.exp(step_lp - top[beam]), starts_of))
             step_lp = step_lp - lse[beam]
+        if edge_bias is not None:
+            step_lp = step_lp + edge_bias[edge]
         score = scores[beam] + step_lp
         if len(blocked):
             keep = ~np.isin(owner * num_nodes + child, blocked)

@@ -263,3 +263,37 @@ def test_batched_search_with_everything_excluded_returns_nothing_for_that_reques
     (a, _), (b, _) = batched_beam_search(run, np.zeros((1, 1, 1, 1, 0, 1), np.float32), TrieIndex(trie, p2i), 4,
                                          [everything, None])
     assert len(a) == 0 and len(b) == 4
+
+
+@pytest.mark.parametrize("weight", [0.5, 3.0])
+def test_popularity_prior_adds_weight_times_log_prior_to_every_path(tok, trie, p2i, weight):
+    """PriorStep spreads weight x log p_prior(item) over the path (ratios of prefix masses): with a wide beam
+    each item's score is its path score plus exactly that; the batched search's edge_bias (TrieIndex.edge_prior)
+    finds the same items and scores; a heavy prior ranks by the prior."""
+    from serving.grace.beam_search import (PriorStep, TrieIndex, TrieNormalizedStep, batched_beam_search,
+                                           prefix_log_mass)
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(1, 50, tok.num_items + 1).astype(np.float64)
+    log_mass = prefix_log_mass(p2i, weights)
+    assert log_mass[()] == pytest.approx(np.log(weights[1:].sum()))
+    prior = PriorStep(None, trie, log_mass, weight)
+    f = random_log_probs(tok.vocab_size, 3)
+    wide = tok.num_items
+    items, scores = constrained_beam_search(prior.over(make_step(f)), trie, p2i, wide)
+    log_prior = np.log(weights / weights[1:].sum())
+    for item, score in zip(items.tolist(), scores.tolist()):
+        assert score == pytest.approx(path_score(f, tok.item_paths[item]) + weight * log_prior[item], abs=1e-4)
+    assert prior.step is None  # over() leaves the shared prior untouched
+    index = TrieIndex(trie, p2i)
+    for beam_width, exclude in ((5, None), (20, set(range(1, 30)))):
+        want = constrained_beam_search(prior.over(TrieNormalizedStep(make_step(f), trie)), trie, p2i, beam_width,
+                                       exclude)
+        (got,) = batched_beam_search(batched_run([f])[0], np.zeros((1, 1, 1, 1, 0, 1), np.float32), index,
+                                     beam_width, [exclude], trie_normalized=True,
+                                     edge_bias=index.edge_prior(weights, weight))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    heavy = PriorStep(None, trie, log_mass, 1e6)  # a wide beam then ranks by the prior alone
+    top, _ = constrained_beam_search(heavy.over(make_step(f)), trie, p2i, wide)
+    assert (np.diff(weights[top]) <= 0).all()

@@ -69,9 +69,6 @@ class GraceBuildConfig:
         if self.model.item_head:  # the served retriever decodes paths only: it would not compute what was validated
             raise ValueError("grace.model.item_head is evaluation-only (python -m evaluation.evaluate --grace "
                              "item_head=true): the served retriever has no item head; docs/results/grace_heads.md")
-        if self.model.popularity_prior_days > 0:  # likewise: the served beam search applies no prior yet
-            raise ValueError("grace.model.popularity_prior_days is evaluation-only (python -m evaluation.evaluate "
-                             "--grace popularity_prior_days=30): the served retriever applies no popularity prior")
 
 
 @dataclasses.dataclass(frozen=True)

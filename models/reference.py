@@ -20,7 +20,8 @@ from serving import graph
 from serving.graph import run_ensemble  # noqa: F401 (the reference's callers import it from here too)
 from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
-from serving.grace.retriever import load_decoding, trie_normalized
+from serving.grace.beam_search import PriorStep, prefix_log_mass
+from serving.grace.retriever import load_decoding, load_prior, trie_normalized
 from serving.sasrec import top_eligible
 from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, RequestStep, ScoreAds, SideRetrieve, excluded
 
@@ -32,6 +33,9 @@ class TorchGraceRetrieve(GraceRetrieve):
         RequestStep.load(self)  # the request's validation and history encoder, not the ONNX retriever
         self.trie, self.path_to_item, _ = load_decoding(self.version_dir)
         self.trie_normalized = trie_normalized(self.version_dir)
+        prior = load_prior(self.version_dir)  # the popularity prior the build chose, if any
+        self.prior = None if prior is None else PriorStep(None, self.trie, prefix_log_mass(self.path_to_item, prior[0]),
+                                                          prior[1])
         self.model = load_grace(self.version_dir)
 
     @torch.no_grad()
@@ -40,7 +44,8 @@ class TorchGraceRetrieve(GraceRetrieve):
 
     def retrieve(self, f):
         return grace_retrieve(self.model, self.trie, self.path_to_item, f.enc_tokens, f.enc_journey_ids,
-                              f.enc_journey_pos, self.limits.beam_width, excluded(f.exclude_ids), self.trie_normalized)
+                              f.enc_journey_pos, self.limits.beam_width, excluded(f.exclude_ids), self.trie_normalized,
+                              prior=self.prior)
 
 
 class TorchRank(Rank):

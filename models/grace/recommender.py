@@ -353,6 +353,7 @@ class GraceRecommender:
         self._allowed: torch.Tensor | None = None  # allowed_tokens' cache
         self.info: dict = {}
         self.prior: PriorStep | None = None  # the popularity prior at its chosen weight (None: off or weight 0)
+        self.prior_item_weights: np.ndarray | None = None
         # Settings chosen on validation by an earlier fit, to reuse when refitting without validation
         # (evaluation.evaluate --refit): {"popularity_prior_weight": w}.
         self.preset: dict = {}
@@ -407,7 +408,8 @@ class GraceRecommender:
         """The popularity prior's log masses from the training events, and its weight: the preset one, else the
         best validation HR@10 among cfg.popularity_prior_weights (all validation users), else 0."""
         counts = training_counts(dataset, train_examples, self.cfg.popularity_prior_days)
-        log_mass = prefix_log_mass(self.path_to_item, counts + 1.0)
+        self.prior_item_weights = counts + 1.0  # what the build serves (serving.grace.retriever.PRIOR_FILE)
+        log_mass = prefix_log_mass(self.path_to_item, self.prior_item_weights)
         weight = self.preset.get("popularity_prior_weight")
         if weight is None and valid is not None and len(valid):
             scores = {}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.grace.beam_search import (CachedStep, TrieIndex, TrieNormalizedStep, batched_beam_search,
-                                       constrained_beam_search)
+from serving.grace.beam_search import (CachedStep, PriorStep, TrieIndex, TrieNormalizedStep, batched_beam_search,
+                                       constrained_beam_search, prefix_log_mass)
 from serving.grace.history import TOKENIZER_FILE
 from serving.grace.tokenizer import ItemTokenizer, event_paths
 from serving.ort import session
@@ -19,8 +19,27 @@ ENCODER_FILE, DECODER_STEP_FILE = "grace_encoder.onnx", "grace_decoder_step.onnx
 DECODING_FILE = "grace_decoding.json"  # how the beam search scores a step, as the model was trained to
 
 
-def save_decoding(directory: Path, trie_normalized: bool) -> None:
-    (Path(directory) / DECODING_FILE).write_text(json.dumps({"trie_normalized": bool(trie_normalized)}) + "\n")
+PRIOR_FILE = "grace_prior.npy"  # the popularity prior's item weights [N+1], when the model was chosen with one
+
+
+def save_decoding(directory: Path, trie_normalized: bool, prior_weights: np.ndarray | None = None,
+                  prior_weight: float = 0.0) -> None:
+    """How the served search scores: trie-normalised or not, and the popularity prior (its item weights in
+    PRIOR_FILE and its weight; GraceTrainConfig.popularity_prior_days) when one was chosen."""
+    decoding = {"trie_normalized": bool(trie_normalized)}
+    if prior_weights is not None and prior_weight:
+        np.save(Path(directory) / PRIOR_FILE, np.asarray(prior_weights, np.float64))
+        decoding.update(prior_weight=float(prior_weight), prior_file=PRIOR_FILE)
+    (Path(directory) / DECODING_FILE).write_text(json.dumps(decoding) + "\n")
+
+
+def load_prior(directory: Path) -> tuple[np.ndarray, float] | None:
+    """(item weights [N+1], weight) of the popularity prior the build chose, or None."""
+    path = Path(directory) / DECODING_FILE
+    decoding = json.loads(path.read_text()) if path.exists() else {}
+    if not decoding.get("prior_weight"):
+        return None
+    return np.load(Path(directory) / decoding["prior_file"]), float(decoding["prior_weight"])
 
 
 def trie_normalized(directory: Path) -> bool:
@@ -55,6 +74,11 @@ class OnnxGraceRetriever:
         # [layers, 2, beams, heads, past, head_dim]: the empty cache of the first step.
         self.empty_cache = np.zeros((past[0], 2, 1, past[3], 0, past[5]), np.float32)
         self.index = TrieIndex(self.trie, self.path_to_item)
+        self.prior = load_prior(directory)
+        # The popularity prior as a bias per trie edge (added to each step's score; None: no prior).
+        self.edge_bias = None if self.prior is None else self.index.edge_prior(*self.prior)
+        self.prior_step = None if self.prior is None else PriorStep(  # the one-request search's form of it
+            None, self.trie, prefix_log_mass(self.path_to_item, self.prior[0]), self.prior[1])
         cross = next(i for i in self.decoder_step.get_inputs() if i.name == "cross_kv").shape
         # A dynamic requests axis (a name in ONNX Runtime, -1 in a native model's config): several requests per
         # step call. (Reading only ONNX Runtime's names once sent the GPU rendering down the one-request path.)
@@ -101,7 +125,7 @@ class OnnxGraceRetriever:
             return log_probs, present
 
         return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests],
-                                   self.level_offsets, self.trie_normalized)
+                                   self.level_offsets, self.trie_normalized, self.edge_bias)
 
     def _one(self, tokens, journey_ids, journey_pos, exclude, beam_width):
         valid = np.ones((1, len(tokens)), np.float32)
@@ -114,8 +138,10 @@ class OnnxGraceRetriever:
             return self.decoder_step.run(None, {"last_tokens": last_tokens, "past_kv": past, **memory})
 
         step = CachedStep(run, self.empty_cache)
-        return constrained_beam_search(TrieNormalizedStep(step, self.trie) if self.trie_normalized else step,
-                                       self.trie, self.path_to_item, beam_width, exclude)
+        step = TrieNormalizedStep(step, self.trie) if self.trie_normalized else step
+        if self.prior_step is not None:
+            step = self.prior_step.over(step)
+        return constrained_beam_search(step, self.trie, self.path_to_item, beam_width, exclude)
 
     def _memory_paths(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         """{"memory_paths": each event's item path [R, E, P]} for a model with the copy path, else {}."""

@@ -48,6 +48,4 @@ def test_assignment_values_parse_as_json_or_string():
 def test_an_evaluation_only_item_head_is_refused_by_the_build():
     with pytest.raises(ValueError, match="item_head is evaluation-only"):
         load_config(None, ["grace.model.item_head=true"])
-    with pytest.raises(ValueError, match="popularity_prior_days is evaluation-only"):
-        load_config(None, ["grace.model.popularity_prior_days=30"])
     assert load_config(None, ["grace.model.tied_head=true", "grace.model.label_smoothing=0.1"]).grace.model.tied_head

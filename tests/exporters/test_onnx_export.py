@@ -331,3 +331,46 @@ def test_batched_served_retrieval_equals_the_torch_reference_per_request(grace_e
                                                    width, exclude)
             np.testing.assert_array_equal(items, ref_items)
             np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
+
+
+def test_served_retrieval_with_a_popularity_prior_equals_the_torch_reference(grace_export, tmp_path):
+    """A build that chose a popularity prior writes its item weights and weight beside the decoding settings;
+    the served search (a bias per trie edge of the batched search) finds what the torch reference
+    finds with the same prior, and the prior changes the answer."""
+    import shutil
+
+    from models.grace.recommender import grace_retrieve
+    from serving.grace.beam_search import PriorStep, prefix_log_mass
+    from serving.grace.history import TOKENIZER_FILE
+    from serving.grace.retriever import PRIOR_FILE, OnnxGraceRetriever, load_prior, save_decoding
+
+    model, out, _ = grace_export
+    served = tmp_path / "grace"
+    shutil.copytree(out, served)
+    n = 40
+    tok = _small_tokenizer(np.random.default_rng(0), n)
+    tok.save(served / TOKENIZER_FILE)
+    weights = np.random.default_rng(3).integers(1, 100, n + 1).astype(np.float64)
+    save_decoding(served, False, weights, 0.0)  # weight 0: no prior written
+    assert load_prior(served) is None and not (served / PRIOR_FILE).exists()
+    save_decoding(served, False, weights, 2.0)
+    stored, weight = load_prior(served)
+    np.testing.assert_array_equal(stored, weights)
+    assert weight == 2.0
+    retriever = OnnxGraceRetriever(served)
+    prior = PriorStep(None, retriever.trie, prefix_log_mass(retriever.path_to_item, weights), 2.0)
+    rng = np.random.default_rng(5)
+    requests = []
+    for events, exclude in ((4, None), (2, {3, 5})):
+        enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))
+        journey_ids = np.zeros(len(enc), np.int64)
+        requests.append((enc, journey_ids, np.arange(len(enc)), exclude))
+    changed = False
+    for (items, scores), (enc, jid, jpos, exclude) in zip(retriever.batch(requests, 6), requests):
+        ref_items, ref_scores = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, 6,
+                                               exclude, prior=prior)
+        np.testing.assert_array_equal(items, ref_items)
+        np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
+        plain, _ = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, 6, exclude)
+        changed |= not np.array_equal(plain, ref_items)
+    assert changed

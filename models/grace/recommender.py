@@ -128,8 +128,11 @@ class GraceTrainConfig:
     # A recent-popularity prior in retrieval (beam_search.PriorStep): each item's training events of the last
     # `popularity_prior_days` days before the newest one, plus one, as an item prior whose weight is chosen on
     # validation among popularity_prior_weights (0 = the model alone; on a tie the smaller weight). 0 days = off.
+    # The weights reach far: a converged model's path log-probabilities differ by many nats, so a prior of
+    # weight <= 2 did not move one validation hit on MovieLens-100k's time split, while 8 took a 4-epoch model
+    # from 0.071 to 0.212 validation HR@10 (30-day popularity alone: 0.153).
     popularity_prior_days: float = 0.0
-    popularity_prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    popularity_prior_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")

@@ -165,7 +165,8 @@ def run_one(dataset: SequenceDataset, split: Split, model_name: str, seed: int, 
         if any(np.isin(r[r > 0], h).any() for r, h in zip(recs, test.histories)):
             raise ValueError(f"{model_name} recommended a history item with exclude_history")
     eval_s = time.perf_counter() - started
-    record = {"dataset": dataset.name, "model": model_name, "seed": seed, "train_seconds": round(train_s, 2),
+    record = {"dataset": dataset.name, "model": model_name, "description": DESCRIPTIONS.get(model_name, ""),
+              "seed": seed, "train_seconds": round(train_s, 2),
               "fit_wall_seconds": round(wall_s, 2), "eval_seconds": round(eval_s, 2), "eval_users": len(test)}
     for key in ("valid_hr@10", "best_step", "seconds_to_best", "train_steps", "targets_per_second", "curve",
                 "popularity_prior_weight", "valid_hr@10_by_prior_weight"):
@@ -192,7 +193,8 @@ def aggregate(records: list[dict]) -> list[dict]:
         groups.setdefault((r["dataset"], r["model"]), []).append(r)
     rows = []
     for (ds, model), rs in groups.items():
-        row = {"dataset": ds, "model": model, "seeds": [r["seed"] for r in rs]}
+        row = {"dataset": ds, "model": model, "seeds": [r["seed"] for r in rs],
+               "description": next((r["description"] for r in rs if r.get("description")), "")}
         for key in METRICS + ("train_seconds", "eval_seconds", "valid_hr@10", "seconds_to_best", "refit_seconds"):
             if any(key not in r for r in rs):
                 continue  # models without validation
@@ -313,7 +315,8 @@ def render_markdown(meta: dict, rows: list[dict], plots: dict[str, str] | None =
         lines.append(f"| {d['name']} | {d['users']} | {d['items']} | {d['events']} | {d['train_examples']} | "
                      f"{d['test_users']} | {sub} |")
     models = list(dict.fromkeys(r["model"] for r in rows))
-    lines += ["", "Models:", ""] + [f"- `{m}`: {DESCRIPTIONS.get(m) or 'registered without a description'}"
+    described = {r["model"]: r.get("description") for r in rows}  # as recorded by the run (an ablation's too)
+    lines += ["", "Models:", ""] + [f"- `{m}`: {described.get(m) or DESCRIPTIONS.get(m) or 'registered without a description'}"
                                     for m in models]
     for d in meta["datasets"]:
         refit_cols = meta.get("refit", False)

@@ -374,3 +374,22 @@ def test_served_retrieval_with_a_popularity_prior_equals_the_torch_reference(gra
         plain, _ = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, 6, exclude)
         changed |= not np.array_equal(plain, ref_items)
     assert changed
+
+
+def test_a_jsa_encoder_export_serves_its_longest_history(tmp_path):
+    """The encoder is traced on short histories (one or two JSA blocks); the exported graph must still serve
+    the longest history the model takes (many blocks). A 256-event build once shipped an encoder whose shape
+    folding held for one block only (ONNX Runtime: Gather index out of range past 64 events): export_grace now
+    checks parity at the model's longest history too, and keeps an export that passes."""
+    from exporters.onnx_export import _Encoder, _max_diff
+
+    # JSA's default geometry (blocks of 64 events) over up to 256 events, as that build had.
+    cfg = dataclasses.replace(GRACE_CFG, attention="jsa", jsa=None, event_memory=True, level_offsets=LEVELS,
+                              max_tokens=256 * GRACE_CFG.tokens_per_event)
+    torch.manual_seed(0)
+    model = GraceModel(cfg).eval()
+    export_grace(model, tmp_path, seed=0)
+    rng = np.random.default_rng(3)
+    for events in ([256, 70], [129], [5, 2]):
+        feeds = sample_encoder_inputs(rng, cfg.vocab_size, cfg.tokens_per_event, events)
+        assert _max_diff(_Encoder(model), tmp_path / "grace_encoder.onnx", feeds) < PARITY_TOLERANCE

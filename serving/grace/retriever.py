@@ -74,11 +74,10 @@ class OnnxGraceRetriever:
         # [layers, 2, beams, heads, past, head_dim]: the empty cache of the first step.
         self.empty_cache = np.zeros((past[0], 2, 1, past[3], 0, past[5]), np.float32)
         self.index = TrieIndex(self.trie, self.path_to_item)
+        self.prior_step = None  # the one-request search's form of the prior (_one), made on first use
         self.prior = load_prior(directory)
         # The popularity prior as a bias per trie edge (added to each step's score; None: no prior).
         self.edge_bias = None if self.prior is None else self.index.edge_prior(*self.prior)
-        self.prior_step = None if self.prior is None else PriorStep(  # the one-request search's form of it
-            None, self.trie, prefix_log_mass(self.path_to_item, self.prior[0]), self.prior[1])
         cross = next(i for i in self.decoder_step.get_inputs() if i.name == "cross_kv").shape
         # A dynamic requests axis (a name in ONNX Runtime, -1 in a native model's config): several requests per
         # step call. (Reading only ONNX Runtime's names once sent the GPU rendering down the one-request path.)
@@ -139,7 +138,10 @@ class OnnxGraceRetriever:
 
         step = CachedStep(run, self.empty_cache)
         step = TrieNormalizedStep(step, self.trie) if self.trie_normalized else step
-        if self.prior_step is not None:
+        if self.prior is not None:
+            if self.prior_step is None:  # built once, and only for an export that takes this path
+                self.prior_step = PriorStep(None, self.trie, prefix_log_mass(self.path_to_item, self.prior[0]),
+                                            self.prior[1])
             step = self.prior_step.over(step)
         return constrained_beam_search(step, self.trie, self.path_to_item, beam_width, exclude)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -18,7 +19,7 @@ from serving.graph import CAND_ITEMS, HIST_BEHAVIORS, HIST_ITEMS
 from serving.grace.retriever import DECODER_STEP_FILE, ENCODER_FILE, LEVEL_TOKENS
 from serving.ort import session
 from serving.ranking import RANKER_FILE, RANKER_OUTPUTS
-from serving.sasrec import ITEMS_INPUT, SASREC_FILE
+from serving.sasrec import ITEMS_INPUT, SASREC_FILE, SASREC_MAX_LEN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -163,39 +164,53 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = T
 
 def export_ranker(model: Ranker, out_dir: Path, max_history: int, num_candidates: int, seed: int = 0,
                   fold: bool = True) -> dict[str, float]:
+    """Writes ranker.onnx: histories [B, T] (right-aligned, T <= max_history, dynamic when the model counts
+    recency in its own window's units, RankerConfig.max_history) and candidates [B, C] -> two heads [B, C]."""
     rng = np.random.default_rng(seed)
     n = model.cfg.num_items
+    trimmable = model.cfg.max_history == max_history
 
-    def sample(b: int):
-        hist = rng.integers(1, n + 1, size=(b, max_history)).astype(np.int64)
-        hist[:, : max_history // 2] = 0  # right-aligned histories with padding in front
+    def sample(b: int, width: int = max_history):
+        hist = rng.integers(1, n + 1, size=(b, width)).astype(np.int64)
+        for row, real in enumerate(rng.integers(1, width + 1, size=b)):
+            hist[row, : width - real] = 0  # right-aligned histories with padding in front
         behs = np.where(hist > 0, rng.integers(1, 5, size=hist.shape), 0).astype(np.int64)
         cand = rng.integers(1, n + 1, size=(b, num_candidates)).astype(np.int64)
         cand[:, -3:] = 0  # padded candidate slots
+        cand[0, :2] = hist[0, -2:]  # candidates the history holds (the repeat features)
         return hist, behs, cand
 
     # The exported graph's inputs are the graph's tensors of the rank step (serving.ranking feeds them in this order).
     inputs, outputs = [HIST_ITEMS.name, HIST_BEHAVIORS.name, CAND_ITEMS.name], list(RANKER_OUTPUTS)
+    axes = {name: {0: "batch"} for name in inputs + outputs}
+    if trimmable:
+        axes[HIST_ITEMS.name], axes[HIST_BEHAVIORS.name] = {0: "batch", 1: "events"}, {0: "batch", 1: "events"}
+    widths = sorted({1, max(1, max_history // 3), max_history}) if trimmable else [max_history]
+    checks = [dict(zip(inputs, sample(5, width))) for width in widths]
     path = out_dir / RANKER_FILE
-    check = dict(zip(inputs, sample(5)))
-    return {path.name: _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path, inputs, outputs,
-                               {name: {0: "batch"} for name in inputs + outputs},
-                               lambda p: _max_diff(model, p, check), fold)}
+    return {path.name: _export(model, tuple(torch.from_numpy(a) for a in sample(2)), path, inputs, outputs, axes,
+                               lambda p: max(_max_diff(model, p, feeds) for feeds in checks), fold)}
 
 
 def export_sasrec(model: SASRecModel, out_dir: Path, seed: int = 0, fold: bool = True) -> dict[str, float]:
-    """Writes sasrec.onnx: right-aligned item ids [B, max_len] -> next-item scores [B, N] (dynamic batch)."""
+    """Writes sasrec.onnx: right-aligned item ids [B, T] -> next-item scores [B, N], batch and length dynamic
+    (T <= max_len, recorded as the file's metadata MAX_LEN_KEY): the server sends a batch's real columns only,
+    since padding in front changes no real event's state (positions count from the first real event)."""
     rng = np.random.default_rng(seed)
     n, length = model.cfg.num_items, model.cfg.max_len
 
-    def sample(b: int) -> np.ndarray:
-        items = rng.integers(1, n + 1, size=(b, length)).astype(np.int64)
-        for row, real in enumerate(rng.integers(1, length + 1, size=b)):
-            items[row, : length - real] = 0  # histories of every length, padding in front
+    def sample(b: int, width: int = length) -> np.ndarray:
+        items = rng.integers(1, n + 1, size=(b, width)).astype(np.int64)
+        for row, real in enumerate(rng.integers(1, width + 1, size=b)):
+            items[row, : width - real] = 0  # histories of every length, padding in front
         return items
 
     path = out_dir / SASREC_FILE
-    check = {ITEMS_INPUT: sample(5)}
-    return {path.name: _export(model, (torch.from_numpy(sample(2)),), path, [ITEMS_INPUT], ["scores"],
-                               {ITEMS_INPUT: {0: "batch"}, "scores": {0: "batch"}},
-                               lambda p: _max_diff(model, p, check), fold)}
+    checks = [{ITEMS_INPUT: sample(5, width)} for width in sorted({1, max(1, length // 3), length})]
+    diffs = {path.name: _export(model, (torch.from_numpy(sample(2)),), path, [ITEMS_INPUT], ["scores"],
+                                {ITEMS_INPUT: {0: "batch", 1: "events"}, "scores": {0: "batch"}},
+                                lambda p: max(_max_diff(model, p, feeds) for feeds in checks), fold)}
+    exported = onnx.load(str(path))
+    onnx.helper.set_model_props(exported, {SASREC_MAX_LEN_KEY: str(length)})
+    onnx.save(exported, str(path))
+    return diffs

@@ -36,12 +36,16 @@ class _Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.attn_dropout = 0.0  # dropout on [B,H,T,T] cost a third of a CPU step; residual dropout stays
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [B,T,d] -> [B,T,d]; with last_only, the state of the newest position only [B,1,d] (its query
+        against every key: what a final block owes a next-item score, 1/T of the queries)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, mask, x = q[:, :, -1:], mask[:, :, -1:], x[:, -1:]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, t, d)))
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, q.shape[2], d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -62,8 +66,9 @@ class SASRecModel(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def states(self, items: torch.Tensor) -> torch.Tensor:
-        """items [B,T] right-aligned (0 = padding on the left) -> causal state after every event [B,T,d]."""
+    def states(self, items: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """items [B,T] right-aligned (0 = padding on the left) -> causal state after every event [B,T,d]
+        (with last_only, after the newest event only: [B,1,d], the final block's other queries skipped)."""
         t = items.shape[1]
         real = items != 0
         # Positions from the first real event: a state never depends on later events, so the state after
@@ -76,8 +81,8 @@ class SASRecModel(nn.Module):
         steps = torch.arange(t, device=items.device)
         mask = (causal[None] & real[:, None, :]) | (steps[:, None] == steps[None, :])[None]  # (ONNX: no bool EyeLike)
         mask = mask[:, None]
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and i == len(self.blocks) - 1)
         return self.norm(x)
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
@@ -86,7 +91,7 @@ class SASRecModel(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Next-item logits after the newest event [B, N]."""
-        return self.scores(self.states(items)[:, -1])
+        return self.scores(self.states(items, last_only=True)[:, -1])
 
 
 def save_checkpoint(model: SASRecModel, directory: Path) -> None:

@@ -88,11 +88,13 @@ NATIVE_MODELS = (
                 why_not_tensorrt="its KV cache is empty (a zero-length dim) at the first step and grows every step: "
                                  "TensorRT would need a profile per length; the CUDA execution provider runs it"),
     NativeModel("ranker_onnx", graph.RANK, RANKER_FILE,
-                sizes={"batch": (1, "ranker_max_batch")},
+                # Histories come without their all-padding columns: 1..max_history events.
+                sizes={"batch": (1, "ranker_max_batch"), "events": (1, "max_history")},
                 # The exported ranker's tensors are the served step's (exporters.onnx_export.export_ranker).
                 values={graph.HIST_ITEMS.name: graph.HIST_ITEMS.values, graph.HIST_BEHAVIORS.name:
                         graph.HIST_BEHAVIORS.values, graph.CAND_ITEMS.name: graph.CAND_ITEMS.values}),
-    NativeModel("sasrec_onnx", graph.SIDE_RETRIEVE, SASREC_FILE, sizes={"batch": (1, "sasrec_max_batch")},
+    NativeModel("sasrec_onnx", graph.SIDE_RETRIEVE, SASREC_FILE, sizes={"batch": (1, "sasrec_max_batch"),
+                                                                  "events": (1, "max_history")},
                 values={ITEMS_INPUT: graph.HIST_ITEMS.values}),
     NativeModel("clip_image", graph.CLIP_EMBED, IMAGE_FILE, sizes={"batch": (1, "max_clip_rows")}),
     NativeModel("clip_text", graph.CLIP_EMBED, TEXT_FILE, sizes={"batch": (1, "max_clip_rows"),

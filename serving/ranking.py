@@ -18,11 +18,20 @@ MERGE_PRIORITY_FILE = "source_priority.json"
 class OnnxRanker:
     def __init__(self, directory: Path):
         self.session = session(Path(directory) / RANKER_FILE)
+        # An export whose history length is dynamic takes a batch's real columns only (padding in front scores
+        # the same there); an older one fixes the width, and gets it.
+        width = self.session.get_inputs()[0].shape[1]
+        self.fixed_width = width if isinstance(width, int) else None
 
     def __call__(self, hist_items: np.ndarray, hist_behaviors: np.ndarray, cand_items: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
         """[B, L], [B, L], [B, C] -> (ctr logits [B, C], relevance [B, C])."""
+        hist_items, hist_behaviors = np.asarray(hist_items, np.int64), np.asarray(hist_behaviors, np.int64)
+        if self.fixed_width is None:
+            real = np.flatnonzero((hist_items != 0).any(axis=0))
+            first = min(real[0], hist_items.shape[1] - 1) if len(real) else hist_items.shape[1] - 1
+            hist_items, hist_behaviors = hist_items[:, first:], hist_behaviors[:, first:]
         arrays = (hist_items, hist_behaviors, cand_items)  # the exported graph's inputs, in export order
-        feeds = {i.name: np.asarray(a, np.int64) for i, a in zip(self.session.get_inputs(), arrays)}
+        feeds = {i.name: np.ascontiguousarray(a, np.int64) for i, a in zip(self.session.get_inputs(), arrays)}
         logits, relevance = self.session.run(None, feeds)
         return logits, relevance

@@ -11,22 +11,30 @@ import numpy as np
 from serving.ort import session
 
 SASREC_FILE = "sasrec.onnx"
-ITEMS_INPUT = "items"  # the exported graph's one input: [B, max_len] right-aligned item ids, 0 = padding
+ITEMS_INPUT = "items"  # the exported graph's one input: [B, T] right-aligned item ids, 0 = padding
+SASREC_MAX_LEN_KEY = "max_len"  # the export's metadata: the window the model was trained on (events)
 
 
 class OnnxSasrec:
     def __init__(self, directory: Path):
         self.session = session(Path(directory) / SASREC_FILE)
-        # The model was trained on histories of this many events; the export fixes the length.
-        self.max_len = int(self.session.get_inputs()[0].shape[1])
+        width = self.session.get_inputs()[0].shape[1]
+        # An export with a dynamic length takes any T <= max_len (its metadata); an older one fixes T = max_len.
+        self.fixed_length = isinstance(width, int)
+        self.max_len = width if self.fixed_length else int(
+            self.session.get_modelmeta().custom_metadata_map[SASREC_MAX_LEN_KEY])
 
     def scores(self, hist_items: np.ndarray) -> np.ndarray:
         """[B, L] right-aligned histories -> next-item scores [B, N] (column j is item j + 1); a history longer
-        than the model's window keeps its newest max_len events."""
-        items = np.asarray(hist_items, np.int64)
-        if items.shape[1] < self.max_len:
+        than the model's window keeps its newest max_len events. Columns that are padding in every row are not
+        sent (padding in front changes no real event's state), so short histories cost what their length does."""
+        items = np.asarray(hist_items, np.int64)[:, -self.max_len:]
+        if self.fixed_length:
             items = np.pad(items, ((0, 0), (self.max_len - items.shape[1], 0)))
-        return self.session.run(None, {ITEMS_INPUT: np.ascontiguousarray(items[:, -self.max_len:])})[0]
+        else:
+            real = np.flatnonzero((items != 0).any(axis=0))
+            items = items[:, min(real[0], items.shape[1] - 1) if len(real) else items.shape[1] - 1:]
+        return self.session.run(None, {ITEMS_INPUT: np.ascontiguousarray(items)})[0]
 
     def retrieve(self, hist_items: np.ndarray, eligible: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """hist_items [B, L], eligible [B, N + 1] booleans -> per row the top-n eligible items and their scores,

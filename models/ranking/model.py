@@ -30,6 +30,10 @@ class RankerConfig:
     num_behaviors: int = 5
     d_model: int = 32
     hidden: int = 64
+    # The history window the model is trained on (events). The repeat-recency feature counts in its units, so a
+    # history sent without its padding columns scores the same (serving sends a batch's real columns only).
+    # 0: in units of the input's width (checkpoints from before this field, always fed full windows).
+    max_history: int = 0
 
 
 class Ranker(nn.Module):
@@ -73,10 +77,12 @@ class Ranker(nn.Module):
         # The newest event reveals the current intent: an explicit "same leaf as last event" feature.
         same_as_last = same_leaf[:, :, -1:] * valid[:, None, -1:]
         # Repeat intent, explicitly: how often the candidate itself is in the history, and how recently (1 for
-        # the newest event, falling linearly to 1/L for the oldest; 0 when absent).
+        # the newest event, falling by 1/W per event to 1/W for the oldest of a full window of W = max_history
+        # events; 0 when absent).
         seen = (cand_items[:, :, None] == hist_items[:, None]).float() * valid[:, None]  # [B,C,L]
         seen_share = seen.sum(-1, keepdim=True) / n[:, None]
-        recency = torch.arange(1, l + 1, device=hist_items.device, dtype=seen.dtype) / l
+        window = self.cfg.max_history or l
+        recency = (torch.arange(l, device=hist_items.device, dtype=seen.dtype) + (window - l + 1)) / window
         seen_recency = (seen * recency).amax(-1, keepdim=True) if l else seen_share
         feats = torch.cat([cand, interest, cand * interest, mean[:, None].expand(b, c, d),
                            cand * last[:, None], last[:, None].expand(b, c, d), leaf_share, same_as_last,

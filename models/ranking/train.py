@@ -148,12 +148,12 @@ def event_examples(data: BuildData, cfg: RankerTrainConfig, rng: np.random.Gener
                     candidates=np.concatenate([positives[:, None], negatives], 1), labels=labels)
 
 
-def build_ranker(data: BuildData) -> Ranker:
-    """An untrained ranker sized by the dataset's catalog and behaviour vocabulary."""
+def build_ranker(data: BuildData, max_history: int = default_limit("max_history")) -> Ranker:
+    """An untrained ranker sized by the dataset's catalog and behaviour vocabulary, for windows of max_history."""
     cat = data.catalog
     cfg = RankerConfig(num_items=cat.num_items, num_leaf_categories=max(1, cat.num_leaf_categories),
                        num_brands=max(1, cat.num_brands), num_price_buckets=max(1, cat.num_price_buckets),
-                       num_behaviors=data.num_behaviors)
+                       num_behaviors=data.num_behaviors, max_history=max_history)
     return Ranker(cfg, cat.leaf_category, cat.brand, cat.price_bucket)
 
 
@@ -210,7 +210,7 @@ def train_ranker(data: BuildData, cfg: RankerTrainConfig) -> tuple[Ranker, Isoto
     else:
         rel_train, rel_valid, rel_test = train, valid, test
 
-    model = build_ranker(data)
+    model = build_ranker(data, cfg.max_history)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     tensors = [torch.from_numpy(a) for a in (train.hist_items, train.hist_behaviors, train.candidates, train.labels)]
     rel_tensors = [torch.from_numpy(a) for a in (rel_train.hist_items, rel_train.hist_behaviors, rel_train.candidates,

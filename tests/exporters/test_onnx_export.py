@@ -66,7 +66,7 @@ def ranker_export(tmp_path_factory):
     torch.manual_seed(0)
     model = Ranker(RankerConfig(num_items=cat.num_items, num_leaf_categories=sim.num_leaf_categories,
                                 num_brands=sim.num_brands, num_price_buckets=sim.num_price_buckets,
-                                d_model=8, hidden=16),
+                                d_model=8, hidden=16, max_history=MAX_HISTORY),
                    cat.leaf_category, cat.brand, cat.price_bucket).eval()
     out = tmp_path_factory.mktemp("ranker")
     parity = export_ranker(model, out, MAX_HISTORY, NUM_CANDIDATES, seed=0)
@@ -249,6 +249,42 @@ def test_ranker_matches_torch_on_new_shapes(ranker_export, history_lengths, padd
         assert got.shape == want.shape == (len(history_lengths), NUM_CANDIDATES)
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, want.numpy(), atol=PARITY_TOLERANCE, rtol=0)
+
+
+def test_the_served_ranker_sends_real_columns_only_and_scores_as_over_the_full_window(ranker_export, monkeypatch):
+    """A ranker trained on windows of MAX_HISTORY events counts recency in those units, so its export takes any
+    length and the server drops the columns that are padding in every row: the same scores as the torch model
+    over the padded window, repeats (the recency feature) included."""
+    from serving.ranking import OnnxRanker
+
+    model, out, _ = ranker_export
+    rng = np.random.default_rng(3)
+    hist, behs, cand = _ranker_inputs(rng, model.cfg.num_items, 3, [2, 5, 1], 2)
+    cand[1, :2] = hist[1, -5], hist[1, -1]  # an old and the newest event as candidates
+    ranker = OnnxRanker(out)
+    assert ranker.fixed_width is None
+    sent = []
+    run = ranker.session.run
+    monkeypatch.setattr(ranker.session, "run", lambda names, feeds: sent.append(feeds) or run(names, feeds))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(hist), torch.from_numpy(behs), torch.from_numpy(cand))
+    for got, want in zip(ranker(hist, behs, cand), expected):
+        np.testing.assert_allclose(got, want.numpy(), atol=PARITY_TOLERANCE, rtol=0)
+    assert sent[-1]["hist_items"].shape == (3, 5) and sent[-1]["hist_behaviors"].shape == (3, 5)
+
+
+def test_a_ranker_counting_recency_in_its_input_width_keeps_a_fixed_width(tmp_path):
+    """Checkpoints from before RankerConfig.max_history (0): recency depends on the width, so the export fixes
+    it and the server sends the full window."""
+    from serving.ranking import OnnxRanker
+
+    sim = SimConfig(num_items=30, num_users=5, num_campaigns=5)
+    cat = simulate(sim).catalog
+    model = Ranker(RankerConfig(num_items=cat.num_items, num_leaf_categories=sim.num_leaf_categories,
+                                num_brands=sim.num_brands, num_price_buckets=sim.num_price_buckets, d_model=8,
+                                hidden=16), cat.leaf_category, cat.brand, cat.price_bucket).eval()
+    export_ranker(model, tmp_path, MAX_HISTORY, NUM_CANDIDATES, seed=0)
+    assert OnnxRanker(tmp_path).fixed_width == MAX_HISTORY
 
 
 def test_ranker_rows_are_independent_in_onnx(ranker_export):

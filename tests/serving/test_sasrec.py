@@ -66,6 +66,54 @@ def test_onnx_scores_match_torch_and_a_short_history_is_left_padded(version_dir)
     np.testing.assert_allclose(served.scores(hist[:1, -3:]), expected[:1], atol=1e-4)
 
 
+def test_the_export_takes_any_length_and_the_server_sends_only_real_columns(version_dir, monkeypatch):
+    """Padding in front changes no real state, so the served scores of a batch cut to its longest history equal
+    the torch model's over the full window; an all-padding batch still sends one column."""
+    served, model = OnnxSasrec(version_dir), load_checkpoint(version_dir)
+    assert not served.fixed_length and served.session.get_inputs()[0].shape[1] == "events"
+    sent = []
+    run = served.session.run
+    monkeypatch.setattr(served.session, "run", lambda out, feeds: sent.append(feeds) or run(out, feeds))
+    hist = np.zeros((3, LIMITS.max_history), np.int64)
+    hist[0, -2:], hist[1, -3:], hist[2, -1:] = [7, 9], [1, 2, 3], [4]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(hist)).numpy()
+    np.testing.assert_allclose(served.scores(hist), expected, atol=1e-4)
+    assert sent[-1]["items"].tolist() == hist[:, -3:].tolist()
+    longer = np.concatenate([np.zeros((1, 4), np.int64), np.arange(1, LIMITS.max_history + 5)[None]], axis=1)
+    served.scores(longer)  # more events than the window: the newest max_len
+    assert sent[-1]["items"].tolist() == longer[:, -LIMITS.max_history:].tolist()
+    served.scores(np.zeros((2, LIMITS.max_history), np.int64))
+    assert sent[-1]["items"].shape == (2, 1)
+
+
+def test_the_final_block_computes_the_newest_state_only_and_the_same_one():
+    torch.manual_seed(1)
+    model = SASRecModel(SASRecConfig(num_items=N, max_len=10, num_layers=3, dropout=0.0)).eval()
+    hist = torch.randint(1, N + 1, (4, 10))
+    hist[0, :6], hist[1, :9] = 0, 0
+    with torch.no_grad():
+        full = model.states(hist)
+        last = model.states(hist, last_only=True)
+        assert last.shape == (4, 1, model.cfg.d_model)
+        torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(hist), model.scores(full[:, -1]), atol=1e-5, rtol=0)
+
+
+def test_an_export_of_fixed_length_is_still_served_padded(tmp_path):
+    """Repositories built before the export took any length: the file fixes T = max_len, the server pads."""
+    torch.manual_seed(2)
+    model = SASRecModel(SASRecConfig(num_items=N, max_len=6, dropout=0.0)).eval()
+    example = torch.randint(1, N + 1, (2, 6))
+    with torch.no_grad():
+        torch.onnx.export(model, (example,), str(tmp_path / "sasrec.onnx"), input_names=["items"],
+                          output_names=["scores"], dynamic_axes={"items": {0: "batch"}}, dynamo=False)
+        expected = model(torch.tensor([[0, 0, 0, 5, 6, 7]])).numpy()
+    served = OnnxSasrec(tmp_path)
+    assert served.fixed_length and served.max_len == 6
+    np.testing.assert_allclose(served.scores(np.array([[5, 6, 7]])), expected, atol=1e-4)
+
+
 SASREC = graph.SIDE_RETRIEVE.outputs.index(graph.SASREC_ITEMS)  # its items, then its scores
 
 
@@ -101,7 +149,8 @@ def rank_dir(tmp_path):
     answer is the merge order itself) and the priority each test writes."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    ranker = Ranker(RankerConfig(num_items=N, num_leaf_categories=4, num_brands=3, num_price_buckets=2),
+    ranker = Ranker(RankerConfig(num_items=N, num_leaf_categories=4, num_brands=3, num_price_buckets=2,
+                                 max_history=LIMITS.max_history),
                     leaf=np.arange(N + 1) % 4, brand=np.arange(N + 1) % 3, price_bucket=np.arange(N + 1) % 2).eval()
     assert max(export_ranker(ranker, tmp_path, LIMITS.max_history, LIMITS.max_candidates).values()) < 1e-4
     IsotonicCalibrator.fit(rng.normal(size=200), rng.integers(0, 2, 200)).save(tmp_path / CALIBRATOR_FILE)

@@ -4,6 +4,7 @@ classes (with the torch models swapped in for the neural ones)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 
@@ -212,6 +213,9 @@ class ScoreAds(StepModel):
         self.scorer = CtrScorer.load(self.version_dir)
         # The published limits are the enforced ones (one build configuration).
         self.scorer.max_campaigns, self.scorer.max_history = self.limits.max_campaigns, self.limits.ads_max_history
+        if tuple(self.scorer.event_names) != tuple(self.limits.event_names):  # run() checks behaviours by these
+            raise RuntimeError(f"score_ads: the CTR artifact weighs events {list(self.scorer.event_names)}, the "
+                               f"build published {list(self.limits.event_names)}; rebuild the repository")
         self.source_names = np.array([s.encode() for s in AD_SOURCES], dtype=object)
         self.catalog = ItemIds.load(self.version_dir)
         self.predictions_by_source = self.metrics.counters(metrics.SCORE_ADS_PREDICTIONS, graph.MODEL_SOURCE.name,
@@ -225,11 +229,15 @@ class ScoreAds(StepModel):
         items, behs, ts = validate_history(item_ids, behaviors, timestamps, max_history=self.limits.ads_max_history,
                                            catalog=self.catalog, event_names=self.limits.event_names)
         cids = integer_array(graph.CAMPAIGN_IDS.name, campaign_ids)
+        if len(cids) == 0:
+            raise RequestError(graph.CAMPAIGN_IDS.name, "at least 1 campaign is required")
         if len(cids) > self.limits.max_campaigns:
             raise RequestError(graph.CAMPAIGN_IDS.name, f"{len(cids)} campaigns; the maximum is "
                                                         f"{self.limits.max_campaigns}")
         internal = self.scorer.internal_campaigns(cids)  # the artifact carries the dataset's campaign ids
-        pctr = self.scorer.score(items, behs, ts, internal)
+        # Checked here at the edge (the dataset's ids, the published limits): the scorer's own checks of its
+        # internal ids would repeat them.
+        pctr = self.scorer.score_checked(items, behs, ts, internal)
         return pctr, self.source_names[self.scorer.source[internal]]
 
 
@@ -283,8 +291,8 @@ class ClipEmbed(StepModel):
 
 def count_values(counters: dict[str, metrics.Counter], values: np.ndarray) -> None:
     """Adds how often each (bytes) value occurs to the counter of that name."""
-    names, counts = np.unique(np.asarray(values, dtype=object).ravel(), return_counts=True)
-    for name, n in zip(names, counts):
+    # collections.Counter over the few distinct names: ~10x cheaper than np.unique on an object array
+    for name, n in collections.Counter(np.asarray(values, dtype=object).ravel().tolist()).items():
         counters[name.decode() if isinstance(name, bytes) else str(name)].add(int(n))
 
 

@@ -102,16 +102,24 @@ class CtrScorer:
         return items, behs, ts, cids.astype(np.int64)
 
     def logits(self, history_items, history_behaviors, history_timestamps, campaign_ids) -> np.ndarray:
-        items, behs, ts, cids = self._validate(history_items, history_behaviors, history_timestamps, campaign_ids)
+        return self._logits(*self._validate(history_items, history_behaviors, history_timestamps, campaign_ids))
+
+    def _logits(self, items, behs, ts, cids) -> np.ndarray:
         prof = build_profiles(self.tables, items[None], behs[None], ts[None])
         x = pair_features(self.tables, prof, np.zeros(1, np.int64), cids)  # [C, F]
         return np.einsum("cf,cf->c", x, self.weights[cids]) + self.bias[cids]
 
     def score(self, history_items, history_behaviors, history_timestamps, campaign_ids) -> np.ndarray:
         """Calibrated pCTR float32 [C] for one user's history (oldest event first) and campaigns."""
-        cids = np.asarray(campaign_ids).reshape(-1)
-        z = self.logits(history_items, history_behaviors, history_timestamps, cids)
-        src = self.source[cids.astype(np.int64)]
+        return self.score_checked(*self._validate(history_items, history_behaviors, history_timestamps,
+                                                  campaign_ids))
+
+    def score_checked(self, items: np.ndarray, behaviors: np.ndarray, timestamps: np.ndarray,
+                      campaign_ids: np.ndarray) -> np.ndarray:
+        """`score` for inputs its caller has checked as `_validate` does (int64 internal ids in range, 1..
+        max_history events, 1..max_campaigns campaigns): the served step checks the request at its edge."""
+        z = self._logits(items, behaviors, timestamps, campaign_ids)
+        src = self.source[campaign_ids]
         out = np.empty_like(z)
         for s in np.unique(src):  # at most one pass per model family, never per campaign
             m = src == s

@@ -3,6 +3,7 @@ numpy serving path (serving.ads.scorer)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -187,3 +188,31 @@ def test_served_ece_on_held_out(built):
     src = models.source[cs.log_campaign[rows]]
     offline = np.where(src == lh.WARM, lh.apply_calibrator(cals["warm"], z), lh.apply_calibrator(cals["hyper"], z))
     np.testing.assert_allclose(served, offline, rtol=2e-5, atol=1e-5)  # float32 weights near an isotonic step
+
+def test_score_checked_is_score_without_the_checks(built):
+    prep, *_, out, _ = built
+    scorer = CtrScorer.load(out)
+    items, behs, ts = _request(prep, 0)
+    cids = np.arange(min(20, prep.tables.num_campaigns), dtype=np.int64)
+    np.testing.assert_array_equal(scorer.score_checked(items.astype(np.int64), behs.astype(np.int64),
+                                                       ts.astype(np.int64), cids), scorer.score(items, behs, ts, cids))
+
+
+def test_the_served_step_refuses_an_artifact_weighing_other_events(built, tmp_path):
+    """score_ads checks behaviours against the published vocabulary and skips the scorer's own check, so the
+    two must be one vocabulary: a repository where they differ does not load."""
+    import shutil
+
+    from serving.catalog import ItemIds
+    from serving.contract import ServingLimits
+    from serving.steps import ScoreAds
+
+    prep, *_, out, meta = built
+    version = tmp_path / "1"
+    shutil.copytree(out, version)
+    ItemIds(np.arange(prep.tables.num_items + 1)).save(version)
+    events = tuple(meta["event_names"])
+    limits = ServingLimits(num_items=prep.tables.num_items, num_categories=1, event_names=events)
+    assert ScoreAds.create(version, limits).scorer.event_names == events
+    with pytest.raises(RuntimeError, match="rebuild the repository"):
+        ScoreAds.create(version, dataclasses.replace(limits, event_names=events[:-1] + ("wishlist",)))

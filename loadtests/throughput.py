@@ -69,6 +69,39 @@ def in_process_pipeline(repository: Path):
     return recommend
 
 
+STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def server_statistics(host: str) -> dict[str, dict[str, list[int]]]:
+    """Triton's cumulative statistics of every model: {model: {"success"|part: [count, ns]}}."""
+    from tritonclient.grpc import InferenceServerClient  # noqa: PLC0415
+
+    client = InferenceServerClient(host)
+    try:
+        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+    finally:
+        client.close()
+    return {m["name"]: {part: [int(m["inference_stats"].get(part, {}).get("count", 0)),
+                               int(m["inference_stats"].get(part, {}).get("ns", 0))]
+                        for part in ("success",) + STAT_PARTS} for m in stats if "inference_stats" in m}
+
+
+def per_request_ms(before: dict, after: dict, models: list[str]) -> dict[str, dict[str, float]]:
+    """Each model's mean time per successful request between two snapshots: the server's side of the served
+    latency, split into queueing and compute (Triton's statistics extension)."""
+    out = {}
+    for model in models:
+        a, b = before.get(model), after.get(model)
+        if a is None or b is None:
+            continue
+        n = b["success"][0] - a["success"][0]
+        if n <= 0:
+            continue
+        out[model] = {"requests": n, **{part: round((b[part][1] - a[part][1]) / n / 1e6, 3)
+                                        for part in ("success",) + STAT_PARTS}}
+    return out
+
+
 def interleaved(host: str, repository: Path, histories: list, k: int, direct_host: str | None = None) -> dict:
     """In process, then served (then, with direct_host, served by tritonserver's own port, past the proxy),
     request by request: every side sees the same machine state."""
@@ -83,6 +116,7 @@ def interleaved(host: str, repository: Path, histories: list, k: int, direct_hos
             local(events, k)
             for client in clients.values():
                 client.recommend(events, k)
+        stats_before = server_statistics(direct_host or host)
         for events in histories:
             started = time.perf_counter()
             mine = local(events, k)
@@ -92,10 +126,12 @@ def interleaved(host: str, repository: Path, histories: list, k: int, direct_hos
                 theirs = client.recommend(events, k)
                 sides[name].append(time.perf_counter() - started)
                 same += int(np.array_equal(mine, [item.item_id for item in theirs.items]))
+    served_steps = per_request_ms(stats_before, server_statistics(direct_host or host),
+                                  [graph.RECOMMEND.name] + [step.name for step in graph.RECOMMEND.steps])
     stats = {name: percentiles(seconds) for name, seconds in sides.items()}
     a, b = stats["in_process"], stats["served"]
     by_step = {name: round(1000 * float(np.median(times[WARMUP:])), 3) for name, times in local.step_seconds.items()}
-    result = {**stats, "in_process_step_p50_ms": by_step,
+    result = {**stats, "in_process_step_p50_ms": by_step, "server_side_mean_ms": served_steps,
               "served_over_in_process_p50": round(b["p50_ms"] / a["p50_ms"], 3),
               "served_over_in_process_p99": round(b["p99_ms"] / a["p99_ms"], 3),
               "same_top_k": round(same / (len(histories) * len(clients)), 4)}
@@ -157,6 +193,14 @@ def render(result: dict) -> str:
     if c1.get("in_process_step_p50_ms"):
         steps = c1["in_process_step_p50_ms"]
         lines += ["", "In process, p50 per step (ms): " + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items())]
+    if c1.get("server_side_mean_ms"):
+        lines += ["", "Served, the server's side (Triton statistics over the measured requests; means, ms; compute "
+                  "infer of a python step includes its stub round trip):", "",
+                  "| model | requests | total | queue | compute input | compute infer | compute output |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in c1["server_side_mean_ms"].items():
+            lines.append(f"| {name} | {r['requests']} | {r['success']:.2f} | {r['queue']:.2f} | "
+                         f"{r['compute_input']:.2f} | {r['compute_infer']:.2f} | {r['compute_output']:.2f} |")
     lines += ["", f"Served / in-process: p50 {c1['served_over_in_process_p50']:.2f}x, p99 "
               f"{c1['served_over_in_process_p99']:.2f}x"
               + (f" (past the proxy, straight to tritonserver: p50 {c1['direct_over_in_process_p50']:.2f}x)"

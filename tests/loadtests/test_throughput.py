@@ -29,6 +29,12 @@ def test_throughput_command_on_the_real_server(triton_server, model_repository, 
     steps = c1["in_process_step_p50_ms"]
     assert list(steps) == [step.name for step in graph.RECOMMEND.steps] and all(ms > 0 for ms in steps.values())
     assert sum(steps.values()) <= c1["in_process"]["p50_ms"] * 1.5  # the steps are the in-process request
+    server = c1["server_side_mean_ms"]  # the served and the direct requests, both answered by tritonserver
+    assert list(server) == ["recommend"] + list(steps) and server["recommend"]["requests"] == 60
+    assert all(r["requests"] >= 60 for r in server.values())  # the steps also answer the liveness probes
+    for name in steps:
+        assert 0 < server[name]["compute_infer"] <= server[name]["success"] <= server["recommend"]["success"]
+    assert "| recommend | 60 |" in render(result)
     assert [r["concurrency"] for r in result["closed_loop"]] == [1, 3]
     for run in result["closed_loop"]:
         assert run["errors"] == 0 and run["requests"] > 0 and run["req_per_s"] > 0
@@ -36,6 +42,7 @@ def test_throughput_command_on_the_real_server(triton_server, model_repository, 
     assert "| 3 |" in render(result) and png.stat().st_size > 1000
     by_length = result["by_history_length"]
     assert [r["events"] for r in by_length] == [4, longest]
+    assert all(r["server_side_mean_ms"]["recommend"]["requests"] == 5 for r in by_length)
     for r in by_length:  # exactly that many events, answered alike in process and served
         assert r["same_top_k"] == 1.0 and r["served"]["requests"] == 5
     assert f"| {longest} | 5 |" in render(result)

@@ -133,6 +133,12 @@ class GraceTrainConfig:
     # from 0.071 to 0.212 validation HR@10 (30-day popularity alone: 0.153).
     popularity_prior_days: float = 0.0
     popularity_prior_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    # With the prior: the prior's own top items (this many, the request's excluded ones left out) join the
+    # beam's as candidates, and every candidate is scored exactly (the model's trie-normalised path
+    # log-probability, teacher-forced, + weight x log prior): the beam keeps prefixes by their summed prior mass,
+    # so under a heavy prior it misses the single most popular items the product would rank first. 0: the beam's.
+    # In-process retrieval only so far: a build refuses a prior with candidates (the served search lacks them).
+    popularity_prior_candidates: int = 0
 
 
 SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")
@@ -293,14 +299,16 @@ def train_model(model: GraceModel, encoder: HistoryEncoder, train, budget: Train
 def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, journey_ids: np.ndarray,
                    journey_pos: np.ndarray, beam_width: int, exclude: set[int] | None = None,
                    trie_normalized: bool = False, item_retrieval: str = "beam",
-                   allowed: torch.Tensor | None = None, prior: PriorStep | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   allowed: torch.Tensor | None = None, prior: PriorStep | None = None,
+                   prior_top: "PriorCandidates | None" = None) -> tuple[np.ndarray, np.ndarray]:
     """Reference retrieval with the torch model for one encoded history (what grace_retrieve serves).
     trie_normalized: each step's scores renormalised over the beam's allowed children (TrieNormalizedStep),
     for a model trained with trie_loss. item_retrieval (a model with an item head; GraceTrainConfig): "beam",
     "dense" or "hybrid"; the hybrid's path log-probabilities are renormalised over `allowed`
     (trie_allowed_tokens) when trie_normalized. prior: a PriorStep whose step is replaced by this model's (the
-    beam search ranks by the model's score plus the prior's)."""
+    beam search ranks by the model's score plus the prior's); prior_top: the prior's top items, which join the
+    beam's as candidates, every candidate then scored exactly (GraceTrainConfig.popularity_prior_candidates;
+    needs `allowed` when trie_normalized)."""
     if item_retrieval not in ITEM_RETRIEVALS:
         raise ValueError(f"item_retrieval must be one of {ITEM_RETRIEVALS}, got {item_retrieval!r}")
     if model.cfg.item_head and item_retrieval == "hybrid" and trie_normalized and allowed is None:
@@ -329,18 +337,46 @@ def grace_retrieve(model: GraceModel, trie, path_to_item, tokens: np.ndarray, jo
     if prior is not None:
         step = prior.over(step)
     items, scores = constrained_beam_search(step, trie, path_to_item, beam_width, exclude)
-    if not model.cfg.item_head or item_retrieval == "beam":
+    hybrid = model.cfg.item_head and item_retrieval != "beam"
+    if prior_top is not None and prior is not None and not hybrid:
+        if trie_normalized and allowed is None:
+            raise ValueError("trie-normalised prior candidates need `allowed` (trie_allowed_tokens of the catalog)")
+        # The prior's top items join the beam's; each candidate's score as the search would give it, exactly.
+        extra = np.array([i for i in prior_top.items.tolist() if not exclude or i not in exclude], np.int64)
+        candidates = torch.from_numpy(np.union1d(items, extra))
+        path_log_prob = _path_log_probs(model, prior_top.paths[candidates], candidates, cross_kv, t["valid"],
+                                        memory_paths, allowed if trie_normalized else None)
+        total = path_log_prob.double() + torch.from_numpy(prior_top.log_prior[candidates.numpy()])
+        order = torch.argsort(total, descending=True, stable=True)[:beam_width]
+        return candidates[order].numpy(), total[order].numpy()
+    if not hybrid:
         return items, scores
     candidates = torch.from_numpy(np.union1d(items, top.numpy()))
-    path = model.item_paths[candidates]  # [U, P]
-    prefix = torch.cat([torch.full_like(path[:, :1], BOS), path[:, :-1]], dim=1)
-    generated = model.decode(prefix, cross_kv, t["valid"], memory_paths)  # [U, P, V], one memory for every row
-    if trie_normalized and allowed is not None:
-        generated = generated.masked_fill(~allowed[candidates], float("-inf"))
-    path_log_prob = generated.log_softmax(-1).gather(-1, path[..., None])[..., 0].sum(-1)
+    path_log_prob = _path_log_probs(model, model.item_paths[candidates], candidates, cross_kv, t["valid"],
+                                    memory_paths, allowed if trie_normalized else None)
     total = path_log_prob + dense[candidates]
     order = torch.argsort(total, descending=True, stable=True)
     return candidates[order].numpy(), total[order].numpy().astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorCandidates:
+    """What the popularity prior adds to retrieval as candidates (GraceTrainConfig.popularity_prior_candidates)."""
+
+    items: np.ndarray  # the prior's top items, best first
+    log_prior: np.ndarray  # [N + 1] weight x log p_prior(item): what the prior adds to an item's path score
+    paths: torch.Tensor  # [N + 1, P] every item's path (the tokenizer's item_paths)
+
+
+def _path_log_probs(model: GraceModel, path: torch.Tensor, candidates: torch.Tensor, cross_kv, valid, memory_paths,
+                    allowed: torch.Tensor | None) -> torch.Tensor:
+    """Teacher-forced log-probability of each candidate item's path [U, P] -> [U] under one history's memory;
+    with `allowed` (trie_allowed_tokens) each position renormalised over the children the trie allows there."""
+    prefix = torch.cat([torch.full_like(path[:, :1], BOS), path[:, :-1]], dim=1)
+    generated = model.decode(prefix, cross_kv, valid, memory_paths)  # [U, P, V], one memory for every row
+    if allowed is not None:
+        generated = generated.masked_fill(~allowed[candidates], float("-inf"))
+    return generated.log_softmax(-1).gather(-1, path[..., None])[..., 0].sum(-1)
 
 
 class GraceRecommender:
@@ -357,6 +393,7 @@ class GraceRecommender:
         self.info: dict = {}
         self.prior: PriorStep | None = None  # the popularity prior at its chosen weight (None: off or weight 0)
         self.prior_item_weights: np.ndarray | None = None
+        self.prior_top: PriorCandidates | None = None  # the prior's top items as extra candidates (or None)
         # Settings chosen on validation by an earlier fit, to reuse when refitting without validation
         # (evaluation.evaluate --refit): {"popularity_prior_weight": w}.
         self.preset: dict = {}
@@ -402,7 +439,7 @@ class GraceRecommender:
         self.losses = trained.pop("losses")
         self.info.update(trained, supervision="every position" if every else "one target per example",
                          **stopper.finish())
-        self.prior = None
+        self.prior = self.prior_top = None
         if cfg.popularity_prior_days > 0:
             self._choose_prior(dataset, train_examples, valid)
         return self.info
@@ -418,17 +455,34 @@ class GraceRecommender:
             scores = {}
             for w in self.cfg.popularity_prior_weights:
                 self.prior = PriorStep(None, self.trie, log_mass, w) if w else None
+                self.prior_top = self._prior_candidates(log_mass, w) if w else None
                 ranked = self.recommend(valid, 10, exclude_history=not dataset.repeats)
                 scores[w] = float((ranked == valid.targets[:, None]).any(axis=1).mean())
             weight = max(scores, key=lambda w: (scores[w], -w))
             self.info["valid_hr@10_by_prior_weight"] = {str(w): round(v, 5) for w, v in scores.items()}
         weight = float(weight or 0.0)
         self.prior = PriorStep(None, self.trie, log_mass, weight) if weight else None
+        self.prior_top = self._prior_candidates(log_mass, weight) if weight else None
         self.info["popularity_prior_weight"] = weight
+
+    def _prior_candidates(self, log_mass: dict, weight: float) -> PriorCandidates | None:
+        """The prior's popularity_prior_candidates top items (ties to the smaller id) and weight x log p_prior of
+        every item: log mass of its path less the trie's whole mass (prefix_log_mass)."""
+        n = self.cfg.popularity_prior_candidates
+        if n <= 0:
+            return None
+        weights = np.asarray(self.prior_item_weights, np.float64)
+        log_prior = np.full(len(weights), -np.inf)
+        for path, item in self.path_to_item.items():
+            log_prior[item] = weight * (log_mass[path] - log_mass[()])
+        order = np.lexsort((np.arange(len(weights)), -np.where(np.isfinite(log_prior), weights, -np.inf)))
+        top = np.array([i for i in order.tolist() if np.isfinite(log_prior[i])][:n], np.int64)
+        return PriorCandidates(top, log_prior, torch.as_tensor(self.encoder.tokenizer.item_paths, dtype=torch.long))
 
     def allowed_tokens(self) -> torch.Tensor | None:
         """trie_allowed_tokens of the catalog, built once, for the hybrid retrieval's path scores."""
-        if not (self.model.cfg.item_head and self.cfg.item_retrieval == "hybrid" and self.trie_decode):
+        hybrid = self.model.cfg.item_head and self.cfg.item_retrieval == "hybrid"
+        if not ((hybrid or self.prior_top is not None) and self.trie_decode):
             return None
         if self._allowed is None:
             self._allowed = trie_allowed_tokens(self.encoder.tokenizer.item_paths, self.model.cfg.vocab_size)
@@ -460,7 +514,7 @@ class GraceRecommender:
         ranked, _ = grace_retrieve(self.model, self.trie, self.path_to_item, *self.encoder.encode(items, behaviors, timestamps),
                                    beam_width=max(k, self.cfg.beam_width), exclude=exclude,
                                    trie_normalized=self.trie_decode, item_retrieval=self.cfg.item_retrieval,
-                                   allowed=self.allowed_tokens(), prior=self.prior)
+                                   allowed=self.allowed_tokens(), prior=self.prior, prior_top=self.prior_top)
         return ranked[:k]
 
     def recommend(self, examples, k: int, exclude_history: bool = False) -> np.ndarray:

@@ -52,3 +52,44 @@ def test_the_weight_is_chosen_on_validation_and_reused_by_a_refit(data):
     ranked = heavy.recommend(split.test.subset(np.arange(5)), 3)
     assert (np.diff(counts[ranked], axis=1) <= 0).all()
     assert GraceTrainConfig().popularity_prior_days == 0  # off by default
+
+
+def test_the_priors_top_items_join_the_beam_and_every_candidate_is_scored_exactly(data):
+    """A narrow beam under a heavy prior keeps the prefixes of most summed prior mass, which need not hold the
+    single most popular items; with popularity_prior_candidates those join, scored as the search scores
+    (trie-normalised path log-probability + weight x log prior), so the product ranks them first."""
+    dataset, split = data
+    counts = training_counts(dataset, split.train, 1e4)
+    users = split.test.subset(np.arange(8))
+    heavy = dict(preset={"popularity_prior_weight": 1e4}, valid=False, popularity_prior_days=1e4, beam_width=3)
+    top_counts = np.sort(counts[1:])[::-1][:3].tolist()
+    # Here the most popular item's first token leads only the third heaviest prefix: three beams miss it.
+    beam_only = _fit(data, **heavy)
+    assert beam_only.prior_top is None
+    assert all(row.tolist() != top_counts for row in counts[beam_only.recommend(users, 3)])
+    joined = _fit(data, **heavy, popularity_prior_candidates=5)
+    assert len(joined.prior_top.items) == 5
+    assert all(row.tolist() == top_counts for row in counts[joined.recommend(users, 3)])
+    # Exact: over a beam that covers the catalog, the candidates change neither the order nor the scores.
+    exact = dict(preset={"popularity_prior_weight": 1.0}, valid=False, popularity_prior_days=1e4,
+                 beam_width=dataset.num_items)
+    plain, joined = _fit(data, **exact), _fit(data, **exact, popularity_prior_candidates=5)
+    from models.grace.recommender import grace_retrieve
+
+    for i in range(4):
+        encoded = plain.encoder.encode(users.histories[i], users.behaviors[i], users.timestamps[i])
+        a = grace_retrieve(plain.model, plain.trie, plain.path_to_item, *encoded, dataset.num_items,
+                           trie_normalized=True, prior=plain.prior)
+        b = grace_retrieve(joined.model, joined.trie, joined.path_to_item, *encoded, dataset.num_items,
+                           trie_normalized=True, allowed=joined.allowed_tokens(), prior=joined.prior,
+                           prior_top=joined.prior_top)
+        assert a[0].tolist() == b[0].tolist()
+        np.testing.assert_allclose(a[1], b[1], atol=1e-4)
+
+
+def test_a_build_refuses_prior_candidates_the_served_search_lacks():
+    from exporters.config import load_config
+
+    with pytest.raises(ValueError, match="popularity_prior_candidates"):
+        load_config(None, ["grace.model.popularity_prior_days=30", "grace.model.popularity_prior_candidates=10"])
+    load_config(None, ["grace.model.popularity_prior_days=30"])  # the prior alone is served

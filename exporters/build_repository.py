@@ -117,7 +117,8 @@ def grace_stage(b: Build) -> dict:
     retriever.encoder.save(b.dir(graph.GRACE_RETRIEVE))  # the tokenizer the search decodes with, too
     b.parity.update(export_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE), seed=b.config.seed))
     save_decoding(b.dir(graph.GRACE_RETRIEVE), retriever.trie_decode,  # the served search scores as validated
-                  retriever.prior_item_weights, retriever.prior.weight if retriever.prior else 0.0)
+                  retriever.prior_item_weights, retriever.prior.weight if retriever.prior else 0.0,
+                  retriever.prior_top.items if retriever.prior_top is not None else None)
     save_grace(retriever.model, b.dir(graph.GRACE_RETRIEVE))  # the in-process reference runs it
     return metrics
 

@@ -87,9 +87,6 @@ class BuildConfig:
         object.__setattr__(self, "ranker", dataclasses.replace(self.ranker, seed=self.seed,
                                                                max_history=self.serving.max_history))
         object.__setattr__(self, "clip", dataclasses.replace(self.clip, seed=self.seed))
-        if self.grace.model.popularity_prior_days > 0 and self.grace.model.popularity_prior_candidates > 0:
-            raise ValueError("grace.model.popularity_prior_candidates: the served beam search does not add the "
-                             "prior's top items yet; a build serves the prior with candidates 0")
         model = dataclasses.replace(self.grace.model, max_history=self.serving.max_history,
                                     beam_width=self.serving.beam_width)
         object.__setattr__(self, "grace", dataclasses.replace(self.grace, model=model))

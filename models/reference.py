@@ -13,7 +13,7 @@ import torch
 
 from models.clip.model import ClipEmbedder
 from models.grace.model import load_checkpoint as load_grace
-from models.grace.recommender import grace_retrieve
+from models.grace.recommender import grace_retrieve, prior_candidates, trie_allowed_tokens
 from models.ranking.model import load_checkpoint as load_ranker
 from models.sasrec import load_checkpoint as load_sasrec
 from serving import graph
@@ -21,7 +21,7 @@ from serving.graph import run_ensemble  # noqa: F401 (the reference's callers im
 from serving.backend import StepModel
 from serving.contract import BUILD_MANIFEST as MANIFEST, ServingLimits
 from serving.grace.beam_search import PriorStep, prefix_log_mass
-from serving.grace.retriever import load_decoding, load_prior, trie_normalized
+from serving.grace.retriever import load_decoding, load_prior, load_prior_candidates, trie_normalized
 from serving.sasrec import top_eligible
 from serving.steps import IMPLEMENTATIONS, GraceRetrieve, Rank, RequestStep, ScoreAds, SideRetrieve, excluded
 
@@ -37,6 +37,11 @@ class TorchGraceRetrieve(GraceRetrieve):
         self.prior = None if prior is None else PriorStep(None, self.trie, prefix_log_mass(self.path_to_item, prior[0]),
                                                           prior[1])
         self.model = load_grace(self.version_dir)
+        top = load_prior_candidates(self.version_dir)  # the prior's top items that join the beam's, if any
+        paths = self.history_encoder.tokenizer.item_paths
+        self.prior_top = None if top is None else prior_candidates(top, prior[0], self.path_to_item, prior[1], paths)
+        self.allowed = (trie_allowed_tokens(paths, self.model.cfg.vocab_size)
+                        if self.prior_top is not None and self.trie_normalized else None)
 
     @torch.no_grad()
     def run_batch(self, batch):  # the reference: one request at a time, the one-request search
@@ -45,7 +50,7 @@ class TorchGraceRetrieve(GraceRetrieve):
     def retrieve(self, f):
         return grace_retrieve(self.model, self.trie, self.path_to_item, f.enc_tokens, f.enc_journey_ids,
                               f.enc_journey_pos, self.limits.beam_width, excluded(f.exclude_ids), self.trie_normalized,
-                              prior=self.prior)
+                              allowed=self.allowed, prior=self.prior, prior_top=self.prior_top)
 
 
 class TorchRank(Rank):

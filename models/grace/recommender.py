@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data.sequences import leave_last_out, next_items, training_counts, windows
 from models.budget import EarlyStopping, TrainingBudget
 from serving.grace.beam_search import (CachedStep, PriorStep, TrieNormalizedStep, constrained_beam_search,
-                                       prefix_log_mass)
+                                       prefix_log_mass, top_prior_items)
 from models.grace.model import NEG_INF, GraceConfig, GraceModel
 from serving.grace.history import HistoryEncoder, left_pad
 from serving.grace.journeys import DEFAULT_MAX_GAP
@@ -137,7 +137,7 @@ class GraceTrainConfig:
     # beam's as candidates, and every candidate is scored exactly (the model's trie-normalised path
     # log-probability, teacher-forced, + weight x log prior): the beam keeps prefixes by their summed prior mass,
     # so under a heavy prior it misses the single most popular items the product would rank first. 0: the beam's.
-    # In-process retrieval only so far: a build refuses a prior with candidates (the served search lacks them).
+    # Served alike (serving.grace.beam_search.score_paths over the build's list of them, grace_decoding.json).
     popularity_prior_candidates: int = 0
 
 
@@ -368,6 +368,17 @@ class PriorCandidates:
     paths: torch.Tensor  # [N + 1, P] every item's path (the tokenizer's item_paths)
 
 
+def prior_candidates(items: np.ndarray, prior_weights: np.ndarray, path_to_item: dict, weight: float,
+                     item_paths: np.ndarray) -> PriorCandidates:
+    """PriorCandidates of a prior (item weights [N+1] at `weight`) whose top `items` join the beam's: each item's
+    weight x log p_prior is the log mass of its path less the trie's whole mass (prefix_log_mass)."""
+    log_mass = prefix_log_mass(path_to_item, prior_weights)
+    log_prior = np.full(len(prior_weights), -np.inf)
+    for path, item in path_to_item.items():
+        log_prior[item] = weight * (log_mass[path] - log_mass[()])
+    return PriorCandidates(np.asarray(items, np.int64), log_prior, torch.as_tensor(item_paths, dtype=torch.long))
+
+
 def _path_log_probs(model: GraceModel, path: torch.Tensor, candidates: torch.Tensor, cross_kv, valid, memory_paths,
                     allowed: torch.Tensor | None) -> torch.Tensor:
     """Teacher-forced log-probability of each candidate item's path [U, P] -> [U] under one history's memory;
@@ -455,29 +466,23 @@ class GraceRecommender:
             scores = {}
             for w in self.cfg.popularity_prior_weights:
                 self.prior = PriorStep(None, self.trie, log_mass, w) if w else None
-                self.prior_top = self._prior_candidates(log_mass, w) if w else None
+                self.prior_top = self._prior_candidates(w) if w else None
                 ranked = self.recommend(valid, 10, exclude_history=not dataset.repeats)
                 scores[w] = float((ranked == valid.targets[:, None]).any(axis=1).mean())
             weight = max(scores, key=lambda w: (scores[w], -w))
             self.info["valid_hr@10_by_prior_weight"] = {str(w): round(v, 5) for w, v in scores.items()}
         weight = float(weight or 0.0)
         self.prior = PriorStep(None, self.trie, log_mass, weight) if weight else None
-        self.prior_top = self._prior_candidates(log_mass, weight) if weight else None
+        self.prior_top = self._prior_candidates(weight) if weight else None
         self.info["popularity_prior_weight"] = weight
 
-    def _prior_candidates(self, log_mass: dict, weight: float) -> PriorCandidates | None:
-        """The prior's popularity_prior_candidates top items (ties to the smaller id) and weight x log p_prior of
-        every item: log mass of its path less the trie's whole mass (prefix_log_mass)."""
+    def _prior_candidates(self, weight: float) -> PriorCandidates | None:
+        """The prior's popularity_prior_candidates top items as candidates (None when 0)."""
         n = self.cfg.popularity_prior_candidates
         if n <= 0:
             return None
-        weights = np.asarray(self.prior_item_weights, np.float64)
-        log_prior = np.full(len(weights), -np.inf)
-        for path, item in self.path_to_item.items():
-            log_prior[item] = weight * (log_mass[path] - log_mass[()])
-        order = np.lexsort((np.arange(len(weights)), -np.where(np.isfinite(log_prior), weights, -np.inf)))
-        top = np.array([i for i in order.tolist() if np.isfinite(log_prior[i])][:n], np.int64)
-        return PriorCandidates(top, log_prior, torch.as_tensor(self.encoder.tokenizer.item_paths, dtype=torch.long))
+        return prior_candidates(top_prior_items(self.prior_item_weights, self.path_to_item, n),
+                                self.prior_item_weights, self.path_to_item, weight, self.encoder.tokenizer.item_paths)
 
     def allowed_tokens(self) -> torch.Tensor | None:
         """trie_allowed_tokens of the catalog, built once, for the hybrid retrieval's path scores."""

@@ -64,6 +64,14 @@ def prefix_log_mass(path_to_item: dict[tuple[int, ...], int], weights: np.ndarra
     return {prefix: float(np.log(m)) for prefix, m in mass.items()}
 
 
+def top_prior_items(weights: np.ndarray, path_to_item: dict[tuple[int, ...], int], n: int) -> np.ndarray:
+    """The n catalog items of largest prior weight, ties to the smaller id: the prior's own candidates
+    (GraceTrainConfig.popularity_prior_candidates), which join the beam's."""
+    items = np.array(sorted(path_to_item.values()), np.int64)
+    w = np.asarray(weights, np.float64)[items]
+    return items[np.lexsort((items, -w))][:n]
+
+
 class PriorStep:
     """A beam-search step plus `weight` x the log of an item prior, spread over the path: token t after a prefix
     adds weight * (log mass(prefix + t) - log mass(prefix)) (prefix_log_mass), so a whole path adds weight x
@@ -167,6 +175,8 @@ class TrieIndex:
         self.child_token = np.concatenate([trie[p] for p in order if len(p) < self.path_length]).astype(np.int64)
         self.child_node = np.array([node_of[(*p, t)] for p in order if len(p) < self.path_length
                                     for t in trie[p].tolist()], np.int64)
+        # Nodes are numbered as the edges are listed (breadth first): the edge into node m is m - 1 (score_paths).
+        assert np.array_equal(self.child_node, np.arange(1, len(self.child_node) + 1))
         self.leaf_item = np.zeros(len(order), np.int64)
         for path, item in path_to_item.items():
             self.leaf_item[node_of[tuple(path)]] = item
@@ -278,3 +288,42 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
         past = present[:, :, parent]
     bounds = np.searchsorted(request, np.arange(r + 1))
     return [(index.leaf_item[nodes[a:b]], scores[a:b].astype(np.float32)) for a, b in zip(bounds, bounds[1:])]
+
+
+def score_paths(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, candidates: "list[np.ndarray]",
+                level_offsets: "np.ndarray | None" = None, trie_normalized: bool = False,
+                edge_bias: "np.ndarray | None" = None) -> list[np.ndarray]:
+    """The score batched_beam_search gives each candidate item's whole path (teacher-forced: the path's tokens fed
+    step by step), for R requests' candidate lists at once: float64 per candidate, in the lists' order. Each
+    request's rows are padded to the longest list with its first candidate (answers never read)."""
+    r = len(candidates)
+    slots = max(1, max((len(c) for c in candidates), default=1))
+    some_item = next(iter(index.item_nodes))  # the padding of a request without candidates
+    flat = np.concatenate([np.resize(np.asarray(c, np.int64), slots) if len(c) else np.full(slots, some_item)
+                           for c in candidates])
+    # Node ids follow the edges' order (breadth first), so the edge into node m is m - 1.
+    path_nodes = np.array([index.item_nodes[i] for i in flat.tolist()], np.int64).reshape(len(flat), -1)
+    rows = len(flat)
+    scores = np.zeros(rows, np.float64)
+    nodes = np.zeros(rows, np.int64)
+    last = np.full(rows, BOS, np.int64)
+    past = np.repeat(empty_cache, rows, axis=2)
+    for depth in range(index.path_length):
+        log_probs, past = run(last, np.ascontiguousarray(past))
+        first_token = 0 if level_offsets is None else int(level_offsets[depth])
+        edge = path_nodes[:, depth] - 1
+        token = index.child_token[edge]
+        step_lp = log_probs[np.arange(rows), token - first_token].astype(np.float64)
+        if trie_normalized:  # over the children of the node the path leaves, as the search renormalises
+            starts, counts = index.offsets[nodes], index.offsets[nodes + 1] - index.offsets[nodes]
+            row = np.repeat(np.arange(rows), counts)
+            children = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+            child_lp = log_probs[row, index.child_token[children] - first_token].astype(np.float64)
+            top = np.maximum.reduceat(child_lp, np.cumsum(counts) - counts)
+            step_lp = step_lp - (top + np.log(np.add.reduceat(np.exp(child_lp - top[row]), np.cumsum(counts) - counts)))
+        if edge_bias is not None:
+            step_lp = step_lp + edge_bias[edge]
+        scores += step_lp
+        nodes, last = path_nodes[:, depth], token
+    scores = scores.reshape(r, slots)
+    return [scores[q, : len(c)] for q, c in enumerate(candidates)]

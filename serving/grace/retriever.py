@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.grace.beam_search import (CachedStep, PriorStep, TrieIndex, TrieNormalizedStep, batched_beam_search,
-                                       constrained_beam_search, prefix_log_mass)
+                                       constrained_beam_search, prefix_log_mass, score_paths)
 from serving.grace.history import TOKENIZER_FILE
 from serving.grace.tokenizer import ItemTokenizer, event_paths
 from serving.ort import session
@@ -23,14 +23,25 @@ PRIOR_FILE = "grace_prior.npy"  # the popularity prior's item weights [N+1], whe
 
 
 def save_decoding(directory: Path, trie_normalized: bool, prior_weights: np.ndarray | None = None,
-                  prior_weight: float = 0.0) -> None:
+                  prior_weight: float = 0.0, prior_candidates: np.ndarray | None = None) -> None:
     """How the served search scores: trie-normalised or not, and the popularity prior (its item weights in
-    PRIOR_FILE and its weight; GraceTrainConfig.popularity_prior_days) when one was chosen."""
+    PRIOR_FILE and its weight; GraceTrainConfig.popularity_prior_days) when one was chosen, with the prior's top
+    items that join the beam's as candidates (GraceTrainConfig.popularity_prior_candidates), if any."""
     decoding = {"trie_normalized": bool(trie_normalized)}
     if prior_weights is not None and prior_weight:
         np.save(Path(directory) / PRIOR_FILE, np.asarray(prior_weights, np.float64))
         decoding.update(prior_weight=float(prior_weight), prior_file=PRIOR_FILE)
+        if prior_candidates is not None and len(prior_candidates):
+            decoding["prior_candidates"] = [int(i) for i in prior_candidates]
     (Path(directory) / DECODING_FILE).write_text(json.dumps(decoding) + "\n")
+
+
+def load_prior_candidates(directory: Path) -> np.ndarray | None:
+    """The prior's top items that join the beam's (internal ids, best first), or None."""
+    path = Path(directory) / DECODING_FILE
+    decoding = json.loads(path.read_text()) if path.exists() else {}
+    found = decoding.get("prior_candidates") if decoding.get("prior_weight") else None
+    return None if not found else np.asarray(found, np.int64)
 
 
 def load_prior(directory: Path) -> tuple[np.ndarray, float] | None:
@@ -78,10 +89,14 @@ class OnnxGraceRetriever:
         self.prior = load_prior(directory)
         # The popularity prior as a bias per trie edge (added to each step's score; None: no prior).
         self.edge_bias = None if self.prior is None else self.index.edge_prior(*self.prior)
+        self.prior_candidates = load_prior_candidates(directory)
         cross = next(i for i in self.decoder_step.get_inputs() if i.name == "cross_kv").shape
         # A dynamic requests axis (a name in ONNX Runtime, -1 in a native model's config): several requests per
         # step call. (Reading only ONNX Runtime's names once sent the GPU rendering down the one-request path.)
         self.batched = not isinstance(cross[2], int) or cross[2] < 0
+        if self.prior_candidates is not None and not self.batched:
+            raise RuntimeError("the popularity prior's candidates are scored by the batched search; this decoder "
+                               "export takes one request at a time (rebuild the repository)")
         paths = next((i for i in self.decoder_step.get_inputs() if i.name == "memory_paths"), None)
         # A model with the copy path reads the history's item paths ([requests, events, path_length]).
         self.copy_path_length = None if paths is None else int(paths.shape[2])
@@ -123,8 +138,22 @@ class OnnxGraceRetriever:
             log_probs, present = self.decoder_step.run(None, feeds)
             return log_probs, present
 
-        return batched_beam_search(run, self.empty_cache, self.index, beam_width, [r[3] for r in requests],
-                                   self.level_offsets, self.trie_normalized, self.edge_bias)
+        excludes = [r[3] for r in requests]
+        found = batched_beam_search(run, self.empty_cache, self.index, beam_width, excludes, self.level_offsets,
+                                    self.trie_normalized, self.edge_bias)
+        if self.prior_candidates is None:
+            return found
+        # The prior's top items join each request's beam items; every candidate is scored as the search scores a
+        # path (its tokens fed step by step), the best beam_width kept: the product the beam only approximates.
+        joined = [np.union1d(items, [i for i in self.prior_candidates.tolist() if not exclude or i not in exclude])
+                  for (items, _), exclude in zip(found, excludes)]
+        scored = score_paths(run, self.empty_cache, self.index, joined, self.level_offsets, self.trie_normalized,
+                             self.edge_bias)
+        out = []
+        for items, scores in zip(joined, scored):
+            order = np.argsort(-scores, kind="stable")[:beam_width]  # ties: the smaller id, as the reference
+            out.append((items[order].astype(np.int64), scores[order].astype(np.float32)))
+        return out
 
     def _one(self, tokens, journey_ids, journey_pos, exclude, beam_width):
         valid = np.ones((1, len(tokens)), np.float32)

@@ -412,6 +412,52 @@ def test_served_retrieval_with_a_popularity_prior_equals_the_torch_reference(gra
     assert changed
 
 
+@pytest.mark.parametrize("trie_normalized", [False, True])
+def test_served_prior_candidates_equal_the_torch_reference(grace_export, tmp_path, trie_normalized):
+    """With popularity_prior_candidates the build lists the prior's top items; the served retriever scores the
+    union of each request's beam items and those (teacher-forced decoder steps, score_paths) as the torch
+    reference does (grace_retrieve with prior_top), exclusions honoured, and the candidates change the answer."""
+    import shutil
+
+    from models.grace.recommender import grace_retrieve, prior_candidates, trie_allowed_tokens
+    from serving.grace.beam_search import PriorStep, prefix_log_mass, top_prior_items
+    from serving.grace.history import TOKENIZER_FILE
+    from serving.grace.retriever import OnnxGraceRetriever, load_prior_candidates, save_decoding
+
+    model, out, _ = grace_export
+    served = tmp_path / "grace"
+    shutil.copytree(out, served)
+    n = 40
+    tok = _small_tokenizer(np.random.default_rng(0), n)
+    tok.save(served / TOKENIZER_FILE)
+    weights = np.random.default_rng(4).integers(1, 100, n + 1).astype(np.float64)
+    weight, beam = 8.0, 4
+    top = top_prior_items(weights, tok.path_to_item(), 6)
+    save_decoding(served, trie_normalized, weights, weight, top)
+    np.testing.assert_array_equal(load_prior_candidates(served), top)
+    retriever = OnnxGraceRetriever(served)
+    prior = PriorStep(None, retriever.trie, prefix_log_mass(retriever.path_to_item, weights), weight)
+    joined = prior_candidates(top, weights, retriever.path_to_item, weight, tok.item_paths)
+    allowed = trie_allowed_tokens(tok.item_paths, model.cfg.vocab_size) if trie_normalized else None
+    rng = np.random.default_rng(6)
+    requests = []
+    for events, exclude in ((4, None), (2, {int(top[0]), int(top[2])}), (3, None)):
+        enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))
+        requests.append((enc, np.zeros(len(enc), np.int64), np.arange(len(enc)), exclude))
+    changed = False
+    for (items, scores), (enc, jid, jpos, exclude) in zip(retriever.batch(requests, beam), requests):
+        ref_items, ref_scores = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, beam,
+                                               exclude, trie_normalized, allowed=allowed, prior=prior,
+                                               prior_top=joined)
+        np.testing.assert_array_equal(items, ref_items)
+        np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
+        assert not exclude or not set(items.tolist()) & exclude
+        beam_only, _ = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, beam, exclude,
+                                      trie_normalized, prior=prior)
+        changed |= not np.array_equal(beam_only, ref_items)
+    assert changed
+
+
 def test_a_jsa_encoder_export_serves_its_longest_history(tmp_path):
     """The encoder is traced on short histories (one or two JSA blocks); the exported graph must still serve
     the longest history the model takes (many blocks). A 256-event build once shipped an encoder whose shape

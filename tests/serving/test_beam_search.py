@@ -297,3 +297,33 @@ def test_popularity_prior_adds_weight_times_log_prior_to_every_path(tok, trie, p
     heavy = PriorStep(None, trie, log_mass, 1e6)  # a wide beam then ranks by the prior alone
     top, _ = constrained_beam_search(heavy.over(make_step(f)), trie, p2i, wide)
     assert (np.diff(weights[top]) <= 0).all()
+
+
+@pytest.mark.parametrize("trie_normalized", [False, True])
+def test_score_paths_gives_each_candidate_the_score_the_search_gives_its_path(tok, trie, p2i, trie_normalized):
+    """Teacher-forced scoring (what the popularity prior's candidates get): per request, lists of different
+    lengths, each item scored as a catalog-wide batched search scores it, prior included."""
+    from serving.grace.beam_search import TrieIndex, batched_beam_search, score_paths, top_prior_items
+
+    index = TrieIndex(trie, p2i)
+    weights = np.random.default_rng(1).integers(1, 50, tok.num_items + 1).astype(np.float64)
+    bias = index.edge_prior(weights, 2.0)
+    fs = [random_log_probs(tok.vocab_size, seed) for seed in (5, 6, 7)]
+    wide = batched_beam_search(batched_run(fs)[0], np.zeros((1, 1, 1, 1, 0, 1), np.float32), index, tok.num_items,
+                               [None] * 3, trie_normalized=trie_normalized, edge_bias=bias)
+    want = [dict(zip(items.tolist(), scores.tolist())) for items, scores in wide]
+    candidates = [np.array([3, 1, 150], np.int64), np.array([7], np.int64), top_prior_items(weights, p2i, 9)]
+    got = score_paths(batched_run(fs)[0], np.zeros((1, 1, 1, 1, 0, 1), np.float32), index, candidates,
+                      trie_normalized=trie_normalized, edge_bias=bias)
+    for items, scores, table in zip(candidates, got, want):
+        assert scores.shape == items.shape
+        np.testing.assert_allclose(scores, [table[i] for i in items.tolist()], rtol=1e-5)
+
+
+def test_top_prior_items_are_the_heaviest_catalog_items_ties_to_the_smaller_id(p2i):
+    from serving.grace.beam_search import top_prior_items
+
+    weights = np.ones(len(p2i) + 1)
+    weights[[9, 4, 30]] = [5.0, 7.0, 5.0]
+    weights[0] = 1e9  # index 0 is no item
+    assert top_prior_items(weights, p2i, 4).tolist() == [4, 9, 30, 1]

@@ -85,11 +85,3 @@ def test_the_priors_top_items_join_the_beam_and_every_candidate_is_scored_exactl
                            prior_top=joined.prior_top)
         assert a[0].tolist() == b[0].tolist()
         np.testing.assert_allclose(a[1], b[1], atol=1e-4)
-
-
-def test_a_build_refuses_prior_candidates_the_served_search_lacks():
-    from exporters.config import load_config
-
-    with pytest.raises(ValueError, match="popularity_prior_candidates"):
-        load_config(None, ["grace.model.popularity_prior_days=30", "grace.model.popularity_prior_candidates=10"])
-    load_config(None, ["grace.model.popularity_prior_days=30"])  # the prior alone is served

@@ -206,7 +206,9 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
-PAIRED_REFERENCE = "sasrec"  # the model every other one is compared with, user by user
+# The models every other one is compared with, user by user: the learned baseline, and the recent popularity
+# that a time split rewards (a report pairs against each one it holds).
+PAIRED_REFERENCES = ("sasrec", "pop30")
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 2000, 0
 
 
@@ -218,16 +220,16 @@ def _per_user(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return hit.mean(axis=0), gain.mean(axis=0)
 
 
-def paired_differences(records: list[dict], reference: str = PAIRED_REFERENCE) -> list[dict]:
-    """Per dataset, each model's HR@10 / NDCG@10 minus the reference's on the same users (per-user values
-    averaged over each model's seeds), with a 95% bootstrap interval over users: whether a difference in the
-    table is larger than what the choice of evaluated users alone would move. Models (or runs) without
+def paired_differences(records: list[dict], references: tuple[str, ...] = PAIRED_REFERENCES) -> list[dict]:
+    """Per dataset and reference, each model's HR@10 / NDCG@10 minus the reference's on the same users (per-user
+    values averaged over each model's seeds), with a 95% bootstrap interval over users: whether a difference in
+    the table is larger than what the choice of evaluated users alone would move. Models (or runs) without
     per-user ranks are left out."""
     out = []
     by_key: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         by_key.setdefault((r["dataset"], r["model"]), []).append(r)
-    for (dataset, model), runs in by_key.items():
+    for reference, ((dataset, model), runs) in ((ref, key) for ref in references for key in by_key.items()):
         ref = by_key.get((dataset, reference))
         if model == reference or not ref or any("target_ranks" not in r for r in runs + ref):
             continue
@@ -245,17 +247,17 @@ def paired_differences(records: list[dict], reference: str = PAIRED_REFERENCE) -
 
 
 def render_paired(paired: list[dict]) -> list[str]:
-    if not paired:
-        return []
-    reference = paired[0]["reference"]
-    lines = ["", f"### Paired against `{reference}`", "",
-             f"Each model minus `{reference}` on the same evaluated users (each user's HR@10 / NDCG@10 averaged over "
-             f"a model's seeds), with the 95% interval of {BOOTSTRAP_SAMPLES} bootstrap resamples of the users: an "
-             "interval that contains 0 is a difference the choice of users alone could make.", "",
-             "| model | users | ΔHR@10 [95% interval] | ΔNDCG@10 [95% interval] |", "|---|---:|---|---|"]
-    for r in paired:
-        cells = [f"{r[m][0]:+.4f} [{r[m][1]:+.4f}, {r[m][2]:+.4f}]" for m in ("hr@10", "ndcg@10")]
-        lines.append(f"| {r['model']} | {r['users']} | " + " | ".join(cells) + " |")
+    lines = []
+    for reference in dict.fromkeys(r["reference"] for r in paired):  # a section per reference, in order
+        lines += ["", f"### Paired against `{reference}`", "",
+                  f"Each model minus `{reference}` on the same evaluated users (each user's HR@10 / NDCG@10 averaged "
+                  f"over a model's seeds), with the 95% interval of {BOOTSTRAP_SAMPLES} bootstrap resamples of the "
+                  "users: an interval that contains 0 is a difference the choice of users alone could make.", "",
+                  "| model | users | ΔHR@10 [95% interval] | ΔNDCG@10 [95% interval] |", "|---|---:|---|---|"]
+        for r in paired:
+            if r["reference"] == reference:
+                cells = [f"{r[m][0]:+.4f} [{r[m][1]:+.4f}, {r[m][2]:+.4f}]" for m in ("hr@10", "ndcg@10")]
+                lines.append(f"| {r['model']} | {r['users']} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -87,6 +87,13 @@ def test_paired_differences_by_hand():
     assert ev.paired_differences([{k: v for k, v in r.items() if k != "target_ranks"} for r in ref + mine]) == []
     text = "\n".join(ev.render_paired([clear]))
     assert "Paired against `sasrec`" in text and "| m | 200 | +0.5000 [" in text
+    # Each reference the records hold gets its section: here pop30 too, compared with sasrec and m.
+    both = ev.paired_differences(many + [run("pop30", 0, [0] * 50 + [-1] * 150)])
+    assert [(r["reference"], r["model"]) for r in both] == [("sasrec", "m"), ("sasrec", "pop30"),
+                                                              ("pop30", "sasrec"), ("pop30", "m")]
+    text = "\n".join(ev.render_paired(both))
+    assert text.index("Paired against `sasrec`") < text.index("Paired against `pop30`")
+    assert "| m | 200 | +0.2500 [" in text.split("Paired against `pop30`")[1]
 
 
 def test_eval_subsample_and_registry():

@@ -21,7 +21,7 @@ class OnnxRanker:
         # An export whose history length is dynamic takes a batch's real columns only (padding in front scores
         # the same there); an older one fixes the width, and gets it.
         width = self.session.get_inputs()[0].shape[1]
-        self.fixed_width = width if isinstance(width, int) else None
+        self.fixed_width = width if isinstance(width, int) and width > 0 else None  # -1: dynamic (native config)
 
     def __call__(self, hist_items: np.ndarray, hist_behaviors: np.ndarray, cand_items: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -19,16 +19,22 @@ class OnnxSasrec:
     def __init__(self, directory: Path):
         self.session = session(Path(directory) / SASREC_FILE)
         width = self.session.get_inputs()[0].shape[1]
-        # An export with a dynamic length takes any T <= max_len (its metadata); an older one fixes T = max_len.
-        self.fixed_length = isinstance(width, int)
-        self.max_len = width if self.fixed_length else int(
-            self.session.get_modelmeta().custom_metadata_map[SASREC_MAX_LEN_KEY])
+        # An export with a dynamic length (a name in ONNX Runtime, -1 in a native model's config) takes any
+        # T <= max_len (its metadata); an older one fixes T = max_len.
+        self.fixed_length = isinstance(width, int) and width > 0
+        if self.fixed_length:
+            self.max_len = width
+        else:  # through BLS (the gpu rendering) there is no metadata: the request limits bound the history to
+            # max_history, which a build makes the model's window
+            meta = self.session.get_modelmeta() if hasattr(self.session, "get_modelmeta") else None
+            self.max_len = int(meta.custom_metadata_map[SASREC_MAX_LEN_KEY]) if meta is not None else None
 
     def scores(self, hist_items: np.ndarray) -> np.ndarray:
         """[B, L] right-aligned histories -> next-item scores [B, N] (column j is item j + 1); a history longer
         than the model's window keeps its newest max_len events. Columns that are padding in every row are not
         sent (padding in front changes no real event's state), so short histories cost what their length does."""
-        items = np.asarray(hist_items, np.int64)[:, -self.max_len:]
+        items = np.asarray(hist_items, np.int64)
+        items = items[:, -self.max_len:] if self.max_len else items
         if self.fixed_length:
             items = np.pad(items, ((0, 0), (self.max_len - items.shape[1], 0)))
         else:

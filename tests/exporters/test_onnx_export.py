@@ -369,23 +369,39 @@ def test_batched_served_retrieval_equals_the_torch_reference_per_request(grace_e
             np.testing.assert_allclose(scores, ref_scores, atol=5 * PARITY_TOLERANCE)
 
 
+def _served_grace(out, tmp_path, n: int):
+    """A copy of the exported GRACE folder with a small tokenizer of n items: (folder, tokenizer)."""
+    import shutil
+
+    from serving.grace.history import TOKENIZER_FILE
+
+    served = tmp_path / "grace"
+    shutil.copytree(out, served)
+    tok = _small_tokenizer(np.random.default_rng(0), n)
+    tok.save(served / TOKENIZER_FILE)
+    return served, tok
+
+
+def _grace_requests(tok, rng, n: int, spec) -> list:
+    """(tokens, journey ids, journey positions, excluded items) per (events, exclude) of spec: one journey each."""
+    requests = []
+    for events, exclude in spec:
+        enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))
+        requests.append((enc, np.zeros(len(enc), np.int64), np.arange(len(enc)), exclude))
+    return requests
+
+
 def test_served_retrieval_with_a_popularity_prior_equals_the_torch_reference(grace_export, tmp_path):
     """A build that chose a popularity prior writes its item weights and weight beside the decoding settings;
     the served search (a bias per trie edge of the batched search) finds what the torch reference
     finds with the same prior, and the prior changes the answer."""
-    import shutil
-
     from models.grace.recommender import grace_retrieve
     from serving.grace.beam_search import PriorStep, prefix_log_mass
-    from serving.grace.history import TOKENIZER_FILE
     from serving.grace.retriever import PRIOR_FILE, OnnxGraceRetriever, load_prior, save_decoding
 
     model, out, _ = grace_export
-    served = tmp_path / "grace"
-    shutil.copytree(out, served)
     n = 40
-    tok = _small_tokenizer(np.random.default_rng(0), n)
-    tok.save(served / TOKENIZER_FILE)
+    served, tok = _served_grace(out, tmp_path, n)
     weights = np.random.default_rng(3).integers(1, 100, n + 1).astype(np.float64)
     save_decoding(served, False, weights, 0.0)  # weight 0: no prior written
     assert load_prior(served) is None and not (served / PRIOR_FILE).exists()
@@ -395,12 +411,7 @@ def test_served_retrieval_with_a_popularity_prior_equals_the_torch_reference(gra
     assert weight == 2.0
     retriever = OnnxGraceRetriever(served)
     prior = PriorStep(None, retriever.trie, prefix_log_mass(retriever.path_to_item, weights), 2.0)
-    rng = np.random.default_rng(5)
-    requests = []
-    for events, exclude in ((4, None), (2, {3, 5})):
-        enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))
-        journey_ids = np.zeros(len(enc), np.int64)
-        requests.append((enc, journey_ids, np.arange(len(enc)), exclude))
+    requests = _grace_requests(tok, np.random.default_rng(5), n, ((4, None), (2, {3, 5})))
     changed = False
     for (items, scores), (enc, jid, jpos, exclude) in zip(retriever.batch(requests, 6), requests):
         ref_items, ref_scores = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, 6,
@@ -417,19 +428,13 @@ def test_served_prior_candidates_equal_the_torch_reference(grace_export, tmp_pat
     """With popularity_prior_candidates the build lists the prior's top items; the served retriever scores the
     union of each request's beam items and those (teacher-forced decoder steps, score_paths) as the torch
     reference does (grace_retrieve with prior_top), exclusions honoured, and the candidates change the answer."""
-    import shutil
-
     from models.grace.recommender import grace_retrieve, prior_candidates, trie_allowed_tokens
     from serving.grace.beam_search import PriorStep, prefix_log_mass, top_prior_items
-    from serving.grace.history import TOKENIZER_FILE
     from serving.grace.retriever import OnnxGraceRetriever, load_prior_candidates, save_decoding
 
     model, out, _ = grace_export
-    served = tmp_path / "grace"
-    shutil.copytree(out, served)
     n = 40
-    tok = _small_tokenizer(np.random.default_rng(0), n)
-    tok.save(served / TOKENIZER_FILE)
+    served, tok = _served_grace(out, tmp_path, n)
     weights = np.random.default_rng(4).integers(1, 100, n + 1).astype(np.float64)
     weight, beam = 8.0, 4
     top = top_prior_items(weights, tok.path_to_item(), 6)
@@ -439,11 +444,8 @@ def test_served_prior_candidates_equal_the_torch_reference(grace_export, tmp_pat
     prior = PriorStep(None, retriever.trie, prefix_log_mass(retriever.path_to_item, weights), weight)
     joined = prior_candidates(top, weights, retriever.path_to_item, weight, tok.item_paths)
     allowed = trie_allowed_tokens(tok.item_paths, model.cfg.vocab_size) if trie_normalized else None
-    rng = np.random.default_rng(6)
-    requests = []
-    for events, exclude in ((4, None), (2, {int(top[0]), int(top[2])}), (3, None)):
-        enc = tok.event_tokens(rng.integers(1, n + 1, size=events), rng.integers(1, 5, size=events))
-        requests.append((enc, np.zeros(len(enc), np.int64), np.arange(len(enc)), exclude))
+    requests = _grace_requests(tok, np.random.default_rng(6), n,
+                               ((4, None), (2, {int(top[0]), int(top[2])}), (3, None)))
     changed = False
     for (items, scores), (enc, jid, jpos, exclude) in zip(retriever.batch(requests, beam), requests):
         ref_items, ref_scores = grace_retrieve(model, retriever.trie, retriever.path_to_item, enc, jid, jpos, beam,

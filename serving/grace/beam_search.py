@@ -217,6 +217,28 @@ class TrieIndex:
 BatchedRunFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+def _edges_out(index: "TrieIndex", nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trie edges leaving each of `nodes`, one run per node in order: (the position in `nodes` each edge
+    leaves from, the edge ids, the run lengths)."""
+    starts = index.offsets[nodes]
+    counts = index.offsets[nodes + 1] - starts
+    owner = np.repeat(np.arange(len(nodes)), counts)
+    edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+    return owner, edge, counts
+
+
+def _runs_logsumexp(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """logsumexp of each consecutive run of `values` (run lengths `counts`); 0 for an empty run."""
+    out = np.zeros(len(counts))
+    has = counts > 0
+    if has.any():
+        starts = (np.cumsum(counts) - counts)[has]
+        top = np.maximum.reduceat(values, starts)
+        owner = np.repeat(np.arange(len(starts)), counts[has])
+        out[has] = top + np.log(np.add.reduceat(np.exp(values - top[owner]), starts))
+    return out
+
+
 def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, beam_width: int,
                         excludes: "list[set[int] | None]", level_offsets: "np.ndarray | None" = None,
                         trie_normalized: bool = False, edge_bias: "np.ndarray | None" = None
@@ -243,20 +265,11 @@ def batched_beam_search(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieI
     for depth in range(index.path_length):
         log_probs, present = run(last, np.ascontiguousarray(past))
         first_token = 0 if level_offsets is None else int(level_offsets[depth])  # the token of column 0
-        starts = index.offsets[nodes]
-        counts = index.offsets[nodes + 1] - starts
-        beam = np.repeat(np.arange(len(nodes)), counts)
-        edge = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+        beam, edge, counts = _edges_out(index, nodes)
         child, token, owner = index.child_node[edge], index.child_token[edge], request[beam]
         step_lp = log_probs[rows[beam], token - first_token].astype(np.float64)
-        if trie_normalized:  # every beam's children are one run of the edges: a segmented logsumexp
-            has = counts > 0
-            starts_of = (np.cumsum(counts) - counts)[has]
-            top = np.zeros(len(nodes))
-            top[has] = np.maximum.reduceat(step_lp, starts_of)
-            lse = np.zeros(len(nodes))
-            lse[has] = top[has] + np.log(np.add.reduceat(np.exp(step_lp - top[beam]), starts_of))
-            step_lp = step_lp - lse[beam]
+        if trie_normalized:  # every beam's children are one run of the edges
+            step_lp = step_lp - _runs_logsumexp(step_lp, counts)[beam]
         if edge_bias is not None:
             step_lp = step_lp + edge_bias[edge]
         score = scores[beam] + step_lp
@@ -315,12 +328,9 @@ def score_paths(run: BatchedRunFn, empty_cache: np.ndarray, index: TrieIndex, ca
         token = index.child_token[edge]
         step_lp = log_probs[np.arange(rows), token - first_token].astype(np.float64)
         if trie_normalized:  # over the children of the node the path leaves, as the search renormalises
-            starts, counts = index.offsets[nodes], index.offsets[nodes + 1] - index.offsets[nodes]
-            row = np.repeat(np.arange(rows), counts)
-            children = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+            row, children, counts = _edges_out(index, nodes)
             child_lp = log_probs[row, index.child_token[children] - first_token].astype(np.float64)
-            top = np.maximum.reduceat(child_lp, np.cumsum(counts) - counts)
-            step_lp = step_lp - (top + np.log(np.add.reduceat(np.exp(child_lp - top[row]), np.cumsum(counts) - counts)))
+            step_lp = step_lp - _runs_logsumexp(child_lp, counts)
         if edge_bias is not None:
             step_lp = step_lp + edge_bias[edge]
         scores += step_lp

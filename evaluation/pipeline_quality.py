@@ -96,7 +96,7 @@ def served_steps(client, repository: Path) -> dict:
     from serving.steps import IMPLEMENTATIONS  # noqa: PLC0415
 
     steps = {step.name: RemoteStep(client, step) for step in graph.RECOMMEND.steps}
-    limits = ServingLimits(**json.loads((repository / MANIFEST).read_text())["limits"])
+    limits = ServingLimits.from_dict(json.loads((repository / MANIFEST).read_text())["limits"])
     steps[graph.RANK.name] = IMPLEMENTATIONS[graph.RANK.name].create(repository / graph.RANK.name / "1", limits)
     return steps
 

@@ -94,35 +94,52 @@ def _throughput_long() -> str:
             "ones.\n\n" + render(result))
 
 
-def _queue_delay() -> str:
-    """The dynamic batcher's delay, chosen by measurement: each run's points side by side, then the median per
-    variant."""
-    data = _load("queue_delay.json")
-    cells = [("recommend", 1), ("recommend", 4), ("recommend", 16), ("score_ads", 1)]
-    lines = ["# Dynamic batching delay: side-by-side perf_analyzer sweeps", "", data["what"] + ".", ""]
+def _variant_sweeps(name: str, title: str, cells: list[tuple[str, int]], tail: bool) -> str:
+    """Side-by-side perf_analyzer sweeps of one build's variants (loadtests.queue_delay): each run's points, then
+    the median per variant; `tail`: p99 beside p50."""
+    data = _load(f"{name}.json")
+    lines = [f"# {title}: side-by-side perf_analyzer sweeps", "", data["what"] + ".", ""]
     lines += [f"- `{key}`: {text}" for key, text in data["variants"].items()]
-    lines += ["", "| variant | run | " + " | ".join(f"{m} c{c} req/s, p50 ms" for m, c in cells) + " |",
+    unit = "req/s, p50, p99 ms" if tail else "req/s, p50 ms"
+
+    def cell(p: dict) -> str:
+        return f"{p['req_per_s']:.1f}, {p['p50_ms']:.1f}" + (f", {p['p99_ms']:.1f}" if tail else "")
+
+    lines += ["", "| variant | run | " + " | ".join(f"{m} c{c} {unit}" for m, c in cells) + " |",
               "|---" * (2 + len(cells)) + "|"]
     by_variant: dict[str, list[dict]] = {}
     for run in data["runs"]:
         points = {(p["model"], p["concurrency"]): p for p in run["result"]["points"]}
         by_variant.setdefault(run["variant"], []).append(points)
         lines.append(f"| {run['variant']} | {run['result']['date']} | " + " | ".join(
-            f"{points[c]['req_per_s']:.1f}, {points[c]['p50_ms']:.1f}" if c in points and points[c]["p50_ms"]
-            else "" for c in cells) + " |")
+            cell(points[c]) if c in points and points[c]["p50_ms"] else "" for c in cells) + " |")
     lines += ["", "Median over the runs:", "", "| variant | runs | " + " | ".join(f"{m} c{c}" for m, c in cells) + " |",
               "|---" * (2 + len(cells)) + "|"]
     for variant, runs in by_variant.items():
         row = []
         for c in cells:
             have = [r[c] for r in runs if c in r and r[c]["p50_ms"]]
+            p99 = f", p99 {np.median([p['p99_ms'] for p in have]):.2f} ms" if tail and have else ""
             row.append(f"{np.median([p['req_per_s'] for p in have]):.1f} req/s, p50 "
-                       f"{np.median([p['p50_ms'] for p in have]):.2f} ms" if have else "")
+                       f"{np.median([p['p50_ms'] for p in have]):.2f} ms{p99}" if have else "")
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(row) + " |")
     first = data["runs"][0]["result"]
     lines += ["", f"Each run: `{first['command']}` (the server restarted on the variant's repository), "
                   f"{first['machine']}."]
     return "\n".join(lines) + "\n"
+
+
+def _queue_delay() -> str:
+    """The dynamic batcher's delay, chosen by measurement."""
+    return _variant_sweeps("queue_delay", "Dynamic batching delay",
+                           [("recommend", 1), ("recommend", 4), ("recommend", 16), ("score_ads", 1)], tail=False)
+
+
+def _queue_policy() -> str:
+    """With and without a queue policy on the steps (serving/configs.py: _queue)."""
+    return _variant_sweeps("queue_policy", "Queue policy on the steps",
+                           [("recommend", 1), ("recommend", 4), ("recommend", 16), ("score_ads", 1),
+                            ("score_ads", 4)], tail=True)
 
 
 def _perf_sweep() -> str:
@@ -414,6 +431,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "load_latency": _latency,
     "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
     "queue_delay": _in_benchmarks("queue_delay", _queue_delay),
+    "queue_policy": _in_benchmarks("queue_policy", _queue_policy),
     "soak": _soak,
     "grace_quality": _grace_section,
     "grace_sim": _in_benchmarks("grace_sim", lambda: _grace("grace_sim")),
@@ -454,6 +472,7 @@ FILES: dict[str, Callable[[], str]] = {
     "throughput_long.md": _throughput_long,
     "perf_sweep.md": _perf_sweep,
     "queue_delay.md": _queue_delay,
+    "queue_policy.md": _queue_policy,
     "clip.md": _clip,
     "ctr.md": _ctr,
     "ann_sweep.md": _ann_sweep,

@@ -131,7 +131,7 @@ def refit(repository: Path) -> dict:
     from serving.contract import BUILD_MANIFEST  # noqa: PLC0415
 
     manifest = json.loads((repository / BUILD_MANIFEST).read_text())
-    config, limits = from_dict(manifest["config"]), ServingLimits(**manifest["limits"])
+    config, limits = from_dict(manifest["config"]), ServingLimits.from_dict(manifest["limits"])
     data = build_data_of(config)
     split = leave_last_out(data.sequences(), limits.max_history, validation=True)
     valid = split.valid.subset(np.arange(min(config.grace.valid_users, len(split.valid))))

@@ -44,7 +44,7 @@ def in_process_pipeline(repository: Path):
     """recommend's steps from the repository's own files, run in graph order by the served step classes."""
     from serving.steps import IMPLEMENTATIONS  # noqa: PLC0415 (the benchmark's in-process side only)
 
-    limits = ServingLimits(**json.loads((repository / BUILD_MANIFEST).read_text())["limits"])
+    limits = ServingLimits.from_dict(json.loads((repository / BUILD_MANIFEST).read_text())["limits"])
     seconds: dict[str, list[float]] = {step.name: [] for step in graph.RECOMMEND.steps}
 
     def timed(name, run):

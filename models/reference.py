@@ -84,7 +84,7 @@ class ReferencePipeline:
     def __init__(self, repository: Path):
         repository = Path(repository)
         manifest = json.loads((repository / MANIFEST).read_text())
-        self.limits = ServingLimits(**manifest["limits"])
+        self.limits = ServingLimits.from_dict(manifest["limits"])
         self.steps = {step.name: TORCH_STEPS.get(step.name, IMPLEMENTATIONS[step.name]).create(
             repository / step.name / "1", self.limits) for step in graph.RECOMMEND.steps}
         self.top_category = self.steps[graph.RANK.name].top_category

@@ -55,13 +55,15 @@ def _publish(config: pb.ModelConfig, published: tuple[tuple[str, str], ...], lim
         config.parameters[key].string_value = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
 
 
-def _queue(config: pb.ModelConfig, queue_delay_us: int, limits: ServingLimits) -> None:
+def _queue(config: pb.ModelConfig, queue_delay_us: int) -> None:
+    """Dynamic batching with no queue policy. A policy (a queue timeout or size bound) turns off tritonserver's
+    payload prefetching, and its batcher then waits for the instance to ask for work: when the instance's last
+    batch completes, the batcher is woken before the instance is back waiting, finds none waiting and sleeps its
+    fixed 500 ms (core's dynamic_batch_scheduler.cc: WaitForPayloadSlotAvailable, default_wait_microseconds).
+    Measured: score_ads at concurrency 1, 8-15 waits of ~520 ms in 3000 requests with the policy, none without
+    (docs/results/queue_policy.md). Overload is shed in front instead: nginx bounds the requests in flight
+    (serving/proxy.py), which bounds every step's queue as well."""
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    policy = config.dynamic_batching.default_queue_policy
-    policy.timeout_action = pb.ModelQueuePolicy.REJECT
-    policy.default_timeout_microseconds = limits.queue_timeout_ms * 1000
-    policy.allow_timeout_override = True  # a client's own (shorter) deadline applies in the queue too
-    policy.max_queue_size = limits.max_queue_size
 
 
 def step_config(step: Step, limits: ServingLimits, target: str = CPU) -> pb.ModelConfig:
@@ -70,7 +72,7 @@ def step_config(step: Step, limits: ServingLimits, target: str = CPU) -> pb.Mode
         _add_tensor(config.input, tensor, limits, is_input=True)
     for tensor in step.outputs:
         _add_tensor(config.output, tensor, limits, is_input=False)
-    _queue(config, step.batching.queue_delay_us, limits)
+    _queue(config, step.batching.queue_delay_us)
     config.instance_group.add(count=step.batching.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     config.parameters["limits"].string_value = limits.to_json()  # the scaffold reads every limit from here
     natives = gpu_graph.models_of(step) if target == GPU else ()
@@ -102,7 +104,7 @@ def native_config(model: gpu_graph.NativeModel, io: gpu_graph.NativeIO, sizes: g
         for tensor in tensors:
             field.add(name=tensor.name, data_type=pb.DataType.Value(f"TYPE_{tensor.dtype}"), dims=dims(tensor))
     if io.batched:
-        _queue(config, 100, limits)
+        _queue(config, 100)
     config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_GPU)
     if model.tensorrt and not plan:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")

@@ -29,10 +29,6 @@ class ServingLimits:
     max_campaigns: int = 256  # score_ads: campaigns per request
     ads_max_history: int = 50  # score_ads: events per request (the CTR features' window)
     max_clip_rows: int = 64  # clip_embed: images/texts per request
-    # Every step's queue is bounded: a request that waits longer than queue_timeout_ms, or finds max_queue_size
-    # requests ahead of it, is refused at once (UNAVAILABLE) instead of hanging behind a stalled step.
-    queue_timeout_ms: int = 5000
-    max_queue_size: int = 256
     tokens_per_event: int = 9  # GRACE tokens per history event (behaviour + item path); the build sets it
     # Set by the build from the dataset, published for clients: behaviour code i+1 is event_names[i]; category
     # filter index i is category_names[i] (the dataset's top-level categories, sorted); a few valid item ids
@@ -66,7 +62,16 @@ class ServingLimits:
 
     @classmethod
     def from_json(cls, text: str) -> "ServingLimits":
-        return cls(**json.loads(text))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ServingLimits":
+        """Limits as a build wrote them; a key this code does not know means another version built them."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"serving limits {unknown} are unknown to this code: the model repository was built by "
+                             "another version of the code; rebuild it (python -m exporters.build_repository)")
+        return cls(**values)
 
 
 def behavior_code(event_names: tuple[str, ...], name: str) -> int | None:

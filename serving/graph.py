@@ -71,12 +71,7 @@ class Batching:
     # False: one user per request, the batch dimension is 1. True: the request's rows are its batch
     # (clip_embed embeds up to max_clip_rows creatives per request).
     rows_are_batch: bool = False
-    # Stub processes serving the step side by side (each runs one batch at a time on one core). With one, a request
-    # now and then waits ~0.5 s in tritonserver's queue although the instance is idle (score_ads at concurrency 1:
-    # 19 waits of ~520 ms in 3000 requests; none with two instances), the tail behind recommend's p99 at 16
-    # clients. Two instances of every step removed it in the benchmarks (perf_sweep c16 p99 586 -> 78 ms), but a
-    # CI run with them saw the test server's models reloaded in a loop; until that is understood, only
-    # grace_retrieve runs two (as it long has).
+    # Stub processes serving the step side by side (each runs one batch at a time on one core).
     instances: int = 1
 
     def max_batch(self, limits) -> int:

@@ -42,7 +42,8 @@ from tritonclient.utils import InferenceServerException
 
 from serving import liveness
 from serving.contract import BUILD_MANIFEST, ServingLimits
-from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, NginxProxy, ProxyError, ProxySettings, render_config
+from serving.proxy import (DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_REQUEST_BYTES, NginxProxy, ProxyError, ProxySettings,
+                           render_config)
 
 # Passing this as `log_file` lets the server write straight to the launcher's stdout/stderr.
 INHERIT_OUTPUT = "-"
@@ -570,7 +571,7 @@ class TritonServer:
         probe them in a thread of their own. A repository without a build manifest (not built by this project)
         gets no probes: the stub-death watch still runs."""
         try:
-            limits = ServingLimits(**json.loads((self.model_repository / BUILD_MANIFEST).read_text())["limits"])
+            limits = ServingLimits.from_dict(json.loads((self.model_repository / BUILD_MANIFEST).read_text())["limits"])
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("no liveness probes: %s has no readable %s", self.model_repository, BUILD_MANIFEST)
             return
@@ -741,6 +742,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="largest request body accepted, enforced by nginx in front of tritonserver before any "
                              f"byte reaches it (default {DEFAULT_MAX_REQUEST_BYTES}); 0 serves without the proxy "
                              "and without a limit")
+    parser.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT,
+                        help="requests in flight per port that nginx lets through to tritonserver; more are refused "
+                             f"at once with UNAVAILABLE (HTTP 503) naming the limit (default {DEFAULT_MAX_INFLIGHT})")
     parser.add_argument("--no-watchdog", action="store_true",
                         help="do not reload a model whose python stub died or hung")
     parser.add_argument("--liveness-interval", type=float, default=2.0,
@@ -776,7 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra_args = [f"--log-verbose={args.log_verbose}"] if args.log_verbose else []
     extra_args += args.tritonserver_args
     tls = Tls(args.tls_cert, args.tls_key) if args.tls_cert else None
-    proxy = ProxySettings(max_request_bytes=args.max_request_bytes) if args.max_request_bytes > 0 else None
+    proxy = (ProxySettings(max_request_bytes=args.max_request_bytes, max_inflight=args.max_inflight)
+             if args.max_request_bytes > 0 else None)
     key_note = "admin APIs: open to anyone (--open-admin)"
     if args.open_admin:
         admin_key = ""
@@ -842,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if proxy else []),
                 f"  HTTP:    {http}",
                 f"  request size limit: {f'{proxy.max_request_bytes} bytes (nginx)' if proxy else 'none (--max-request-bytes 0)'}",
+                f"  requests in flight: {f'{proxy.max_inflight} per port (nginx)' if proxy else 'unbounded (no proxy)'}",
                 f"  metrics: {server.metrics_url}",
                 f"  {key_note}",
                 f"  models:  {', '.join(models) or '(none)'}",

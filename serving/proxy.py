@@ -1,10 +1,16 @@
 """nginx in front of tritonserver: a request-size limit enforced before a byte reaches the server or a python stub,
-connection and header timeouts, and TLS for gRPC and HTTP alike (tritonserver's own HTTP has no TLS).
+a bound on the requests in flight, connection and header timeouts, and TLS for gRPC and HTTP alike (tritonserver's
+own HTTP has no TLS).
 
 tritonserver has no setting for the largest request it accepts: it reads a 100 MB `item_ids` whole before a
 step rejects it, and the python stubs' shared memory grows to fit and never shrinks. nginx (Debian's
 nginx-light: http2 and grpc_pass) refuses a body over the limit while reading it, answering gRPC clients with
 status INVALID_ARGUMENT and a message naming the limit, and HTTP clients with 413.
+
+The bound on requests in flight is where overload is shed: a request beyond it is refused at once (gRPC
+UNAVAILABLE, HTTP 503, the message naming the limit) instead of queueing. The steps' own queues are not bounded
+in tritonserver (serving/configs.py says why), so this bound, counted per port (each HTTP/2 stream is a request),
+is also the most any step's queue can hold for requests that come through the proxy.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ SYSTEM_NGINX = "/usr/sbin/nginx"  # Debian's, outside PATH for non-root users
 # Idle connections to tritonserver each nginx worker keeps open (per upstream): above the concurrency a pod
 # serves, so a burst does not open and close connections.
 UPSTREAM_KEEPALIVE = 64
+# Requests in flight per port: ~1 s of work at the measured capacity of a 2-core pod (~300 recommend/s).
+DEFAULT_MAX_INFLIGHT = 256
 
 
 class ProxyError(RuntimeError):
@@ -40,6 +48,7 @@ class ProxySettings:
     body_timeout_s: int = 10  # ... and at most this long between two reads of its body
     idle_timeout_s: int = 75  # an idle keep-alive connection is closed after this
     upstream_timeout_s: int = 60  # the longest a request may wait for tritonserver's answer
+    max_inflight: int = DEFAULT_MAX_INFLIGHT  # requests in flight per port; more are refused (UNAVAILABLE / 503)
 
 
 def _mib(n: int) -> str:
@@ -61,6 +70,7 @@ def render_config(
     listen_host = f"[{host}]" if ":" in host else (host or "0.0.0.0")
     limit = settings.max_request_bytes
     message = f"request body is larger than the server limit of {_mib(limit)}"
+    busy = f"the server is at its limit of {settings.max_inflight} requests in flight; retry later"
     ssl = " ssl" if tls is not None else ""
     tls_lines = ""
     if tls is not None:
@@ -91,9 +101,14 @@ http {{
   client_header_timeout {settings.header_timeout_s}s;
   client_body_timeout {settings.body_timeout_s}s;
   keepalive_timeout {settings.idle_timeout_s}s;
+  # Requests in flight, counted per listening port (under HTTP/2 each stream counts as one).
+  limit_conn_zone $server_port zone=inflight:1m;
+  limit_conn_status 503;
+  limit_conn_log_level warn;
   server {{
     listen {listen_host}:{grpc_port}{ssl} http2;
-{tls_lines}    location / {{
+{tls_lines}    limit_conn inflight {settings.max_inflight};
+    location / {{
       grpc_pass grpc://triton_grpc;
       grpc_read_timeout {settings.upstream_timeout_s}s;
       grpc_send_timeout {settings.upstream_timeout_s}s;
@@ -106,10 +121,19 @@ http {{
       add_header grpc-message "{message}" always;
       return 200;
     }}
+    # Over the in-flight bound: status 14 (UNAVAILABLE), which clients retry.
+    error_page 503 = @busy;
+    location @busy {{
+      default_type application/grpc;
+      add_header grpc-status 14 always;
+      add_header grpc-message "{busy}" always;
+      return 200;
+    }}
   }}
   server {{
     listen {listen_host}:{http_port}{ssl};
-{tls_lines}    location / {{
+{tls_lines}    limit_conn inflight {settings.max_inflight};
+    location / {{
       proxy_pass http://triton_http;
       proxy_http_version 1.1;
       proxy_set_header Connection "";  # HTTP/1.1 keep-alive to the upstream (nginx sends "close" otherwise)
@@ -119,6 +143,11 @@ http {{
     location @too_large {{
       default_type application/json;
       return 413 '{{"error": "{message}"}}';
+    }}
+    error_page 503 = @busy;
+    location @busy {{
+      default_type application/json;
+      return 503 '{{"error": "{busy}"}}';
     }}
   }}
 }}

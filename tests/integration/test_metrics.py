@@ -67,7 +67,7 @@ class Delta:
 
 @pytest.fixture(scope="module")
 def limits(model_repository) -> ServingLimits:
-    return ServingLimits(**json.loads((model_repository / BUILD_MANIFEST).read_text())["limits"])
+    return ServingLimits.from_dict(json.loads((model_repository / BUILD_MANIFEST).read_text())["limits"])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""loadtests.queue_delay's variants: copies of a repository whose recommend steps batch with the given delay."""
+"""loadtests.queue_delay's variants: copies of a repository whose recommend steps batch with the given delay, or
+whose every step has a queue policy."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import re
 
 import pytest
 
-from loadtests.queue_delay import STEPS, variant_repository
+from loadtests.queue_delay import STEPS, policy_repository, variant_repository
+from serving.configs import validate
 
 
 def _repository(tmp_path, delay_line: str):
@@ -14,8 +16,9 @@ def _repository(tmp_path, delay_line: str):
     for step in (*STEPS, "score_ads"):
         (base / step / "1").mkdir(parents=True)
         (base / step / "1" / "model.py").write_text("# step\n")
-        (base / step / "config.pbtxt").write_text(f'name: "{step}"\ndynamic_batching {{\n{delay_line}'
-                                                  '  default_queue_policy {\n  }\n}\n')
+        (base / step / "config.pbtxt").write_text(f'name: "{step}"\ndynamic_batching {{\n{delay_line}}}\n')
+    (base / "recommend" / "1").mkdir(parents=True)
+    (base / "recommend" / "config.pbtxt").write_text('name: "recommend"\nplatform: "ensemble"\n')
     return base
 
 
@@ -38,3 +41,16 @@ def test_a_config_without_dynamic_batching_is_refused(tmp_path):
     (base / STEPS[0] / "config.pbtxt").write_text('name: "x"\n')
     with pytest.raises(SystemExit, match="no dynamic_batching"):
         variant_repository(base, 0, tmp_path)
+
+
+def test_policy_variant_adds_the_queue_policy_to_every_batching_step(tmp_path):
+    base = _repository(tmp_path, "  max_queue_delay_microseconds: 200\n")
+    out = policy_repository(base, tmp_path)
+    for step in (*STEPS, "score_ads"):
+        policy = validate((out / step / "config.pbtxt").read_text()).dynamic_batching.default_queue_policy
+        assert (policy.default_timeout_microseconds, policy.max_queue_size) == (5_000_000, 256), step
+        assert validate((out / step / "config.pbtxt").read_text()).dynamic_batching.max_queue_delay_microseconds == 200
+        assert "default_queue_policy" not in (base / step / "config.pbtxt").read_text()  # the build is left alone
+    assert (out / "recommend" / "config.pbtxt").read_text() == (base / "recommend" / "config.pbtxt").read_text()
+    with pytest.raises(SystemExit, match="already has a queue policy"):
+        policy_repository(out, tmp_path / "again")

@@ -1,10 +1,13 @@
 """The request-size limit: nginx in front of tritonserver refuses an oversized body while reading it (gRPC:
-INVALID_ARGUMENT naming the limit; HTTP: 413), and the largest valid request of every public model fits."""
+INVALID_ARGUMENT naming the limit; HTTP: 413), and the largest valid request of every public model fits. The
+bound on requests in flight: beyond it a request is refused at once (gRPC: UNAVAILABLE; HTTP: 503)."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 import ssl
 import urllib.error
 import urllib.request
@@ -18,7 +21,7 @@ from serving.launcher import Tls
 from serving.proxy import DEFAULT_MAX_REQUEST_BYTES, NginxProxy, ProxyError, ProxySettings
 from serving.steps import MAX_TEXT_BYTES
 
-from .test_launcher import add_one_repo, infer_add_one, make_server  # noqa: F401 - fixture
+from .test_launcher import add_one_repo, infer_add_one, make_server, write_model  # noqa: F401 - fixture
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 def _has_nginx() -> bool:
@@ -140,3 +143,76 @@ def test_the_proxy_keeps_its_upstream_connections_alive(add_one_repo):  # noqa: 
         client.close()
         # One connection per request (what nginx does without an upstream keepalive pool) would be 40.
         assert len(opened) <= 3, f"nginx opened {len(opened)} upstream connections for 40 requests"
+
+
+SLOW = """\
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.5 * len(requests))
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(
+            "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() + 1)]) for r in requests]
+"""
+
+
+@needs_nginx
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_requests_beyond_the_inflight_bound_are_refused_at_once(tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "slow", SLOW)
+    with make_server(repo, proxy=ProxySettings(max_inflight=2), log_file=None) as server:
+        outcomes: list[tuple[str, float, str]] = []
+        start = threading.Barrier(6)
+
+        def call(value: int) -> None:
+            client = grpcclient.InferenceServerClient(server.grpc_url)  # a connection each, a stream each
+            data = np.array([[value]], dtype=np.int64)
+            tensor = grpcclient.InferInput("INPUT0", list(data.shape), "INT64")
+            tensor.set_data_from_numpy(data)
+            start.wait()
+            began = time.perf_counter()
+            try:
+                client.infer("slow", [tensor], client_timeout=30)
+                outcomes.append(("ok", time.perf_counter() - began, ""))
+            except Exception as refused:  # noqa: BLE001 - the status is what the test reads
+                outcomes.append((refused.status(), time.perf_counter() - began, refused.message()))
+            client.close()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        # Six at once, one instance taking 0.5 s each: two are let through, the others refused without waiting.
+        assert sorted(o[0] for o in outcomes) == ["StatusCode.UNAVAILABLE"] * 4 + ["ok"] * 2, outcomes
+        for status, seconds, message in outcomes:
+            if status != "ok":
+                assert seconds < 0.4 and "limit of 2 requests in flight" in message, (seconds, message)
+        stats = server.client().get_inference_statistics("slow", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) == 2, "a refused request reached the server"
+
+        http = f"http://{server.http_url}/v2/models/slow/infer"  # HTTP: the same bound, 503 with the limit named
+        body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "INT64", "data": [1]}]}).encode()
+        answers: list[int] = []
+        start = threading.Barrier(5)
+
+        def post() -> None:
+            start.wait()
+            try:
+                answers.append(urllib.request.urlopen(http, body, timeout=30).status)
+            except urllib.error.HTTPError as refused:
+                assert "limit of 2 requests in flight" in refused.read().decode()
+                answers.append(refused.code)
+
+        threads = [threading.Thread(target=post) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(answers) == [200, 200, 503, 503, 503], answers

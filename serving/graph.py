@@ -67,6 +67,9 @@ class Tensor:
 @dataclasses.dataclass(frozen=True)
 class Batching:
     max_batch_size: int | str = 8  # an int, or a ServingLimits field
+    # The recommend steps' delay. Re-measured without the queue policy (docs/results/queue_delay.md, 3 alternated
+    # rounds): 0 instead of 200 us takes ~0.5 ms off the concurrency-1 p50 (6.36 -> 5.80 ms) and costs ~9% of
+    # throughput at 4 clients (270 -> 247 req/s), level at 16: a trade, not a win, so 200 stays.
     queue_delay_us: int = 200
     # False: one user per request, the batch dimension is 1. True: the request's rows are its batch
     # (clip_embed embeds up to max_clip_rows creatives per request).
@@ -192,8 +195,8 @@ SCORE_ADS = Step(
     inputs=(ITEM_IDS, BEHAVIORS, TIMESTAMPS, CAMPAIGN_IDS), outputs=(PCTR, MODEL_SOURCE),
     artifacts=(ADS_WEIGHTS_FILE, ADS_META_FILE, ITEM_IDS_FILE),
     # No batching delay: a request's own work is under a millisecond, and waiting 200 us for company cost ~0.5 ms
-    # at concurrency 1 (p50 2.16 -> 1.69 ms, medians of side-by-side sweeps: docs/results/queue_delay.md); the
-    # recommend steps keep 200 us, which bought throughput at 16 clients there (186 vs 159 req/s).
+    # at concurrency 1 (p50 2.16 -> 1.69 ms, medians of side-by-side sweeps: docs/results/queue_delay.md at commit
+    # 050411b, when the steps still had a queue policy).
     batching=Batching(queue_delay_us=0),
     published=(("num_items", "num_items"), ("max_history", "ads_max_history"), ("behaviors", "event_names"),
                ("example_item_ids", "example_item_ids"),

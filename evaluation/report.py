@@ -142,6 +142,13 @@ def _queue_policy() -> str:
                             ("score_ads", 4)], tail=True)
 
 
+def _ragged_batch() -> str:
+    """With and without ragged batching on the steps (serving/configs.py: step_config)."""
+    return _variant_sweeps("ragged_batch", "Ragged batching on the steps",
+                           [("recommend", 1), ("recommend", 4), ("recommend", 16), ("score_ads", 1),
+                            ("score_ads", 4)], tail=True)
+
+
 def _perf_sweep() -> str:
     from loadtests.perf_sweep import render  # noqa: PLC0415
 
@@ -432,6 +439,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
     "queue_delay": _in_benchmarks("queue_delay", _queue_delay),
     "queue_policy": _in_benchmarks("queue_policy", _queue_policy),
+    "ragged_batch": _in_benchmarks("ragged_batch", _ragged_batch),
     "soak": _soak,
     "grace_quality": _grace_section,
     "grace_sim": _in_benchmarks("grace_sim", lambda: _grace("grace_sim")),
@@ -473,6 +481,7 @@ FILES: dict[str, Callable[[], str]] = {
     "perf_sweep.md": _perf_sweep,
     "queue_delay.md": _queue_delay,
     "queue_policy.md": _queue_policy,
+    "ragged_batch.md": _ragged_batch,
     "clip.md": _clip,
     "ctr.md": _ctr,
     "ann_sweep.md": _ann_sweep,

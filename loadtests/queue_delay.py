@@ -1,12 +1,14 @@
 """The dynamic batcher's settings, chosen by measurement: perf_analyzer sweeps (loadtests.perf_sweep) of one build
-served with different max_queue_delay_microseconds on the recommend steps, or with and without a queue policy on
-every step, variants alternated round by round so that each sees the same machine state; evaluation.report
-renders docs/results/queue_delay.md and queue_policy.md from the results.
+served with different max_queue_delay_microseconds on the recommend steps, with and without a queue policy on
+every step, or with and without ragged batching, variants alternated round by round so that each sees the same
+machine state; evaluation.report renders docs/results/queue_delay.md, queue_policy.md and ragged_batch.md.
 
     python -m loadtests.queue_delay --repository model_repository --delays 200 0 --rounds 3 \
         --out docs/results/queue_delay.json
     python -m loadtests.queue_delay --repository model_repository --queue-policy --rounds 3 \
         --out docs/results/queue_policy.json
+    python -m loadtests.queue_delay --repository model_repository --ragged --rounds 3 \
+        --out docs/results/ragged_batch.json
 
 Each variant is a copy of the repository with the delay edited in its step configs; the server (serving.launcher,
 its defaults) restarts on it for every sweep. Ports 18101-18103 must be free.
@@ -69,6 +71,16 @@ def policy_repository(base: Path, where: Path) -> Path:
     return out
 
 
+def unragged_repository(base: Path, where: Path) -> Path:
+    """A copy of `base` whose steps batch only requests of equal input shapes (allow_ragged_batch removed)."""
+    out = where / "unragged"
+    shutil.copytree(base, out, symlinks=True)
+    for config in sorted(out.glob("*/config.pbtxt")):
+        text = config.read_text()
+        config.write_text(re.sub(r"\n\s*allow_ragged_batch: true", "", text))
+    return out
+
+
 def sweep(repository: Path, label: str, concurrency: list[int], interval_ms: int, out: Path,
           ads_concurrency: tuple[int, ...] = (1,)) -> dict:
     log = out.with_suffix(".server.log")
@@ -102,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-policy", action="store_true",
                         help="compare the build as it is with a copy whose every step has a queue policy "
                              "(instead of --delays)")
+    parser.add_argument("--ragged", action="store_true",
+                        help="compare the build as it is with a copy without ragged batching (instead of --delays)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--interval-ms", type=int, default=3000)
@@ -110,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m loadtests.queue_delay"] + (argv or sys.argv[1:]))
     with tempfile.TemporaryDirectory(prefix="queue-delay-") as tmp:
         where = Path(tmp)
-        if args.queue_policy:
+        if args.ragged:
+            repositories = {"a": args.repository, "b": unragged_repository(args.repository, where)}
+            variants = {"a": "as built: ragged batching (requests of any history length batch together)",
+                        "b": "allow_ragged_batch removed: only requests of equal input shapes batch together"}
+            what = (f"perf_analyzer sweeps of one build served as built and without ragged batching "
+                    f"(config.pbtxt edited in a copy), alternated round by round (`{command}`)")
+            ads = (1, 4)
+        elif args.queue_policy:
             repositories = {"a": args.repository, "b": policy_repository(args.repository, where)}
             variants = {"a": "as built: no queue policy (payload prefetching on)",
                         "b": "every step with the queue policy the build had before (REJECT after 5 s, at most 256 "

@@ -70,6 +70,13 @@ def step_config(step: Step, limits: ServingLimits, target: str = CPU) -> pb.Mode
     config = pb.ModelConfig(name=step.name, backend="python", max_batch_size=step.batching.max_batch(limits))
     for tensor in step.inputs:
         _add_tensor(config.input, tensor, limits, is_input=True)
+    if not step.batching.rows_are_batch:
+        # Requests of different history lengths batch together. Without this tritonserver batches only requests
+        # whose variable-length inputs have equal shapes (under load: smaller batches, more executions). A python step
+        # reads every request's own tensors, so nothing is padded or concatenated. Side by side (medians of 3
+        # rounds, docs/results/ragged_batch.md), recommend at 16 clients: 302 -> 425 req/s, p99 84 -> 62 ms.
+        for message in config.input:
+            message.allow_ragged_batch = -1 in message.dims
     for tensor in step.outputs:
         _add_tensor(config.output, tensor, limits, is_input=False)
     _queue(config, step.batching.queue_delay_us)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from loadtests.queue_delay import STEPS, policy_repository, variant_repository
+from loadtests.queue_delay import STEPS, policy_repository, unragged_repository, variant_repository
 from serving.configs import validate
 
 
@@ -54,3 +54,16 @@ def test_policy_variant_adds_the_queue_policy_to_every_batching_step(tmp_path):
     assert (out / "recommend" / "config.pbtxt").read_text() == (base / "recommend" / "config.pbtxt").read_text()
     with pytest.raises(SystemExit, match="already has a queue policy"):
         policy_repository(out, tmp_path / "again")
+
+
+def test_unragged_variant_drops_ragged_batching_only(tmp_path):
+    base = _repository(tmp_path, "  max_queue_delay_microseconds: 200\n")
+    for step in STEPS:
+        config = base / step / "config.pbtxt"
+        config.write_text('input {\n  name: "item_ids"\n  dims: -1\n  allow_ragged_batch: true\n}\n' + config.read_text())
+    out = unragged_repository(base, tmp_path)
+    for step in STEPS:
+        parsed = validate((out / step / "config.pbtxt").read_text())
+        assert [(i.name, list(i.dims), i.allow_ragged_batch) for i in parsed.input] == [("item_ids", [-1], False)]
+        assert parsed.dynamic_batching.max_queue_delay_microseconds == 200
+        assert validate((base / step / "config.pbtxt").read_text()).input[0].allow_ragged_batch  # left alone

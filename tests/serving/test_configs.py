@@ -92,6 +92,10 @@ def test_python_models_have_dynamic_batching_and_limits(parsed):
         # sleeps 500 ms with the instance idle (serving/configs.py: _queue). nginx bounds the load instead.
         assert not cfg.dynamic_batching.HasField("default_queue_policy"), name
         assert not cfg.dynamic_batching.priority_queue_policy, name
+        # Ragged batching: requests of different history lengths share a batch (each keeps its own tensors).
+        ragged = {i.name for i in cfg.input if i.allow_ragged_batch}
+        variable = {i.name for i in cfg.input if -1 in i.dims}
+        assert ragged == (set() if STEPS[name].batching.rows_are_batch else variable), name
         assert len(cfg.instance_group) == 1
         assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
         assert cfg.instance_group[0].count == STEPS[name].batching.instances >= 1  # as the graph declares

@@ -482,11 +482,15 @@ def benchmark_section(report: str, out: Path) -> str:
     return re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({out.parent.as_posix()}/{m.group(1)})", report)
 
 
+EACH_OWN = "each command's own (in brackets)"  # the commit of a report combined from runs at several commits
+
+
 def _commands_with_commit(meta: dict) -> dict:
     """A report's commands, each marked with the commit its runs trained at (reports combined from runs made at
     different commits keep each one's)."""
     commands = meta.get("commands") or [meta["command"]]
-    mark = f"  [commit {meta['commit']}]" if meta.get("commit") else ""
+    # A report already combined from several commits has its commands marked (EACH_OWN): nothing to add.
+    mark = f"  [commit {meta['commit']}]" if meta.get("commit") and meta["commit"] != EACH_OWN else ""
     return {**meta, "commands": [c if "[commit " in c else c + mark for c in commands]}
 
 
@@ -507,7 +511,7 @@ def combine(reports: list[Path], out: Path, command: str) -> tuple[dict, list[di
         meta, records = _merge({"meta": meta, "runs": records}, later["meta"], later["runs"])
     json_path = out.with_suffix(".json")
     meta = {**meta, "json": str(json_path), "commands": meta["commands"] + [command],
-            "commit": commits.pop() if len(commits) == 1 else "each command's own (in brackets)"}
+            "commit": commits.pop() if len(commits) == 1 else EACH_OWN}
     rows = aggregate(records)
     write_report(out, meta, records, rows)
     return meta, rows

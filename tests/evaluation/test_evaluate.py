@@ -162,6 +162,10 @@ def test_combine_reports_made_in_parallel(tmp_path):
     assert meta["commands"][1].startswith("cmd b") and meta["commands"][1].endswith("[commit abc1234]")
     assert "[commit " in meta["commands"][0] and "abc1234" not in meta["commands"][0]
     assert meta["commit"] == "each command's own (in brackets)"
+    # Combined again with a new run: the combined report's commands keep their own marks, nothing is added to them
+    # (a mark quoting EACH_OWN made the published block unparseable).
+    again, _ = ev.combine([tmp_path / "all.json", b.with_suffix(".json")], tmp_path / "again.md", "cmd again")
+    assert again["commands"][:3] == meta["commands"] and "in brackets)]" not in " ".join(again["commands"])
     other = tmp_path / "other.md"
     ev.evaluate(["sim"], ["mostpop"], [0], 20, dataclasses.replace(ev.QUICK_BUDGET, epochs=3), 50, other, "c", **kw)
     with pytest.raises(ValueError, match="budget"):

@@ -847,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if proxy else []),
                 f"  HTTP:    {http}",
                 f"  request size limit: {f'{proxy.max_request_bytes} bytes (nginx)' if proxy else 'none (--max-request-bytes 0)'}",
-                f"  requests in flight: {f'{proxy.max_inflight} per port (nginx)' if proxy else 'unbounded (no proxy)'}",
+                f"  requests in flight: {f'{proxy.max_inflight} per port (nginx)' if proxy else 'unbounded'}",
                 f"  metrics: {server.metrics_url}",
                 f"  {key_note}",
                 f"  models:  {', '.join(models) or '(none)'}",

@@ -60,7 +60,8 @@ def test_unragged_variant_drops_ragged_batching_only(tmp_path):
     base = _repository(tmp_path, "  max_queue_delay_microseconds: 200\n")
     for step in STEPS:
         config = base / step / "config.pbtxt"
-        config.write_text('input {\n  name: "item_ids"\n  dims: -1\n  allow_ragged_batch: true\n}\n' + config.read_text())
+        ragged_input = 'input {\n  name: "item_ids"\n  dims: -1\n  allow_ragged_batch: true\n}\n'
+        config.write_text(ragged_input + config.read_text())
     out = unragged_repository(base, tmp_path)
     for step in STEPS:
         parsed = validate((out / step / "config.pbtxt").read_text())

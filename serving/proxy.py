@@ -56,6 +56,18 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:g} MiB" if n % 2**20 == 0 else f"{n} bytes"
 
 
+def _grpc_error(http_status: int, name: str, grpc_status: int, message: str) -> str:
+    """nginx lines answering gRPC clients with `grpc_status` and `message` where nginx would send `http_status`."""
+    return f"""    error_page {http_status} = @{name};
+    location @{name} {{
+      default_type application/grpc;
+      add_header grpc-status {grpc_status} always;
+      add_header grpc-message "{message}" always;
+      return 200;
+    }}
+"""
+
+
 def render_config(
     *,
     workdir: Path,
@@ -114,23 +126,9 @@ http {{
       grpc_read_timeout {settings.upstream_timeout_s}s;
       grpc_send_timeout {settings.upstream_timeout_s}s;
     }}
-    # A gRPC answer, not an HTML page: trailers-only, status 3 (INVALID_ARGUMENT) naming the limit.
-    error_page 413 = @too_large;
-    location @too_large {{
-      default_type application/grpc;
-      add_header grpc-status 3 always;
-      add_header grpc-message "{message}" always;
-      return 200;
-    }}
-    # Over the in-flight bound: status 14 (UNAVAILABLE), which clients retry.
-    error_page 503 = @busy;
-    location @busy {{
-      default_type application/grpc;
-      add_header grpc-status 14 always;
-      add_header grpc-message "{busy}" always;
-      return 200;
-    }}
-  }}
+    # gRPC answers, not HTML pages: trailers-only, naming the limit. Too large: status 3 (INVALID_ARGUMENT); over
+    # the in-flight bound: status 14 (UNAVAILABLE), which clients retry.
+{_grpc_error(413, "too_large", 3, message)}{_grpc_error(503, "busy", 14, busy)}  }}
   server {{
     listen {listen_host}:{http_port}{ssl};
 {tls_lines}    limit_conn inflight {settings.max_inflight};

@@ -32,6 +32,7 @@ conversion event 3 when its name is not one of those.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from serving.contract import default_limit
 FEATURE_NAMES = ("leaf_affinity", "top_affinity", "brand_affinity", "item_interacted", "intent_leaf",
                  "intent_top", "price_match", "audience_category", "audience_price", "carted_leaf", "activity")
 NUM_FEATURES = len(FEATURE_NAMES)
+# The features that are one value of the profile looked up per campaign (leaf, top, brand affinity, the two
+# intents, carted_leaf): pair_features reads them in one gather (FeatureTables.campaign_slots).
+LOOKUP_FEATURES = (0, 1, 2, 4, 5, 9)
 # Behaviour weight by event name (the default vocabulary's); other names weigh 1, the conversion event 3.
 EVENT_WEIGHTS = {"view": 1.0, "add_to_cart": 2.0, "remove_from_cart": 0.5, "purchase": 3.0}
 STRONG_EVENTS = ("add_to_cart", "purchase")  # carted_leaf counts these and the conversion event
@@ -122,11 +126,43 @@ class FeatureTables:
         """Behaviour codes including padding (0)."""
         return len(self.behavior_weight)
 
-    # Per-campaign columns: the serving path gathers from them.
-    @property
+    # Per-campaign columns, gathered once (the tables are frozen): the serving path indexes them per request.
+    @functools.cached_property
     def campaign_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ci = self.campaign_item
         return self.item_leaf[ci], self.item_top[ci], self.item_brand[ci], self.item_log_price[ci]
+
+    @functools.cached_property
+    def lookup_sections(self) -> dict[str, int]:
+        """Where each of a profile's vectors starts in `Profiles.lookup` (see build_profiles), and its size."""
+        # top and bucket side by side: the audience features read them as one slice (LinearCtr)
+        sizes = {"leaf": self.num_leaves, "brand": self.num_brands, "top": self.num_tops,
+                 "bucket": self.num_buckets, "carted_leaf": self.num_leaves, "last_leaf": self.num_leaves,
+                 "last_top": self.num_tops, "zero": 1}
+        starts = np.cumsum([0] + list(sizes.values()))
+        return {**{name: int(start) for name, start in zip(sizes, starts)}, "size": int(starts[-1])}
+
+    @functools.cached_property
+    def item_slots(self) -> np.ndarray:
+        """int64 [N+1, 7]: where in a profile's lookup row an event of each item adds its share (leaf, top,
+        brand, bucket, carted_leaf), then where the newest event sets its intents (last_leaf, last_top)."""
+        at = self.lookup_sections
+        return np.stack([at["leaf"] + self.item_leaf, at["top"] + self.item_top, at["brand"] + self.item_brand,
+                         at["bucket"] + self.item_bucket, at["carted_leaf"] + self.item_leaf,
+                         at["last_leaf"] + self.item_leaf, at["last_top"] + self.item_top], axis=1).astype(np.int64)
+
+    @functools.cached_property
+    def campaign_slots(self) -> np.ndarray:
+        """int64 [C, len(LOOKUP_FEATURES)]: where in a profile's lookup row each campaign reads each of the
+        features that are one lookup; a feature that is 0 for the campaign (no promoted item, no brand) reads
+        the row's always-zero slot."""
+        at = self.lookup_sections
+        leaf, top, brand, _ = self.campaign_columns
+        has_item = self.campaign_item > 0
+        slots = np.stack([at["leaf"] + leaf, at["top"] + top, at["brand"] + brand, at["last_leaf"] + leaf,
+                          at["last_top"] + top, at["carted_leaf"] + leaf], axis=1)
+        slots[:, LOOKUP_FEATURES.index(2)] = np.where(brand > 0, slots[:, LOOKUP_FEATURES.index(2)], at["zero"])
+        return np.where(has_item[:, None], slots, at["zero"]).astype(np.int64)
 
 
 def log_prices(price: np.ndarray) -> np.ndarray:
@@ -139,25 +175,27 @@ def log_prices(price: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Profiles:
-    """Per-history aggregates, P histories at once."""
+    """Per-history aggregates, P histories at once. `lookup` holds a history's per-category vectors side by side
+    (FeatureTables.lookup_sections says where), so that one gather reads all of a campaign's lookups; the named
+    vectors are views of it."""
 
-    leaf: np.ndarray  # [P, L] weighted shares
-    top: np.ndarray  # [P, T]
-    brand: np.ndarray  # [P, B]
-    bucket: np.ndarray  # [P, Pb]
-    carted_leaf: np.ndarray  # [P, L]
+    lookup: np.ndarray  # [P, S]: leaf, top, brand, bucket shares, carted_leaf, last_leaf / last_top one-hot, 0
+    sections: dict[str, int]
     items: np.ndarray  # [P, H] item ids (0 = pad)
     item_share: np.ndarray  # [P, H] each event's share
     mean_log_price: np.ndarray  # [P]
-    last_leaf: np.ndarray  # [P]
-    last_top: np.ndarray  # [P]
     activity: np.ndarray  # [P]
 
+    def section(self, name: str) -> np.ndarray:
+        """[P, size] view of one section of `lookup` (a name of FeatureTables.lookup_sections)."""
+        names = list(self.sections)
+        return self.lookup[:, self.sections[name]:self.sections[names[names.index(name) + 1]]]
 
-def _scatter(idx: np.ndarray, w: np.ndarray, size: int) -> np.ndarray:
-    p = idx.shape[0]
-    flat = (np.arange(p)[:, None] * size + idx).ravel()
-    return np.bincount(flat, weights=w.ravel(), minlength=p * size).reshape(p, size)
+    leaf = property(lambda self: self.section("leaf"))  # [P, L] weighted shares
+    top = property(lambda self: self.section("top"))  # [P, T]
+    brand = property(lambda self: self.section("brand"))  # [P, B]
+    bucket = property(lambda self: self.section("bucket"))  # [P, Pb]
+    carted_leaf = property(lambda self: self.section("carted_leaf"))  # [P, L] strong-intent shares
 
 
 def build_profiles(tables: FeatureTables, items: np.ndarray, behaviors: np.ndarray,
@@ -171,43 +209,77 @@ def build_profiles(tables: FeatureTables, items: np.ndarray, behaviors: np.ndarr
     w = tables.behavior_weight[behaviors] * np.exp2(-(now - ts) / RECENCY_HALF_LIFE_S) * valid
     total = np.maximum(w.sum(1, keepdims=True), 1e-12)
     share = w / total
-    leaf = tables.item_leaf[items]
-    carted = share * tables.behavior_strong[behaviors]
-    return Profiles(
-        leaf=_scatter(leaf, share, tables.num_leaves), top=_scatter(tables.item_top[items], share, tables.num_tops),
-        brand=_scatter(tables.item_brand[items], share, tables.num_brands),
-        bucket=_scatter(tables.item_bucket[items], share, tables.num_buckets),
-        carted_leaf=_scatter(leaf, carted, tables.num_leaves), items=items, item_share=share,
-        mean_log_price=(share * tables.item_log_price[items]).sum(1),
-        # -1 when the history is empty (a logged impression of a user without earlier events): no intent.
-        last_leaf=np.where(valid[:, -1], leaf[:, -1], -1),
-        last_top=np.where(valid[:, -1], tables.item_top[items[:, -1]], -1),
-        activity=np.log1p(valid.sum(1)) / np.log1p(MAX_HISTORY))
+    # One bincount fills every section of every row: each event's share at its leaf, top, brand and price bucket,
+    # its strong-intent share at its leaf, and the newest event's leaf and top as one-hot intents (none when the
+    # history is empty: a logged impression of a user without earlier events).
+    size = tables.lookup_sections["size"]
+    p = items.shape[0]
+    row = (np.arange(p) * size)[:, None, None]
+    slots = tables.item_slots[items] + row  # [P, H, 7]
+    index = np.concatenate([slots[:, :, :5].ravel(), slots[:, -1, 5:].ravel()])
+    event_weight = np.repeat(share[..., None], 5, axis=-1)
+    event_weight[..., 4] *= tables.behavior_strong[behaviors]
+    weight = np.concatenate([event_weight.ravel(), np.repeat(valid[:, -1], 2)])
+    lookup = np.bincount(index, weights=weight, minlength=p * size).reshape(p, size)
+    return Profiles(lookup=lookup, sections=tables.lookup_sections, items=items, item_share=share,
+                    mean_log_price=(share * tables.item_log_price[items]).sum(1),
+                    activity=np.log1p(valid.sum(1)) / np.log1p(MAX_HISTORY))
 
 
 def pair_features(tables: FeatureTables, prof: Profiles, p_idx: np.ndarray, c_idx: np.ndarray) -> np.ndarray:
     """Features of (profile p_idx[...], campaign c_idx[...]); the two broadcast to a shape S -> [*S, F]."""
     p_idx, c_idx = np.broadcast_arrays(np.asarray(p_idx, np.int64), np.asarray(c_idx, np.int64))
-    c_leaf, c_top, c_brand, c_lp = tables.campaign_columns
-    lf, tp, br = c_leaf[c_idx], c_top[c_idx], c_brand[c_idx]
-    item = tables.campaign_item[c_idx]
-    has_item = item > 0  # a campaign without a promoted item has no item features
     out = np.empty(p_idx.shape + (NUM_FEATURES,), np.float64)
-    out[..., 0] = prof.leaf[p_idx, lf]
-    out[..., 1] = prof.top[p_idx, tp]
-    out[..., 2] = prof.brand[p_idx, br] * (br > 0)  # brand 0 = no brand: sharing "no brand" is no affinity
-    hit = prof.items[p_idx] == item[..., None]
-    out[..., 3] = (prof.item_share[p_idx] * hit).sum(-1)
-    out[..., 4] = prof.last_leaf[p_idx] == lf
-    out[..., 5] = prof.last_top[p_idx] == tp
-    out[..., 6] = np.exp(-np.abs(c_lp[c_idx] - prof.mean_log_price[p_idx])) * (prof.activity[p_idx] > 0)
-    out[..., 9] = prof.carted_leaf[p_idx, lf]
-    out[..., :7] *= has_item[..., None]
-    out[..., 9] *= has_item
+    # Leaf / top / brand affinity, both intents, carted_leaf: one gather, 0 where the campaign has no item (or,
+    # for the brand, no brand: sharing "no brand" is no affinity).
+    out[..., LOOKUP_FEATURES] = prof.lookup[p_idx[..., None], tables.campaign_slots[c_idx]]
+    out[..., 3], out[..., 6], out[..., 10] = _direct_features(tables, prof, p_idx, c_idx)
     out[..., 7] = (prof.top[p_idx] * tables.audience_top[c_idx]).sum(-1)
     out[..., 8] = (prof.bucket[p_idx] * tables.audience_price[c_idx]).sum(-1)
-    out[..., 10] = prof.activity[p_idx]
     return out
+
+
+def _direct_features(tables: FeatureTables, prof: Profiles, p_idx, c_idx) -> tuple[np.ndarray, ...]:
+    """item_interacted, price_match and activity of (profile p_idx, campaign c_idx), broadcast alike."""
+    item = tables.campaign_item[c_idx]
+    # Padding events have item 0 and share 0, so a campaign without an item (0) gets 0 here too.
+    interacted = (prof.item_share[p_idx] * (prof.items[p_idx] == item[..., None])).sum(-1)
+    activity = prof.activity[p_idx]
+    price_match = (np.exp(-np.abs(tables.campaign_columns[3][c_idx] - prof.mean_log_price[p_idx]))
+                   * ((activity > 0) & (item > 0)))
+    return interacted, price_match, activity
+
+
+class LinearCtr:
+    """The per-campaign linear models' logits w_c . x(u, c) + b_c for one history at a time, without building
+    x: every feature but item_interacted, price_match and activity is linear in the history's lookup row (a
+    lookup, or for the audience features a dot product with the top / bucket shares), so each campaign's weights
+    fold into a few slots and one row over those shares. Equal to pair_features @ w + b (up to rounding; test)."""
+
+    def __init__(self, tables: FeatureTables, weights: np.ndarray, bias: np.ndarray):
+        at = tables.lookup_sections
+        if (tables.audience_top.shape[1], tables.audience_price.shape[1]) != (at["bucket"] - at["top"],
+                                                                           at["carted_leaf"] - at["bucket"]):
+            raise ValueError(f"audience tables {tables.audience_top.shape}/{tables.audience_price.shape} do not "
+                             f"match {tables.num_tops} top categories and {tables.num_buckets} price buckets")
+        self.tables, self.weights, self.bias = tables, weights, bias
+        self.lookup_weights = np.ascontiguousarray(weights[:, LOOKUP_FEATURES])
+        names = FEATURE_NAMES
+        self.audience_weights = np.concatenate(
+            [weights[:, [names.index("audience_category")]] * tables.audience_top,
+             weights[:, [names.index("audience_price")]] * tables.audience_price], axis=1)
+        self.direct_weights = np.ascontiguousarray(
+            weights[:, [names.index("item_interacted"), names.index("price_match"), names.index("activity")]])
+        self.audience = slice(at["top"], at["carted_leaf"])
+
+    def logits(self, prof: Profiles, c_idx: np.ndarray) -> np.ndarray:
+        """float64 [C]: the logits of profile 0 of `prof` for campaigns c_idx [C]."""
+        row = prof.lookup[0]
+        z = np.einsum("ck,ck->c", row[self.tables.campaign_slots[c_idx]], self.lookup_weights[c_idx])
+        z += self.audience_weights[c_idx] @ row[self.audience]
+        interacted, price_match, activity = _direct_features(self.tables, prof, 0, c_idx)
+        w = self.direct_weights[c_idx]
+        return z + w[:, 0] * interacted + w[:, 1] * price_match + w[:, 2] * activity + self.bias[c_idx]
 
 
 def user_campaign_features(tables: FeatureTables, items: np.ndarray, behaviors: np.ndarray,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.ads import DATASET_CAMPAIGN_IDS_KEY, FORMAT_VERSION, META_FILE, WEIGHTS_FILE
-from serving.ads.features import FEATURE_NAMES, MAX_HISTORY, FeatureTables, build_profiles, pair_features
+from serving.ads.features import FEATURE_NAMES, MAX_HISTORY, FeatureTables, LinearCtr, build_profiles
 from serving.contract import DEFAULT_EVENT_NAMES, RequestError, default_limit
 from serving.graph import CAMPAIGN_IDS
 from serving.validation import integer_array, validate_history
@@ -43,6 +43,7 @@ class CtrScorer:
         self.tables, self.version = tables, version
         self.weights, self.bias = np.ascontiguousarray(weights, np.float64), np.asarray(bias, np.float64)
         self.source = np.asarray(source, np.int64)
+        self.linear = LinearCtr(tables, self.weights, self.bias)
         self.calibrators = calibrators
         self.max_campaigns, self.max_history = int(max_campaigns), int(max_history)
         ids = np.arange(c, dtype=np.int64) if campaign_ids is None else np.asarray(campaign_ids, np.int64)
@@ -105,9 +106,7 @@ class CtrScorer:
         return self._logits(*self._validate(history_items, history_behaviors, history_timestamps, campaign_ids))
 
     def _logits(self, items, behs, ts, cids) -> np.ndarray:
-        prof = build_profiles(self.tables, items[None], behs[None], ts[None])
-        x = pair_features(self.tables, prof, np.zeros(1, np.int64), cids)  # [C, F]
-        return np.einsum("cf,cf->c", x, self.weights[cids]) + self.bias[cids]
+        return self.linear.logits(build_profiles(self.tables, items[None], behs[None], ts[None]), cids)
 
     def score(self, history_items, history_behaviors, history_timestamps, campaign_ids) -> np.ndarray:
         """Calibrated pCTR float32 [C] for one user's history (oldest event first) and campaigns."""
@@ -121,7 +120,7 @@ class CtrScorer:
         z = self._logits(items, behaviors, timestamps, campaign_ids)
         src = self.source[campaign_ids]
         out = np.empty_like(z)
-        for s in np.unique(src):  # at most one pass per model family, never per campaign
+        for s in np.flatnonzero(np.bincount(src, minlength=len(SOURCES))):  # one pass per family present
             m = src == s
             cal = self.calibrators[SOURCES[s]]
             if cal["kind"] == "isotonic":

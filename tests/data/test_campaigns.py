@@ -11,8 +11,8 @@ import pytest
 
 from data.campaigns import CALIB, STYLES, TEST, TRAIN, build_campaigns, true_campaign_ctr
 from data.simulator import SimConfig, simulate
-from serving.ads.features import (FEATURE_NAMES, FeatureTables, behavior_weights, build_profiles, log_prices,
-                                  pair_features, user_campaign_features)
+from serving.ads.features import (FEATURE_NAMES, FeatureTables, LinearCtr, behavior_weights, build_profiles,
+                                  log_prices, pair_features, user_campaign_features)
 from models.ads.features import log_features, padded_histories
 from tests.models.ads.sim_data import sim_data
 
@@ -217,6 +217,29 @@ def test_serving_shape_and_equivalence(data):
     np.testing.assert_allclose(one[0], batch[1], atol=1e-12)
     prof = build_profiles(tables, *h)
     np.testing.assert_allclose(prof.leaf.sum(1), 1.0)
+
+
+def test_served_logits_equal_the_features_times_the_weights(data):
+    """LinearCtr (what score_ads computes: the weights folded into the profile's lookup row) is the linear model
+    over pair_features, for campaigns with and without a promoted item or a brand, and for an empty history."""
+    import dataclasses
+
+    t = FeatureTables.from_data(data)
+    c = data.campaigns
+    rng = np.random.default_rng(0)
+    t = dataclasses.replace(t, campaign_item=np.where(np.arange(c.num_campaigns) % 5 == 0, 0, t.campaign_item),
+                            item_brand=np.where(np.arange(t.num_items + 1) % 3 == 0, 0, t.item_brand))
+    assert (t.campaign_columns[2] == 0).any() and (t.campaign_item == 0).any()
+    weights, bias = rng.normal(size=(c.num_campaigns, len(FEATURE_NAMES))), rng.normal(size=c.num_campaigns)
+    linear = LinearCtr(t, weights, bias)
+    h = padded_histories(data, c.log_user[:40], c.log_time[:40])
+    h[0][0] = 0  # an empty history
+    cids = rng.integers(0, c.num_campaigns, 60)
+    x = pair_features(t, build_profiles(t, *h), np.arange(40)[:, None], cids[None])
+    assert (x[0] == 0).all() and (x[1:, :, FEATURE_NAMES.index("brand_affinity")] > 0).any()
+    for u in range(40):
+        np.testing.assert_allclose(linear.logits(build_profiles(t, h[0][u], h[1][u], h[2][u]), cids),
+                                   np.einsum("cf,cf->c", x[u], weights[cids]) + bias[cids], rtol=1e-12, atol=1e-12)
 
 
 def test_features_fast_for_100_campaigns(data):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
@@ -151,19 +150,6 @@ def test_missing_calibrator_is_refused(built):
     prep, models, cals, *_ = built
     with pytest.raises(ValueError, match="no calibrator"):
         CtrScorer(prep.tables, models.weights, models.bias, models.source, {"warm": cals["warm"]})
-
-
-def test_latency_100_campaigns(built):
-    prep, models, cals, *_ = built
-    cids = np.resize(np.arange(prep.campaigns.num_campaigns), 100)
-    scorer = CtrScorer(prep.tables, models.weights, models.bias, models.source, cals, max_campaigns=128)
-    req = _request(prep, 11)
-    times = []
-    for _ in range(200):
-        t0 = time.perf_counter()
-        scorer.score(*req, cids)
-        times.append(time.perf_counter() - t0)
-    assert np.median(times) < 2e-3  # loose bound for a shared CPU; measured ~0.35 ms
 
 
 def test_served_ece_on_held_out(built):

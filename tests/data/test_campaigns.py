@@ -4,7 +4,6 @@ the dataset the simulator writes (data.build_data)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

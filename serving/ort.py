@@ -34,6 +34,21 @@ def session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def fixed_width(session) -> int | None:
+    """The history width the session's first input fixes (an older export), or None where it is dynamic (a
+    name in ONNX Runtime, -1 in a native model's config)."""
+    width = session.get_inputs()[0].shape[1]
+    return width if isinstance(width, int) and width > 0 else None
+
+
+def first_real_column(items: np.ndarray) -> int:
+    """The first column of right-aligned [B, L] histories (0 = padding) that holds an event in some row (the
+    last column when none does: a model still gets one): the columns before it are padding in every row, and
+    leaving them out changes no real event's state in a model with a dynamic width."""
+    real = np.flatnonzero((items != 0).any(axis=0))
+    return min(int(real[0]), items.shape[1] - 1) if len(real) else items.shape[1] - 1
+
+
 def _parse_config(path: Path):
     from serving.configs import validate  # here, not at import: serving.configs imports this module's users
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.ort import session
+from serving.ort import first_real_column, fixed_width, session
 
 ORDERING_FILE = "ordering.json"  # how much the merge order weighs against the ranker in the final order
 RANKER_FILE = "ranker.onnx"
@@ -20,16 +20,14 @@ class OnnxRanker:
         self.session = session(Path(directory) / RANKER_FILE)
         # An export whose history length is dynamic takes a batch's real columns only (padding in front scores
         # the same there); an older one fixes the width, and gets it.
-        width = self.session.get_inputs()[0].shape[1]
-        self.fixed_width = width if isinstance(width, int) and width > 0 else None  # -1: dynamic (native config)
+        self.fixed_width = fixed_width(self.session)
 
     def __call__(self, hist_items: np.ndarray, hist_behaviors: np.ndarray, cand_items: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
         """[B, L], [B, L], [B, C] -> (ctr logits [B, C], relevance [B, C])."""
         hist_items, hist_behaviors = np.asarray(hist_items, np.int64), np.asarray(hist_behaviors, np.int64)
         if self.fixed_width is None:
-            real = np.flatnonzero((hist_items != 0).any(axis=0))
-            first = min(real[0], hist_items.shape[1] - 1) if len(real) else hist_items.shape[1] - 1
+            first = first_real_column(hist_items)
             hist_items, hist_behaviors = hist_items[:, first:], hist_behaviors[:, first:]
         arrays = (hist_items, hist_behaviors, cand_items)  # the exported graph's inputs, in export order
         feeds = {i.name: np.ascontiguousarray(a, np.int64) for i, a in zip(self.session.get_inputs(), arrays)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.ort import session
+from serving.ort import first_real_column, fixed_width, session
 
 SASREC_FILE = "sasrec.onnx"
 ITEMS_INPUT = "items"  # the exported graph's one input: [B, T] right-aligned item ids, 0 = padding
@@ -18,10 +18,9 @@ SASREC_MAX_LEN_KEY = "max_len"  # the export's metadata: the window the model wa
 class OnnxSasrec:
     def __init__(self, directory: Path):
         self.session = session(Path(directory) / SASREC_FILE)
-        width = self.session.get_inputs()[0].shape[1]
-        # An export with a dynamic length (a name in ONNX Runtime, -1 in a native model's config) takes any
-        # T <= max_len (its metadata); an older one fixes T = max_len.
-        self.fixed_length = isinstance(width, int) and width > 0
+        # An export with a dynamic length takes any T <= max_len (its metadata); an older one fixes T = max_len.
+        width = fixed_width(self.session)
+        self.fixed_length = width is not None
         if self.fixed_length:
             self.max_len = width
         else:  # through BLS (the gpu rendering) there is no metadata: the request limits bound the history to
@@ -38,8 +37,7 @@ class OnnxSasrec:
         if self.fixed_length:
             items = np.pad(items, ((0, 0), (self.max_len - items.shape[1], 0)))
         else:
-            real = np.flatnonzero((items != 0).any(axis=0))
-            items = items[:, min(real[0], items.shape[1] - 1) if len(real) else items.shape[1] - 1:]
+            items = items[:, first_real_column(items):]
         return self.session.run(None, {ITEMS_INPUT: np.ascontiguousarray(items)})[0]
 
     def retrieve(self, hist_items: np.ndarray, eligible: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

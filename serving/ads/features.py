@@ -179,7 +179,7 @@ class Profiles:
     (FeatureTables.lookup_sections says where), so that one gather reads all of a campaign's lookups; the named
     vectors are views of it."""
 
-    lookup: np.ndarray  # [P, S]: leaf, top, brand, bucket shares, carted_leaf, last_leaf / last_top one-hot, 0
+    lookup: np.ndarray  # [P, S]: leaf, brand, top, bucket shares, carted_leaf, last_leaf / last_top one-hot, 0
     sections: dict[str, int]
     items: np.ndarray  # [P, H] item ids (0 = pad)
     item_share: np.ndarray  # [P, H] each event's share

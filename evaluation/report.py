@@ -156,6 +156,14 @@ def _perf_sweep() -> str:
     return render(_load("perf_sweep.json"))
 
 
+def _perf_sweep_direct() -> str:
+    """The same sweep sent straight to tritonserver's own port (no proxy hop): concurrency 1 and score_ads."""
+    from loadtests.perf_sweep import render  # noqa: PLC0415
+
+    return render(_load("perf_sweep_direct.json")).replace("# perf_analyzer sweep", "# perf_analyzer sweep straight to "
+                                                           "tritonserver (no proxy)", 1)
+
+
 def _source(result: dict, name: str) -> str:
     return f"{name} ({result['commit']}, {result['date'][:10]})"
 
@@ -475,6 +483,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "load_long_history": _in_benchmarks("throughput_long", _throughput_long),
     "load_latency": _latency,
     "perf_sweep": _in_benchmarks("perf_sweep", _perf_sweep),
+    "perf_sweep_direct": _in_benchmarks("perf_sweep_direct", _perf_sweep_direct),
     "queue_delay": _in_benchmarks("queue_delay", _queue_delay),
     "queue_policy": _in_benchmarks("queue_policy", _queue_policy),
     "ragged_batch": _in_benchmarks("ragged_batch", _ragged_batch),
@@ -519,6 +528,7 @@ FILES: dict[str, Callable[[], str]] = {
     "throughput.md": _throughput,
     "throughput_long.md": _throughput_long,
     "perf_sweep.md": _perf_sweep,
+    "perf_sweep_direct.md": _perf_sweep_direct,
     "queue_delay.md": _queue_delay,
     "queue_policy.md": _queue_policy,
     "ragged_batch.md": _ragged_batch,

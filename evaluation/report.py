@@ -160,8 +160,7 @@ def _perf_sweep_direct() -> str:
     """The same sweep sent straight to tritonserver's own port (no proxy hop): concurrency 1 and score_ads."""
     from loadtests.perf_sweep import render  # noqa: PLC0415
 
-    return render(_load("perf_sweep_direct.json")).replace("# perf_analyzer sweep", "# perf_analyzer sweep straight to "
-                                                           "tritonserver (no proxy)", 1)
+    return render(_load("perf_sweep_direct.json"), title="perf_analyzer sweep straight to tritonserver (no proxy)")
 
 
 def _source(result: dict, name: str) -> str:

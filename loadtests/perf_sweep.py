@@ -210,9 +210,9 @@ def _perf_analyzer_point(binary: Path, env: dict, url: str, model: str, data_fil
                        f"{output[-800:]}")
 
 
-def render(result: dict) -> str:
+def render(result: dict, title: str = "perf_analyzer sweep") -> str:
     args = result["args"]
-    lines = ["# perf_analyzer sweep", "",
+    lines = [f"# {title}", "",
              f"- {line(result)}",
              f"- NVIDIA perf_analyzer {WHEEL_VERSION} over gRPC, {args['requests']} seeded histories of "
              f"{args['min_events']}-{args['max_events']} events (k={args['k']}; score_ads with {args['campaigns']} "

@@ -33,8 +33,8 @@ SYSTEM_NGINX = "/usr/sbin/nginx"  # Debian's, outside PATH for non-root users
 # Idle connections to tritonserver each nginx worker keeps open (per upstream): above the concurrency a pod
 # serves, so a burst does not open and close connections.
 UPSTREAM_KEEPALIVE = 64
-# Requests in flight per port: ~0.6-0.8 s of queued work at a 2-core pod's measured capacity (~330-400
-# recommend/s at 8-16 clients, docs/results/perf_sweep.md).
+# Requests in flight per port: under a second of queued work at a 2-core pod's measured peak (a few hundred
+# recommend/s: docs/results/perf_sweep.md).
 DEFAULT_MAX_INFLIGHT = 256
 
 

@@ -262,7 +262,7 @@ class LinearCtr:
                                                                            at["carted_leaf"] - at["bucket"]):
             raise ValueError(f"audience tables {tables.audience_top.shape}/{tables.audience_price.shape} do not "
                              f"match {tables.num_tops} top categories and {tables.num_buckets} price buckets")
-        self.tables, self.weights, self.bias = tables, weights, bias
+        self.tables, self.bias = tables, bias
         self.lookup_weights = np.ascontiguousarray(weights[:, LOOKUP_FEATURES])
         names = FEATURE_NAMES
         self.audience_weights = np.concatenate(

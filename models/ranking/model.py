@@ -34,6 +34,11 @@ class RankerConfig:
     # history sent without its padding columns scores the same (serving sends a batch's real columns only).
     # 0: in units of the input's width (checkpoints from before this field, always fed full windows).
     max_history: int = 0
+    # DIN's target attention reads the newest `attention_window` events only (0: the whole history); the mean,
+    # newest-event, category-share and repeat features still read all of it. The attention's pair work grows
+    # with candidates x events (64 x 256 pairs of MLP at 256-event histories), and long histories' old events
+    # matter through the aggregate features more than one by one.
+    attention_window: int = 0
 
 
 class Ranker(nn.Module):
@@ -66,9 +71,12 @@ class Ranker(nn.Module):
         cand = self.item_vectors(cand_items)  # [B,C,d]
         b, c, d = cand.shape
         l = hist.shape[1]
-        w = self.target_attention_logits(hist, cand)  # [B,C,L]
-        w = w.masked_fill(valid[:, None] == 0, -1e9).softmax(-1) * valid[:, None]
-        interest = torch.matmul(w, hist)  # [B,C,d]: the attention-weighted history
+        # The newest events (right-aligned): a slice past the front takes them all, in torch and in ONNX alike.
+        attended = slice(-self.cfg.attention_window, None) if self.cfg.attention_window else slice(None)
+        recent, recent_valid = hist[:, attended], valid[:, attended]
+        w = self.target_attention_logits(recent, cand)  # [B,C,L or window]
+        w = w.masked_fill(recent_valid[:, None] == 0, -1e9).softmax(-1) * recent_valid[:, None]
+        interest = torch.matmul(w, recent)  # [B,C,d]: the attention-weighted (recent) history
         n = valid.sum(1, keepdim=True).clamp(min=1.0)
         mean = (hist * valid[..., None]).sum(1) / n  # [B,d]
         last = hist[:, -1]  # newest event (right-aligned)

@@ -477,3 +477,29 @@ def test_a_jsa_encoder_export_serves_its_longest_history(tmp_path):
     for events in ([256, 70], [129], [5, 2]):
         feeds = sample_encoder_inputs(rng, cfg.vocab_size, cfg.tokens_per_event, events)
         assert _max_diff(_Encoder(model), tmp_path / "grace_encoder.onnx", feeds) < PARITY_TOLERANCE
+
+
+def test_a_ranker_attending_to_a_window_exports_at_every_width(tmp_path):
+    """RankerConfig.attention_window: the exported graph slices the newest events as torch does, at widths below
+    the window (all of them) and above it."""
+    sim = SimConfig(num_items=30, num_users=5, num_campaigns=5)
+    cat = simulate(sim).catalog
+    torch.manual_seed(0)
+    max_history, window = 12, 4
+    model = Ranker(RankerConfig(num_items=cat.num_items, num_leaf_categories=sim.num_leaf_categories,
+                                num_brands=sim.num_brands, num_price_buckets=sim.num_price_buckets, d_model=8,
+                                hidden=16, max_history=max_history, attention_window=window),
+                   cat.leaf_category, cat.brand, cat.price_bucket).eval()
+    parity = export_ranker(model, tmp_path, max_history, NUM_CANDIDATES, seed=0)
+    assert parity["ranker.onnx"] <= PARITY_TOLERANCE
+    sess = session(tmp_path / "ranker.onnx")
+    rng = np.random.default_rng(3)
+    for width in (2, window, 9, max_history):
+        hist = rng.integers(1, cat.num_items + 1, size=(3, width)).astype(np.int64)
+        hist[1, : width // 2] = 0
+        behs = np.where(hist > 0, 1, 0).astype(np.int64)
+        cand = rng.integers(1, cat.num_items + 1, size=(3, NUM_CANDIDATES)).astype(np.int64)
+        got = sess.run(None, {"hist_items": hist, "hist_behaviors": behs, "cand_items": cand})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(hist), torch.from_numpy(behs), torch.from_numpy(cand))[0].numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"width {width}")

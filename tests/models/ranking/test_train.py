@@ -225,3 +225,11 @@ def test_labels_setting_chooses_the_source(with_impressions, events_only):
         train_ranker(events_only, dataclasses.replace(cfg, labels="impressions"))
     with pytest.raises(ValueError, match="not one of auto, impressions, events"):
         train_ranker(with_impressions, dataclasses.replace(cfg, labels="clicks"))
+
+
+def test_the_attention_window_applies_only_to_longer_histories(events_only):
+    """RankerTrainConfig.attention_window: a build whose histories fit in it keeps the whole-history attention
+    (the same model as without the setting)."""
+    assert build_ranker(events_only, 32, 64).cfg.attention_window == 0
+    assert build_ranker(events_only, 64, 64).cfg.attention_window == 0
+    assert build_ranker(events_only, 256, 64).cfg.attention_window == 64

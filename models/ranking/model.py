@@ -36,8 +36,9 @@ class RankerConfig:
     max_history: int = 0
     # DIN's target attention reads the newest `attention_window` events only (0: the whole history); the mean,
     # newest-event, category-share and repeat features still read all of it. The attention's pair work grows
-    # with candidates x events (64 x 256 pairs of MLP at 256-event histories), and long histories' old events
-    # matter through the aggregate features more than one by one.
+    # with candidates x events (64 x 256 pairs of MLP at 256-event histories); the window bounds it, at the
+    # cost of the oldest events' individual weight (not measured on quality: the simulator's shoppers have ~40
+    # events, so no build here trains on histories past the window).
     attention_window: int = 0
 
 

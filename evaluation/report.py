@@ -343,7 +343,7 @@ GRACE_BATCH_RUNS = (("grace.json", ("sasrec", "grace_jsa")), "grace_batch_sasrec
                     "grace_batch_sasrec_b32lr2_s1.json", "grace_batch_grace_b32lr2_s0.json",
                     "grace_batch_sasrec_b64lr1_s0.json", "grace_batch_b64_s0.json", "grace_batch_b64_s1.json",
                     "grace_batch_sasrec_b128lr4_s0.json", "grace_sasrec_b128.json", "grace_batch_ihyb_b64_s0.json",
-                    "grace_batch_ihyb_b64_s1.json",
+                    "grace_batch_ihyb_b64_s1.json", "grace_batch_dense_b64_s0.json", "grace_batch_dense_b64_s1.json",
                     ("grace_time.json", ("sasrec", "grace_jsa_prior30c")), "grace_batch_ts_sasrec_lr2_s0.json",
                     "grace_batch_ts_sasrec_lr2_s1.json")
 
@@ -356,7 +356,8 @@ def _grace_batch() -> str:
         "rates; the row at 200 epochs and patience 5 is an earlier run. `grace_jsa_ihyb`: GRACE-JSA at batch 64 with "
         "the dense item head beside the decoder and hybrid retrieval (`--grace item_head=true --grace "
         "item_retrieval=hybrid`, grace_heads.md's option, here at convergence): it validates higher than GRACE-JSA "
-        "alone and does not test higher. grace.md's one budget for every "
+        "alone and does not test higher. `grace_dense_b64`: GRACE with dense causal attention at GRACE-JSA's batch-64 "
+        "budget, the like-for-like pair for JSA (grace_jsa_b64). grace.md's one budget for every "
         "model (batch 32, lr 1e-3) is not SASRec's best: at lr 2e-3 it validates and tests higher. The last rows "
         "are grace_time.md's global time split (109 test users: one hit is 0.009 of HR@10), where SASRec at lr "
         "2e-3 also tests higher than at 1e-3 and stays far below GRACE with the 30-day popularity prior and its "

@@ -359,9 +359,9 @@ def _grace_batch() -> str:
         "alone and does not test higher. `grace_dense_b64`: GRACE with dense causal attention at GRACE-JSA's batch-64 "
         "budget, the like-for-like pair for JSA (grace_jsa_b64). grace.md's one budget for every "
         "model (batch 32, lr 1e-3) is not SASRec's best: at lr 2e-3 it validates and tests higher. The last rows "
-        "are grace_time.md's global time split (109 test users: one hit is 0.009 of HR@10), where SASRec at lr "
-        "2e-3 also tests higher than at 1e-3 and stays far below GRACE with the 30-day popularity prior and its "
-        "candidates (`grace_jsa_prior30c`) and 30-day popularity alone (0.193). Choose by the "
+        "are grace_time.md's global time split (few test users there: see its table), where SASRec at lr 2e-3 "
+        "also tests higher than at 1e-3 and stays far below GRACE with the 30-day popularity prior and its "
+        "candidates (`grace_jsa_prior30c`) and below 30-day popularity alone (grace_time.md). Choose by the "
         "validation column; the test columns are reported, not tuned on. Each row is one seed of one `python -m "
         "evaluation.evaluate` run (its command below); the runs shared the 2 cores with other jobs, so seconds "
         "are indicative (`to best s`: training seconds until the best validation).", GRACE_BATCH_RUNS)

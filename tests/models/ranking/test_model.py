@@ -39,7 +39,7 @@ def test_histories_within_the_window_score_as_without_it():
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_the_attention_reads_only_the_newest_events():
+def test_the_attention_reads_only_the_newest_events(monkeypatch):
     windowed, whole = _pair()
     widths = []
     original = Ranker.target_attention_logits
@@ -48,12 +48,9 @@ def test_the_attention_reads_only_the_newest_events():
         widths.append(hist.shape[1])
         return original(self, hist, cand)
 
-    Ranker.target_attention_logits = spy
-    try:
-        with torch.no_grad():
-            got = windowed(*_inputs(CFG.max_history))[0]
-            want = whole(*_inputs(CFG.max_history))[0]
-    finally:
-        Ranker.target_attention_logits = original
+    monkeypatch.setattr(Ranker, "target_attention_logits", spy)
+    with torch.no_grad():
+        got = windowed(*_inputs(CFG.max_history))[0]
+        want = whole(*_inputs(CFG.max_history))[0]
     assert widths == [CFG.attention_window, CFG.max_history]
     assert not torch.allclose(got, want)  # older events no longer weigh in the attention

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from exporters.onnx_slim import slim_file
+from exporters.onnx_softmax import floor_softmax_file
 from models.grace.model import GraceModel
 from models.ranking.model import Ranker
 from models.sasrec import SASRecModel
@@ -50,24 +51,45 @@ class _Encoder(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic_axes: dict, parity: Callable[[Path], float], fold: bool = True) -> float:
+            dynamic_axes: dict, parity: Callable[[Path], float], fold: bool = True, floor: bool = True) -> float:
     """Exports, then folds the traced shape arithmetic (exporters.onnx_slim): first merging named axes the
     graph needs equal, else strictly, else not at all, keeping the first file whose `parity` (max |ORT - torch|
-    on shapes other than the traced ones) is within PARITY_TOLERANCE. Returns that file's parity. fold=False: the
-    file as torch exports it (exporters.fold_bench's baseline)."""
+    on shapes other than the traced ones) is within PARITY_TOLERANCE; then floors the Softmax inputs
+    (exporters.onnx_softmax), kept under the same check. Returns the kept file's parity. fold=False: the file as
+    torch exports it (exporters.fold_bench's baseline); floor=False: folded only (exporters.softmax_bench's)."""
     module.eval()
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
     exported = path.read_bytes()
+    kept = None  # the folded file's parity, once one passes
     for merge_axes in (True, False) if fold else ():
         if slim_file(path, merge_axes) is not None:
             diff = parity(path)
             if diff <= PARITY_TOLERANCE:
-                return diff
+                kept = diff
+                break
             log.warning("%s: folding with merge_axes=%s broke parity (%.3g); not kept", path.name, merge_axes, diff)
             path.write_bytes(exported)
-    return parity(path)
+    if fold and floor:
+        return _floor_softmax(path, parity, kept)
+    return parity(path) if kept is None else kept
+
+
+def _floor_softmax(path: Path, parity: Callable[[Path], float], before_diff: float | None) -> float:
+    """exporters.onnx_softmax's pass on an exported file, kept only where parity holds; returns the kept file's
+    parity (before_diff: the file's as given, when known)."""
+    before = path.read_bytes()
+    try:
+        if floor_softmax_file(path):
+            diff = parity(path)
+            if diff <= PARITY_TOLERANCE:
+                return diff
+            log.warning("%s: the softmax floor broke parity (%.3g); not kept", path.name, diff)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps the file as it was, which is still correct
+        log.warning("%s: the softmax floor failed (%s); not kept", path.name, exc)
+    path.write_bytes(before)
+    return parity(path) if before_diff is None else before_diff
 
 
 def _max_diff(module: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> float:
@@ -99,7 +121,8 @@ def sample_encoder_inputs(rng: np.random.Generator, vocab: int, tokens_per_event
     return {"tokens": tokens, "valid": valid, "journey_ids": journey_ids, "journey_pos": journey_pos}
 
 
-def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = True) -> dict[str, float]:
+def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = True, floor: bool = True
+                 ) -> dict[str, float]:
     """Writes grace_encoder.onnx (history -> cross-attention K/V of every decoder layer) and
     grace_decoder_step.onnx (one token per beam + self-attention KV cache + shared cross K/V -> next-token
     log-probs and the grown cache); returns max |ORT - torch| on shapes other than the traced ones."""
@@ -123,7 +146,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = T
     enc_diff = _export(encoder, tuple(torch.from_numpy(feeds[n]) for n in enc_names), enc_path, enc_names,
                        ["cross_kv"], {**{n: {0: "batch", 1: "tokens"} for n in enc_names},
                                       "cross_kv": {2: "batch", 4: memory_axis}},
-                       lambda path: max(_max_diff(encoder, path, check) for check in enc_checks), fold)
+                       lambda path: max(_max_diff(encoder, path, check) for check in enc_checks), fold, floor)
     layers, heads, hd = cfg.decoder_layers, cfg.num_heads, d // cfg.num_heads
 
     def step_feeds(beams: int, past_len: int, t: int, requests: int = 1) -> dict[str, np.ndarray]:
@@ -158,7 +181,7 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = T
          "memory_valid": {0: "requests", 1: "tokens"}, "memory_paths": {0: "requests", 1: "events"},
          LEVEL_TOKENS: {0: "level"}, "log_probs": {0: "beams", 1: "level"} if off is not None else {0: "beams"},
          "present_kv": {2: "beams", 4: "present"}},
-        lambda path: max(_max_diff(step, path, feeds) for feeds in step_checks), fold)
+        lambda path: max(_max_diff(step, path, feeds) for feeds in step_checks), fold, floor)
     return {enc_path.name: enc_diff, step_path.name: step_diff}
 
 

@@ -67,6 +67,13 @@ class GraceConfig:
     # parameters, and an item new to the catalog has a vector as soon as it has a path). The catalog size;
     # 0: no item head. The paths are a buffer (GraceModel.set_item_paths), saved with the weights.
     item_head: int = 0
+    # Per-item parameters in the event memory: every event also adds an embedding looked up by a hash of its
+    # item path (the path is the item: with unique semantic IDs no two items share one), as SASRec's item
+    # embeddings give each item a vector of its own; the path tokens alone share every vector between the items
+    # of a code. The number of hash buckets (GraceTrainConfig sizes it from the catalog); 0: off. Needs
+    # event_memory. The hash is computed from the tokens in the graph, so the encoder's inputs do not change,
+    # and an item new to the catalog lands in some bucket (a shared vector) until the model is retrained.
+    item_buckets: int = 0
 
     @property
     def max_events(self) -> int:
@@ -80,6 +87,8 @@ class GraceConfig:
             raise ValueError("attention='jsa' is causal; causal_encoder must be True")
         if self.copy and not self.event_memory:
             raise ValueError("copy points at history events: it needs event_memory=True")
+        if self.item_buckets and not self.event_memory:
+            raise ValueError("item_buckets adds a vector per event: it needs event_memory=True")
         if self.level_offsets is not None:
             off = tuple(int(o) for o in self.level_offsets)
             object.__setattr__(self, "level_offsets", off)
@@ -214,6 +223,13 @@ class GraceModel(nn.Module):
             # A learned bonus for the events whose token at the previous level is the one just written: the
             # pointer then follows one item's path down the levels instead of re-choosing at each.
             self.copy_match = nn.Parameter(torch.tensor(2.0))
+        if cfg.item_buckets:
+            self.item_bucket_emb = nn.Embedding(cfg.item_buckets, d)
+            nn.init.normal_(self.item_bucket_emb.weight, std=0.02)  # starts as a small change to the token sum
+            # Fixed odd multipliers < 2**20, one per path level: tokens < 2**20 and paths of a few levels keep
+            # the sum far from int64 overflow, in torch and in the ONNX graph alike.
+            mult = torch.randint(0, 1 << 19, (cfg.path_length,), generator=torch.Generator().manual_seed(7919)) * 2 + 1
+            self.register_buffer("item_hash_mult", mult.long())
         if cfg.item_head:
             self.item_query = nn.Linear(d, d)
             self.register_buffer("item_paths", torch.zeros(cfg.item_head + 1, cfg.path_length, dtype=torch.long))
@@ -237,7 +253,10 @@ class GraceModel(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         """[N+1, d]: each item's vector for the item head (row 0, the padding item, is never scored)."""
-        return self.token_emb(self.item_paths).sum(dim=1) * self.cfg.path_length ** -0.5
+        vectors = self.token_emb(self.item_paths).sum(dim=1) * self.cfg.path_length ** -0.5
+        if self.cfg.item_buckets:  # the item's own vector too, as in the event memory
+            vectors = vectors + self.item_bucket_emb((self.item_paths * self.item_hash_mult).sum(-1) % self.cfg.item_buckets)
+        return vectors
 
     def item_scores(self, states: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder states [..., d] (one per event, GraceModel.event_states) -> item logits [..., N+1] (the
@@ -268,6 +287,8 @@ class GraceModel(nn.Module):
         if self.cfg.event_memory:
             b, _, d = x.shape
             x = x.reshape(b, t // tpe, tpe, d).sum(dim=2) * tpe ** -0.5
+            if self.cfg.item_buckets:
+                x = x + self.item_bucket_emb(self.item_buckets_of(tokens))
             valid, journey_ids = self.memory_valid(valid), journey_ids[:, tpe - 1::tpe]
             t = t // tpe
         pad_bias = (1.0 - valid) * NEG_INF
@@ -278,6 +299,10 @@ class GraceModel(nn.Module):
         for block in self.encoder:
             x = block(x, bias, journey_ids, valid)
         return self.enc_norm(x)
+
+    def item_buckets_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Histories of whole events [B,T] -> each event's item hash bucket [B,T/tokens_per_event]."""
+        return (event_paths(tokens, self.cfg.tokens_per_event) * self.item_hash_mult).sum(-1) % self.cfg.item_buckets
 
     def memory_length(self, tokens: int) -> int:
         """Memory positions of a history of `tokens` tokens (the cross_kv length)."""

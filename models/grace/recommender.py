@@ -123,6 +123,9 @@ class GraceTrainConfig:
     # both top lists, each candidate scored by the sum of its path log-probability and its item-head
     # log-probability: a product of the two experts).
     item_head: bool = False
+    # GraceConfig.item_buckets: a hashed per-item embedding in the event memory, with 4x the catalog's items
+    # in buckets (rounded up to a power of two; few items share one). Off until measured at convergence.
+    item_embedding: bool = False
     item_loss_weight: float = 1.0
     item_retrieval: str = "hybrid"
     # A recent-popularity prior in retrieval (beam_search.PriorStep): each item's training events of the last
@@ -143,6 +146,11 @@ class GraceTrainConfig:
 
 SEMANTIC_SOURCES = ("text", "collaborative", "text+collaborative")
 ITEM_RETRIEVALS = ("beam", "dense", "hybrid")
+
+
+def item_bucket_count(num_items: int) -> int:
+    """GraceConfig.item_buckets for a catalog: the power of two >= 4x its items."""
+    return 1 << max(4, (4 * num_items - 1).bit_length())
 
 
 def item_embeddings(dataset, cfg: GraceTrainConfig, seed: int, train_sequences, cache_dir: Path | None) -> np.ndarray:
@@ -430,7 +438,8 @@ class GraceRecommender:
             causal_encoder=v.causal_encoder, use_journeys=v.use_journeys, jsa=self._jsa_config(), dropout=cfg.dropout,
             level_offsets=tuple(tok.level_offsets.tolist()) if cfg.level_softmax else None,
             event_memory=cfg.event_memory, copy=cfg.copy and dataset.repeats, tied_head=cfg.tied_head,
-            item_head=dataset.num_items if cfg.item_head else 0))
+            item_head=dataset.num_items if cfg.item_head else 0,
+            item_buckets=item_bucket_count(dataset.num_items) if cfg.item_embedding else 0))
         if cfg.item_head:
             self.model.set_item_paths(tok.item_paths)
         self.trie, self.path_to_item = tok.build_trie(), tok.path_to_item()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -89,6 +90,31 @@ def test_export_of_a_short_item_path(tmp_path, path_length):
                                            event_memory=True, copy=True)).eval()
     parity = export_grace(model, tmp_path, seed=0)
     assert max(parity.values()) <= PARITY_TOLERANCE, parity
+
+
+def test_exported_grace_softmaxes_are_floored(grace_export):
+    """exporters.onnx_softmax's pass is in the served files: every Softmax reads a Max (its floored input)."""
+    _, out, _ = grace_export
+    for name in ("grace_encoder.onnx", "grace_decoder_step.onnx"):
+        nodes = onnx.load(str(out / name)).graph.node
+        producer = {o: n.op_type for n in nodes for o in n.output}
+        softmax_inputs = [n.input[0] for n in nodes if n.op_type == "Softmax"]
+        assert softmax_inputs and all(producer.get(i) == "Max" for i in softmax_inputs), name
+
+
+def test_export_with_item_buckets(tmp_path):
+    """The hashed item embedding is computed in the encoder graph from the tokens: ORT == torch, and the bucket
+    vectors reach the output."""
+    from exporters.onnx_export import _Encoder, _max_diff
+
+    torch.manual_seed(0)
+    model = GraceModel(dataclasses.replace(GRACE_CFG, event_memory=True, item_buckets=64)).eval()
+    assert max(export_grace(model, tmp_path, seed=0).values()) <= PARITY_TOLERANCE
+    feeds = sample_encoder_inputs(np.random.default_rng(5), GRACE_CFG.vocab_size, GRACE_CFG.tokens_per_event, [7, 2])
+    assert _max_diff(_Encoder(model), tmp_path / "grace_encoder.onnx", feeds) < PARITY_TOLERANCE
+    with torch.no_grad():
+        torch.nn.init.normal_(model.item_bucket_emb.weight, std=1.0)
+    assert _max_diff(_Encoder(model), tmp_path / "grace_encoder.onnx", feeds) > 1e-3
 
 
 def test_export_ranker_parity_figures(ranker_export):

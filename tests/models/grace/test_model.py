@@ -51,11 +51,12 @@ def _history(events: int, rng) -> tuple[torch.Tensor, ...]:
 
 
 @pytest.mark.parametrize("causal_journeys", [True, False])
-@pytest.mark.parametrize("memory", ["tokens", "events", "events+copy"])
+@pytest.mark.parametrize("memory", ["tokens", "events", "events+copy", "events+items"])
 def test_every_position_is_supervised_exactly_as_its_prefix_is_served(causal_journeys, memory):
     """forward_positions' logits for event slot e of a left-padded batch == forward() on the history cut after
     event e, served alone without padding. Fails if a position, journey or mask leaks a later token."""
-    model = _model(use_journeys=causal_journeys, event_memory=memory != "tokens", copy=memory == "events+copy")
+    model = _model(use_journeys=causal_journeys, event_memory=memory != "tokens", copy=memory == "events+copy",
+                   item_buckets=64 if memory == "events+items" else 0)
     rng = np.random.default_rng(1)
     lengths = [5, 3]
     rows = [_history(n, rng) for n in lengths]
@@ -120,3 +121,35 @@ def test_copy_path_can_put_all_mass_on_the_historys_tokens():
     assert float(probs[history_level0].sum()) == pytest.approx(1.0, abs=1e-5)
     others = np.setdiff1d(np.arange(30), history_level0)
     assert float(probs[others].max()) < 1e-6
+
+
+def test_item_buckets_give_each_item_path_its_own_vector():
+    """The hash reads the path only (not the behaviour), is the same in every position and batch row, and the
+    bucket vector is added to the event's memory; item_buckets needs event memory."""
+    with pytest.raises(ValueError, match="event_memory"):
+        _model(item_buckets=64)
+    model = _model(event_memory=True, item_buckets=64)
+    rng = np.random.default_rng(0)
+    tokens, *_ = _history(6, rng)
+    tokens = torch.as_tensor(tokens)[None]
+    buckets = model.item_buckets_of(tokens)
+    assert buckets.shape == (1, 6) and int(buckets.min()) >= 0 and int(buckets.max()) < 64
+    other_behaviour = tokens.clone()
+    other_behaviour[0, ::TPE] = 2 + (other_behaviour[0, ::TPE] - 1) % 3
+    torch.testing.assert_close(model.item_buckets_of(other_behaviour), buckets)
+    paths = tokens.reshape(6, TPE)[:, 1:]
+    want = (paths * model.item_hash_mult).sum(-1) % 64
+    torch.testing.assert_close(buckets[0], want)
+    valid, jid, jpos = torch.ones(1, 6 * TPE), torch.zeros(1, 6 * TPE, dtype=torch.long), torch.arange(6 * TPE)[None]
+    with torch.no_grad():
+        before = model.encode(tokens, valid, jid, jpos)
+        torch.nn.init.normal_(model.item_bucket_emb.weight, std=1.0)  # a constant shift would vanish in LayerNorm
+        assert (model.encode(tokens, valid, jid, jpos) - before).abs().max() > 1e-3
+
+
+def test_item_bucket_count_is_a_power_of_two_with_room():
+    from models.grace.recommender import item_bucket_count  # noqa: PLC0415
+
+    for n in (1, 5, 1500, 1682, 4096):
+        count = item_bucket_count(n)
+        assert count >= 4 * n and count & (count - 1) == 0 and count < 8 * n + 16

@@ -1,0 +1,146 @@
+"""Side by side: GRACE's served retrieval with and without the Softmax floor (exporters.onnx_softmax), both exports
+folded, from one repository's checkpoint, in one process, interleaved rounds, at several history lengths.
+
+    python -m exporters.softmax_bench --repository /tmp/long-repo --events 32 128 256 \
+        --out docs/results/softmax_floor.json
+
+Reports per history length the p50/p99 of OnnxGraceRetriever per request (encoder + every decoder step + the
+beam search) and of the encoder call alone, for both exports, their ratio, and whether both return the same items
+(scores within 1e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.provenance import commit
+from exporters.fold_bench import requests
+from exporters.onnx_export import export_grace
+from kernels.machine import cpu_model
+from models.grace.model import load_checkpoint
+from serving import graph
+from serving.grace.history import HistoryEncoder
+from serving.grace.retriever import OnnxGraceRetriever
+
+VARIANTS = (("no_floor", False), ("floor", True))
+
+
+class _TimedEncoder:
+    """The retriever's encoder session, each run timed."""
+
+    def __init__(self, session, times: list[float]):
+        self.session, self.times = session, times
+
+    def run(self, *args, **kwargs):
+        started = time.perf_counter()
+        out = self.session.run(*args, **kwargs)
+        self.times.append(time.perf_counter() - started)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def _stats(seconds: list[float]) -> dict:
+    return {"p50_ms": round(1e3 * float(np.median(seconds)), 4), "p99_ms": round(1e3 * float(np.percentile(seconds, 99)), 4)}
+
+
+def render(result: dict) -> str:
+    """docs/results/softmax_floor.md from the result file."""
+    rows = ["| events | export | request p50 ms | request p99 ms | encoder p50 ms | encoder p99 ms |",
+            "|---:|---|---:|---:|---:|---:|"]
+    ratios = []
+    for length in result["lengths"]:
+        for name, v in length["variants"].items():
+            rows.append(f"| {length['events']} | {name} | {v['request']['p50_ms']:.3f} | {v['request']['p99_ms']:.3f} | "
+                        f"{v['encoder']['p50_ms']:.3f} | {v['encoder']['p99_ms']:.3f} |")
+        ratios.append(f"{length['events']} events {length['floor_over_no_floor_request_p50']:.3f} (encoder "
+                      f"{length['floor_over_no_floor_encoder_p50']:.3f})")
+    return "\n".join([
+        "# Softmax floor: GRACE's served retrieval side by side", "",
+        "ONNX Runtime's CPU Softmax runs several times slower where masked scores make its exponential underflow; "
+        "the exporters floor each Softmax input at its row maximum minus 80 (exporters.onnx_softmax: the same "
+        "probabilities to float32 precision). Per request (encoder, every decoder step and the beam search of "
+        f"`OnnxGraceRetriever`, one ORT thread), beam width {result['beam_width']}, {result['requests']} requests "
+        f"per export and length in interleaved rounds; the encoder column is its call alone. Model: "
+        f"{result['model']}.", "",
+        *rows, "",
+        "Floor / no floor, p50 per request: " + "; ".join(ratios) + ". Identical items (scores within 1e-4): "
+        f"{result['identical_results']}.", "",
+        f"`{result['command']}` ({result['date']}, commit {result['commit']}, {result['machine']['cpu']}; "
+        f"{result.get('note', '')})".replace("; )", ")"), ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--events", type=int, nargs="+", default=[16], help="history lengths (events per request)")
+    p.add_argument("--requests", type=int, default=50, help="requests per round, variant and length")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--note", default="", help="recorded with the result (e.g. what else ran on the machine)")
+    args = p.parse_args(argv)
+    source = args.repository / graph.GRACE_RETRIEVE.name / "1"
+    model = load_checkpoint(source)
+    encoder = HistoryEncoder.load(source)
+    manifest = json.loads((args.repository / "build_manifest.json").read_text())
+    beam = int(manifest["config"]["serving"]["beam_width"])
+    longest = int(manifest["limits"]["max_history"])
+    if max(args.events) > longest:
+        p.error(f"--events: this repository serves at most {longest} events")
+    work = Path(tempfile.mkdtemp(prefix="softmax_bench_"))
+    retrievers = {}
+    try:
+        for name, floor in VARIANTS:
+            folder = work / name
+            shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+            export_grace(model, folder, seed=0, floor=floor)
+            retrievers[name] = OnnxGraceRetriever(folder)
+    finally:
+        shutil.rmtree(work)
+    lengths, same = [], True
+    for events in args.events:
+        batch = requests(encoder, len(encoder.tokenizer.item_paths) - 1, args.requests, events, seed=events)
+        times = {name: {"request": [], "encoder": []} for name in retrievers}
+        for name, retriever in retrievers.items():
+            retriever.encoder = _TimedEncoder(retriever.encoder, times[name]["encoder"])
+        for _ in range(args.rounds):
+            results = {}
+            for name, retriever in retrievers.items():
+                results[name] = []
+                for tokens, journey_ids, journey_pos in batch:
+                    started = time.perf_counter()
+                    results[name].append(retriever(tokens, journey_ids, journey_pos, beam))
+                    times[name]["request"].append(time.perf_counter() - started)
+            for (a_items, a_scores), (b_items, b_scores) in zip(*results.values()):
+                same &= bool(np.array_equal(a_items, b_items) and np.allclose(a_scores, b_scores, atol=1e-4))
+        for name, retriever in retrievers.items():
+            retriever.encoder = retriever.encoder.session
+        stats = {name: {key: _stats(t) for key, t in v.items()} for name, v in times.items()}
+        lengths.append({"events": events, "variants": stats, **{
+            f"floor_over_no_floor_{key}_p50": round(stats["floor"][key]["p50_ms"] / stats["no_floor"][key]["p50_ms"], 4)
+            for key in ("request", "encoder")}})
+    cfg = model.cfg
+    result = {"command": "python -m exporters.softmax_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+              "machine": {"cpu": cpu_model(), "ort_threads": 1}, "beam_width": beam,
+              "model": f"{cfg.attention} attention, {'event' if cfg.event_memory else 'token'} memory, served up to {longest} "
+                       f"events, d_model {cfg.d_model}, {cfg.encoder_layers} encoder layers",
+              "requests": args.requests * args.rounds, "lengths": lengths, "identical_results": same, "note": args.note}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -278,6 +278,7 @@ _kernels_cpu = _from("kernels.bench", "render", "kernels_cpu.json")
 _kernels_cpu_csv = _from("kernels.bench", "render_csv", "kernels_cpu.json")
 _jsa_compute = _from("evaluation.jsa_compute", "render", "jsa_compute.json")
 _onnx_fold = _from("exporters.fold_bench", "render", "onnx_fold.json")
+_softmax_floor = _from("exporters.softmax_bench", "render", "softmax_floor.json")
 _jsa_compute_csv = _from("evaluation.jsa_compute", "render_csv", "jsa_compute.json")
 
 
@@ -515,6 +516,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "kernels_cpu": _in_benchmarks("kernels_cpu", _kernels_cpu),
     "jsa_compute": _in_benchmarks("jsa_compute", _jsa_compute),
     "onnx_fold": _in_benchmarks("onnx_fold", _onnx_fold),
+    "softmax_floor": _in_benchmarks("softmax_floor", _softmax_floor),
 }
 # Sections of other documents: path under the repository root -> {section name: renderer}.
 DOC_SECTIONS: dict[str, dict[str, Callable[[], str]]] = {
@@ -550,6 +552,7 @@ FILES: dict[str, Callable[[], str]] = {
     "jsa_compute.md": _jsa_compute,
     "jsa_compute.csv": _jsa_compute_csv,
     "onnx_fold.md": _onnx_fold,
+    "softmax_floor.md": _softmax_floor,
 }
 
 

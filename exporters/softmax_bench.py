@@ -22,10 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from evaluation.provenance import commit
 from exporters.fold_bench import requests
-from exporters.onnx_export import export_grace
+from exporters.onnx_export import OPSET, export_grace
+from exporters.onnx_softmax import floor_softmax
 from kernels.machine import cpu_model
 from models.grace.model import load_checkpoint
 from serving import graph
@@ -33,6 +37,38 @@ from serving.grace.history import HistoryEncoder
 from serving.grace.retriever import OnnxGraceRetriever
 
 VARIANTS = (("no_floor", False), ("floor", True))
+OP_SHAPE = (4, 4, 64, 128)  # the 256-event build's JSA block-sparse scores: [query blocks, heads, block, keys]
+MASKED_FRACTIONS = (0.0, 0.5, 0.99)
+
+
+def softmax_op_times(runs: int, seed: int = 0) -> list[dict]:
+    """One Softmax node over OP_SHAPE with a fraction of its entries masked to -1e30 (as attention masks do),
+    without and with the floor, alternated: p50 microseconds of each."""
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    graph = helper.make_graph([node], "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, OP_SHAPE)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, OP_SHAPE)])
+    plain = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    floored = onnx.ModelProto()
+    floored.CopyFrom(plain)
+    floor_softmax(floored)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                for name, m in (("no_floor", plain), ("floor", floored))}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fraction in MASKED_FRACTIONS:
+        x = rng.normal(0.0, 3.0, OP_SHAPE).astype(np.float32)
+        x[rng.random(OP_SHAPE) < fraction] = -1e30
+        times = {name: [] for name in sessions}
+        for _ in range(runs):
+            for name, sess in sessions.items():
+                started = time.perf_counter()
+                sess.run(None, {"x": x})
+                times[name].append(time.perf_counter() - started)
+        rows.append({"masked": fraction, **{f"{name}_p50_us": round(1e6 * float(np.median(t)), 1)
+                                            for name, t in times.items()}})
+    return rows
 
 
 class _TimedEncoder:
@@ -66,8 +102,14 @@ def render(result: dict) -> str:
                         f"{v['encoder']['p50_ms']:.3f} | {v['encoder']['p99_ms']:.3f} |")
         ratios.append(f"{length['events']} events {length['floor_over_no_floor_request_p50']:.3f} (encoder "
                       f"{length['floor_over_no_floor_encoder_p50']:.3f})")
+    op_rows = ["| masked entries | no floor p50 us | floor p50 us |", "|---:|---:|---:|"]
+    op_rows += [f"| {100 * r['masked']:.0f}% | {r['no_floor_p50_us']:.1f} | {r['floor_p50_us']:.1f} |"
+                for r in result["softmax_op"]]
     return "\n".join([
         "# Softmax floor: GRACE's served retrieval side by side", "",
+        f"One Softmax node over {list(OP_SHAPE)} (the 256-event build's block-sparse scores), masked entries at "
+        f"-1e30, {result['op_runs']} runs each, alternated, one ORT thread:", "",
+        *op_rows, "",
         "ONNX Runtime's CPU Softmax runs several times slower where masked scores make its exponential underflow; "
         "the exporters floor each Softmax input at its row maximum minus 80 (exporters.onnx_softmax: the same "
         "probabilities to float32 precision). Per request (encoder, every decoder step and the beam search of "
@@ -87,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--events", type=int, nargs="+", default=[16], help="history lengths (events per request)")
     p.add_argument("--requests", type=int, default=50, help="requests per round, variant and length")
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--op-runs", type=int, default=300, help="runs of the Softmax node alone per variant")
     p.add_argument("--out", type=Path)
     p.add_argument("--note", default="", help="recorded with the result (e.g. what else ran on the machine)")
     args = p.parse_args(argv)
@@ -136,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
               "machine": {"cpu": cpu_model(), "ort_threads": 1}, "beam_width": beam,
               "model": f"{cfg.attention} attention, {'event' if cfg.event_memory else 'token'} memory, served up to {longest} "
                        f"events, d_model {cfg.d_model}, {cfg.encoder_layers} encoder layers",
-              "requests": args.requests * args.rounds, "lengths": lengths, "identical_results": same, "note": args.note}
+              "requests": args.requests * args.rounds, "lengths": lengths,
+              "op_runs": args.op_runs, "softmax_op": softmax_op_times(args.op_runs), "identical_results": same, "note": args.note}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -95,8 +95,7 @@ def test_export_keeps_the_first_fold_that_passes_parity(tmp_path, failing_tries,
         return 1.0 if len(calls) <= failing_tries else 0.0
 
     diff = onnx_export._export(module, (torch.randn(2, 5, 32), torch.ones(2, 5)), path, ["x", "valid"], ["y"],
-                               {"x": {0: "batch", 1: "length"}, "valid": {0: "batch", 1: "length"}}, parity,
-                               floor=False)
+                               {"x": {0: "batch", 1: "length"}, "valid": {0: "batch", 1: "length"}}, parity)
     nodes = len(onnx.load(str(path)).graph.node)
     if kept == "exported":
         assert diff == 1.0 and len(calls) == 3 and nodes == calls[-1] > calls[0]  # restored, then checked

@@ -94,7 +94,7 @@ def test_export_keeps_the_floor_only_where_parity_holds(tmp_path, floor_parity, 
         return floor_parity if floored else 0.0
 
     onnx_export._export(module, (torch.randn(2, 5, 32), torch.ones(2, 5)), path, ["x", "valid"], ["y"],
-                        {"x": {0: "batch", 1: "length"}, "valid": {0: "batch", 1: "length"}}, parity)
+                        {"x": {0: "batch", 1: "length"}, "valid": {0: "batch", 1: "length"}}, parity, floor=True)
     assert True in calls  # the floor was tried
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ("ReduceMax" in ops) == kept and "Softmax" in ops

@@ -91,8 +91,8 @@ def _stats(seconds: list[float]) -> dict:
     return {"p50_ms": round(1e3 * float(np.median(seconds)), 4), "p99_ms": round(1e3 * float(np.percentile(seconds, 99)), 4)}
 
 
-def render(result: dict) -> str:
-    """docs/results/softmax_floor.md from the result file."""
+def _lengths(result: dict) -> list[str]:
+    """One run's table by history length, its ratios and its command."""
     rows = ["| events | export | request p50 ms | request p99 ms | encoder p50 ms | encoder p99 ms |",
             "|---:|---|---:|---:|---:|---:|"]
     ratios = []
@@ -102,25 +102,34 @@ def render(result: dict) -> str:
                         f"{v['encoder']['p50_ms']:.3f} | {v['encoder']['p99_ms']:.3f} |")
         ratios.append(f"{length['events']} events {length['floor_over_no_floor_request_p50']:.3f} (encoder "
                       f"{length['floor_over_no_floor_encoder_p50']:.3f})")
+    return [f"## {result['model']}", "",
+            f"Beam width {result['beam_width']}, {result['requests']} requests per export and length in interleaved "
+            "rounds.", "", *rows, "",
+            "Floor / no floor, p50 per request: " + "; ".join(ratios) + ". Identical items (scores within 1e-4): "
+            f"{result['identical_results']}.", "",
+            f"`{result['command']}` ({result['date']}, commit {result['commit']}, {result['machine']['cpu']}; "
+            f"{result.get('note', '')})".replace("; )", ")"), ""]
+
+
+def render(results: dict | list[dict]) -> str:
+    """docs/results/softmax_floor.md from one or more result files (the Softmax node table from the first)."""
+    results = [results] if isinstance(results, dict) else results
+    first = results[0]
     op_rows = ["| masked entries | no floor p50 us | floor p50 us |", "|---:|---:|---:|"]
     op_rows += [f"| {100 * r['masked']:.0f}% | {r['no_floor_p50_us']:.1f} | {r['floor_p50_us']:.1f} |"
-                for r in result["softmax_op"]]
+                for r in first["softmax_op"]]
     return "\n".join([
         "# Softmax floor: GRACE's served retrieval side by side", "",
-        f"One Softmax node over {list(OP_SHAPE)} (the 256-event build's block-sparse scores), masked entries at "
-        f"-1e30, {result['op_runs']} runs each, alternated, one ORT thread:", "",
-        *op_rows, "",
         "ONNX Runtime's CPU Softmax runs several times slower where masked scores make its exponential underflow; "
-        "the exporters floor each Softmax input at its row maximum minus 80 (exporters.onnx_softmax: the same "
-        "probabilities to float32 precision). Per request (encoder, every decoder step and the beam search of "
-        f"`OnnxGraceRetriever`, one ORT thread), beam width {result['beam_width']}, {result['requests']} requests "
-        f"per export and length in interleaved rounds; the encoder column is its call alone. Model: "
-        f"{result['model']}.", "",
-        *rows, "",
-        "Floor / no floor, p50 per request: " + "; ".join(ratios) + ". Identical items (scores within 1e-4): "
-        f"{result['identical_results']}.", "",
-        f"`{result['command']}` ({result['date']}, commit {result['commit']}, {result['machine']['cpu']}; "
-        f"{result.get('note', '')})".replace("; )", ")"), ""])
+        "the exporter floors each Softmax input of the GRACE encoder at its row maximum minus 80 "
+        "(exporters.onnx_softmax: the same probabilities to float32 precision; the decoder step, hardly masked, is "
+        "left as it is). Below, per request: encoder, every decoder step and the beam search of "
+        "`OnnxGraceRetriever`, one ORT thread, both exports from the build's checkpoint; the encoder columns are its "
+        "call alone.", "",
+        f"One Softmax node over {list(OP_SHAPE)} (the 256-event build's block-sparse scores), masked entries at "
+        f"-1e30, {first['op_runs']} runs each, alternated, one ORT thread (the first run below):", "",
+        *op_rows, "",
+        *(line for result in results for line in _lengths(result))])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"command": "python -m exporters.softmax_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
               "machine": {"cpu": cpu_model(), "ort_threads": 1}, "beam_width": beam,
-              "model": f"{cfg.attention} attention, {'event' if cfg.event_memory else 'token'} memory, served up to {longest} "
-                       f"events, d_model {cfg.d_model}, {cfg.encoder_layers} encoder layers",
+              "model": f"{cfg.attention} attention, {'event' if cfg.event_memory else 'token'} memory, served up to "
+                       f"{longest} events, d_model {cfg.d_model}, {cfg.encoder_layers} encoder layers",
               "requests": args.requests * args.rounds, "lengths": lengths,
               "op_runs": args.op_runs, "softmax_op": softmax_op_times(args.op_runs), "identical_results": same, "note": args.note}
     print(json.dumps(result, indent=1))

@@ -16,7 +16,7 @@ def test_softmax_bench_runs_side_by_side(model_repository, tmp_path):
     for length in result["lengths"]:
         assert set(length["variants"]) == {"no_floor", "floor"}
         assert length["floor_over_no_floor_request_p50"] > 0 and length["floor_over_no_floor_encoder_p50"] > 0
-    text = softmax_bench.render(result)
+    text = softmax_bench.render([result, result])
     assert "| 9 | floor |" in text and result["command"] in text
 
 

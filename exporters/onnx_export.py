@@ -144,8 +144,9 @@ def export_grace(model: GraceModel, out_dir: Path, seed: int = 0, fold: bool = T
     if longest > 9:
         enc_checks.append(sample_encoder_inputs(rng, vocab, tpe, [longest, longest // 2 + 1, 1]))
     # The Softmax floor on the encoder only: its causal, journey and block masks leave many scores masked (the
-    # 256-event encoder runs 0.87x with it), while the decoder step's attention is hardly masked and its six small
-    # Softmaxes only pay for the floor (~3% per request at the default build's lengths; softmax_floor.md).
+    # 256-event encoder runs 0.87x with it, softmax_floor.md), while the decoder step's attention is hardly masked
+    # and its six small Softmaxes only pay for the floor (floored too, requests at the default build's lengths
+    # ran ~1.03x in an ad hoc run of exporters.softmax_bench before this split).
     enc_diff = _export(encoder, tuple(torch.from_numpy(feeds[n]) for n in enc_names), enc_path, enc_names,
                        ["cross_kv"], {**{n: {0: "batch", 1: "tokens"} for n in enc_names},
                                       "cross_kv": {2: "batch", 4: memory_axis}},

@@ -352,7 +352,7 @@ GRACE_BATCH_RUNS = (("grace.json", ("sasrec", "grace_jsa")), "grace_batch_sasrec
                     "grace_batch_sasrec_b64lr1_s0.json", "grace_batch_b64_s0.json", "grace_batch_b64_s1.json",
                     "grace_batch_sasrec_b128lr4_s0.json", "grace_sasrec_b128.json", "grace_batch_ihyb_b64_s0.json",
                     "grace_batch_ihyb_b64_s1.json", "grace_batch_dense_b64_s0.json", "grace_batch_dense_b64_s1.json",
-                    "grace_batch_iemb_b64_s0.json", "grace_batch_iemb_ihyb_b64_s0.json",
+                    "grace_batch_iemb_b64_s0.json", "grace_batch_iemb_b64_s1.json", "grace_batch_iemb_ihyb_b64_s0.json",
                     ("grace_time.json", ("sasrec", "grace_jsa_prior30c")), "grace_batch_ts_sasrec_lr2_s0.json",
                     "grace_batch_ts_sasrec_lr2_s1.json")
 

@@ -43,6 +43,20 @@ def kernels(path: Path) -> int:
         return len(onnx.load(opts.optimized_model_filepath).graph.node)
 
 
+def grace_build(repository: Path) -> tuple[Path, object, HistoryEncoder, dict]:
+    """A built repository's GRACE: its version folder, trained model, history encoder and build manifest."""
+    source = repository / graph.GRACE_RETRIEVE.name / "1"
+    manifest = json.loads((repository / "build_manifest.json").read_text())
+    return source, load_checkpoint(source), HistoryEncoder.load(source), manifest
+
+
+def exported_retriever(source: Path, model, folder: Path, **export) -> OnnxGraceRetriever:
+    """The served retriever over `source`'s files with the model re-exported into `folder` (export_grace's options)."""
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    export_grace(model, folder, seed=0, **export)
+    return OnnxGraceRetriever(folder)
+
+
 def requests(encoder: HistoryEncoder, num_items: int, count: int, events: int, seed: int) -> list[tuple]:
     rng = np.random.default_rng(seed)
     out = []
@@ -80,18 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--note", default="", help="recorded with the result (e.g. what else ran on the machine)")
     args = p.parse_args(argv)
-    source = args.repository / graph.GRACE_RETRIEVE.name / "1"
-    model = load_checkpoint(source)
-    encoder = HistoryEncoder.load(source)
-    manifest = json.loads((args.repository / "build_manifest.json").read_text())
+    source, model, encoder, manifest = grace_build(args.repository)
     beam = int(manifest["config"]["serving"]["beam_width"])
     work = Path(tempfile.mkdtemp(prefix="fold_bench_"))
     variants, files = {}, {}
     for name, fold in (("as_exported", False), ("folded", True)):
         folder = work / name
-        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
-        export_grace(model, folder, seed=0, fold=fold, floor=False)  # folding alone (softmax_bench: the floor)
-        variants[name] = OnnxGraceRetriever(folder)
+        # folding alone (softmax_bench measures the floor)
+        variants[name] = exported_retriever(source, model, folder, fold=fold, floor=False)
         files[name] = {f: kernels(folder / f) for f in (ENCODER_FILE, DECODER_STEP_FILE)}
     batch = requests(encoder, len(encoder.tokenizer.item_paths) - 1, args.requests, args.events, seed=0)
     times = {name: [] for name in variants}

@@ -27,14 +27,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from evaluation.provenance import commit
-from exporters.fold_bench import requests
-from exporters.onnx_export import OPSET, export_grace
+from exporters.fold_bench import exported_retriever, grace_build, requests
+from exporters.onnx_export import OPSET
 from exporters.onnx_softmax import floor_softmax
 from kernels.machine import cpu_model
-from models.grace.model import load_checkpoint
-from serving import graph
-from serving.grace.history import HistoryEncoder
-from serving.grace.retriever import OnnxGraceRetriever
 
 VARIANTS = (("no_floor", False), ("floor", True))
 OP_SHAPE = (4, 4, 64, 128)  # the 256-event build's JSA block-sparse scores: [query blocks, heads, block, keys]
@@ -142,10 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--note", default="", help="recorded with the result (e.g. what else ran on the machine)")
     args = p.parse_args(argv)
-    source = args.repository / graph.GRACE_RETRIEVE.name / "1"
-    model = load_checkpoint(source)
-    encoder = HistoryEncoder.load(source)
-    manifest = json.loads((args.repository / "build_manifest.json").read_text())
+    source, model, encoder, manifest = grace_build(args.repository)
     beam = int(manifest["config"]["serving"]["beam_width"])
     longest = int(manifest["limits"]["max_history"])
     if max(args.events) > longest:
@@ -154,10 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     retrievers = {}
     try:
         for name, floor in VARIANTS:
-            folder = work / name
-            shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
-            export_grace(model, folder, seed=0, floor=floor)
-            retrievers[name] = OnnxGraceRetriever(folder)
+            retrievers[name] = exported_retriever(source, model, work / name, floor=floor)
     finally:
         shutil.rmtree(work)
     lengths, same = [], True

@@ -124,7 +124,8 @@ class GraceTrainConfig:
     # log-probability: a product of the two experts).
     item_head: bool = False
     # GraceConfig.item_buckets: a hashed per-item embedding in the event memory, with 4x the catalog's items
-    # in buckets (rounded up to a power of two; few items share one). Off until measured at convergence.
+    # in buckets (rounded up to a power of two; few items share one). Off: at convergence on MovieLens-100k it
+    # lifts validation HR@10 and leaves test HR@10 level (grace_batch.md).
     item_embedding: bool = False
     item_loss_weight: float = 1.0
     item_retrieval: str = "hybrid"
